@@ -1,0 +1,72 @@
+"""The raw-log contract (SPEC.md) and the dataset config that maps other column names onto it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+REQUIRED = ("request_id", "user_id", "ts", "item_id", "upstream_rank", "position", "click")
+OPTIONAL_FEEDBACK = ("like", "long_view")
+FEEDBACK = ("click", *OPTIONAL_FEEDBACK)
+
+
+class SchemaError(ValueError):
+    """The logs do not follow the raw-log contract (names the offending column)."""
+
+
+@dataclass
+class DatasetConfig:
+    """How jobs.prepare reads a team's logs and builds training data from them."""
+
+    # raw column name -> canonical name, e.g. {"req": "request_id", "rank": "upstream_rank"}
+    column_map: dict[str, str] = field(default_factory=dict)
+    # Eq. 7: S_i = alpha / P_i + gamma * U_i, with U_i = sum_f weight_f * feedback_f
+    alpha: float = 1.0
+    gamma: float = 1.0
+    feedback_weights: dict[str, float] = field(
+        default_factory=lambda: {"click": 1.0, "like": 1.5, "long_view": 0.8})
+    valid_days: int = 1  # calendar days (UTC) before the test days -> validation split
+    test_days: int = 2  # last calendar days of the logs -> test split (the paper's time split)
+    max_candidates: int = 200  # requests with more candidates are quarantined (memory guard)
+    min_category_count: int = 1  # categorical values seen fewer times in train map to OOV
+    buckets: int = 16  # hash buckets of request_id: the groupby key (each bucket = many requests)
+    shuffle_partitions: int = 8  # Ray Data hash-shuffle partitions for the groupby
+
+
+def canonical_schema(schema: pa.Schema, cfg: DatasetConfig) -> dict[str, str]:
+    """Validate a Parquet schema against the contract after applying ``column_map``.
+
+    Returns {raw name: canonical name} for every column kept. Raises SchemaError naming the
+    first missing required column, or a column whose type cannot hold what the contract says.
+    """
+    mapping = {raw: cfg.column_map.get(raw, raw) for raw in schema.names}
+    canonical = {v: k for k, v in mapping.items()}
+    unknown_targets = set(cfg.column_map) - set(schema.names)
+    if unknown_targets:
+        raise SchemaError(f"column_map names column(s) not in the logs: {sorted(unknown_targets)}")
+    for name in REQUIRED:
+        if name not in canonical:
+            raise SchemaError(f"required column '{name}' is missing from the logs "
+                              f"(columns: {', '.join(schema.names)})")
+    for name in ("upstream_rank", "position", *[f for f in FEEDBACK if f in canonical]):
+        typ = schema.field(canonical[name]).type
+        if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_null(typ)):
+            raise SchemaError(f"column '{name}' must be numeric, got {typ}")
+    ts_type = schema.field(canonical["ts"]).type
+    if not (pa.types.is_integer(ts_type) or pa.types.is_timestamp(ts_type)):
+        raise SchemaError(f"column 'ts' must be int64 ms or a timestamp, got {ts_type}")
+    for name, raw in canonical.items():
+        if name.startswith("num_") and not (pa.types.is_floating(schema.field(raw).type)
+                                            or pa.types.is_integer(schema.field(raw).type)):
+            raise SchemaError(f"column '{name}' must be numeric, got {schema.field(raw).type}")
+    return {raw: canon for raw, canon in mapping.items()
+            if canon in REQUIRED or canon in OPTIONAL_FEEDBACK
+            or canon.startswith("num_") or canon.startswith("cat_")}
+
+
+def feature_columns(canonical_names: list[str]) -> tuple[list[str], list[str]]:
+    """(numeric feature columns, categorical feature columns), in a stable order."""
+    num = sorted(c for c in canonical_names if c.startswith("num_"))
+    cat = sorted(c for c in canonical_names if c.startswith("cat_"))
+    return num, cat
