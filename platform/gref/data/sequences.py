@@ -16,6 +16,8 @@ Quarantine record: request_id, reason, detail, n_rows, raw_rows (the request's r
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -187,17 +189,15 @@ def _sequences(t: pa.Table, ok_row: np.ndarray, g: np.ndarray, num_cols: list[st
 
 
 def _quarantine(t: pa.Table, starts: np.ndarray, counts: np.ndarray, reason: np.ndarray) -> pa.Table:
-    bad = np.flatnonzero(reason != "")
     records = []
-    df = t.to_pandas() if len(bad) else None
-    for gidx in bad:
-        rows = df.iloc[starts[gidx]: starts[gidx] + counts[gidx]]
+    for gidx in np.flatnonzero(reason != ""):
+        rows = t.slice(int(starts[gidx]), int(counts[gidx])).to_pylist()  # exact values, types kept
         records.append({
-            "request_id": str(rows["request_id"].iloc[0]),
+            "request_id": str(rows[0]["request_id"]),
             "reason": reason[gidx],
             "detail": REASONS[reason[gidx]],
             "n_rows": int(counts[gidx]),
-            "raw_rows": rows.to_json(orient="records"),
+            "raw_rows": json.dumps(rows, default=str),
         })
     schema = pa.schema([("request_id", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
                         ("n_rows", pa.int64()), ("raw_rows", pa.string())])

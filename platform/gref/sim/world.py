@@ -36,6 +36,7 @@ class WorldConfig:
     days: int = 14  # log span; the last days become the test split
     start_ts_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
     # --- observability
+    observed_dims: int = 8  # num_item_f* / num_user_f*: noisy linear views of the latent vectors
     feature_noise: float = 0.5  # std of noise on observable item/user projections
     quality_noise: float = 0.5  # std of noise on num_quality vs hidden quality
     upstream_noise: float = 1.5  # std of the upstream ranker's score noise
@@ -63,7 +64,7 @@ class World:
     config: WorldConfig
     user_latent: np.ndarray  # [U, d] float32
     user_activity: np.ndarray  # [U] float32, relative request rate
-    user_obs: np.ndarray  # [U, 4] float32, noisy projection of user_latent
+    user_obs: np.ndarray  # [U, observed_dims] float32, noisy projection of user_latent
     user_segment: np.ndarray  # [U] int64
     item_latent: np.ndarray  # [I, d] float32
     item_quality: np.ndarray  # [I] float32 (hidden)
@@ -71,7 +72,7 @@ class World:
     item_category: np.ndarray  # [I] int64
     item_series: np.ndarray  # [I] int64
     item_creator: np.ndarray  # [I] int64
-    item_obs: np.ndarray  # [I, 4] float32, noisy projection of item_latent
+    item_obs: np.ndarray  # [I, observed_dims] float32, noisy projection of item_latent
     item_quality_obs: np.ndarray  # [I] float32
 
     @staticmethod
@@ -92,14 +93,15 @@ class World:
         item_quality = rng.normal(size=cfg.n_items)
         item_duration = rng.normal(loc=3.5, scale=0.8, size=cfg.n_items)  # log seconds
         item_creator = rng.integers(0, cfg.n_creators, size=cfg.n_items)
-        proj_item = rng.normal(size=(d, 4)) / np.sqrt(d)
-        item_obs = item_latent @ proj_item * 2.0 + rng.normal(scale=cfg.feature_noise, size=(cfg.n_items, 4))
+        k = cfg.observed_dims
+        proj_item = rng.normal(size=(d, k)) / np.sqrt(d)
+        item_obs = item_latent @ proj_item * 2.0 + rng.normal(scale=cfg.feature_noise, size=(cfg.n_items, k))
         item_quality_obs = item_quality + rng.normal(scale=cfg.quality_noise, size=cfg.n_items)
 
         user_latent = rng.normal(size=(cfg.n_users, d)) / np.sqrt(2.0)
         user_activity = rng.lognormal(sigma=0.8, size=cfg.n_users)
-        proj_user = rng.normal(size=(d, 4)) / np.sqrt(d)
-        user_obs = user_latent @ proj_user * 2.0 + rng.normal(scale=cfg.feature_noise, size=(cfg.n_users, 4))
+        proj_user = rng.normal(size=(d, k)) / np.sqrt(d)
+        user_obs = user_latent @ proj_user * 2.0 + rng.normal(scale=cfg.feature_noise, size=(cfg.n_users, k))
         segment_centers = rng.normal(size=(cfg.n_user_segments, d))
         user_segment = np.argmax(user_latent @ segment_centers.T, axis=1)
         f32 = np.float32

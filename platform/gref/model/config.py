@@ -1,0 +1,20 @@
+"""Gen-Reranker hyper-parameters (paper §4.1, §4.4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    num_features: int = 11  # F: numeric columns per candidate row (item + user + context)
+    cat_sizes: list[int] = field(default_factory=list)  # embedding rows per categorical column
+    max_candidates: int = 200  # m_max: size of the upstream-rank position embedding
+    max_length: int = 32  # n_max: longest list the decoder can place
+    d_model: int = 64  # width (paper: not stated; 64 keeps the laptop default fast)
+    n_heads: int = 4  # attention heads
+    enc_layers: int = 2  # bidirectional encoder layers (paper: 4)
+    dec_layers: int = 2  # causal decoder layers (paper: 4)
+    ffn_mult: int = 4  # feed-forward width = ffn_mult * d_model
+    dropout: float = 0.0  # residual/FFN dropout; 0 by default: CPU dropout costs ~20% of a step
+    omtp_heads: int = 4  # k: OMTP output heads; 1 = plain next-item model (paper: 4 = a screen)

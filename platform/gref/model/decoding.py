@@ -1,0 +1,114 @@
+"""Inference for Gen-Reranker (paper §4.5).
+
+OMTP decoding: each decoder pass yields one hidden state; its k heads, in head order, place k
+items, each head's argmax excluding every item placed so far (the binary mask, which also
+resolves duplicates between heads). n items take ceil(n / k) passes. Z and the cross-attention
+K/V of every decoder layer are computed once; the self-attention K/V of placed items are
+cached, so pass p only runs the k tokens placed by pass p-1 through the decoder.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gref.model.reranker import GenReranker
+
+
+@torch.no_grad()
+def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: int,
+           heads: int | None = None, use_cache: bool = True) -> Tensor:
+    """Greedy OMTP decoding. num [B, M, F], cat [B, M, C], cand_mask [B, M] -> [B, n] candidate
+    indices in display order; -1 where a request has fewer than n candidates.
+
+    heads: OMTP heads used per pass (default all k of the model; 1 = next-item decoding).
+    use_cache=False recomputes the decoder over the whole prefix (and the cross K/V) every pass:
+    the paper's step-by-step baseline when heads=1.
+    """
+    heads = heads or model.k
+    if not 1 <= heads <= model.k:
+        raise ValueError(f"heads must be in 1..{model.k}, got {heads}")
+    if n > model.cfg.max_length:
+        raise ValueError(f"n={n} exceeds the model's max_length={model.cfg.max_length}")
+    B, M = cand_mask.shape
+    z = model.encode(num, cat, cand_mask)
+    memory, memory_mask = model.memory(z, cand_mask) if use_cache else (None, None)
+    blocked = ~cand_mask.clone()
+    placed = torch.full((B, n), -1, dtype=torch.long, device=z.device)
+    x = model.bos_input(B, z.device)  # tokens the next pass feeds the decoder
+    cache = None
+    rows = torch.arange(B, device=z.device)
+    t = 0
+    while t < n:
+        if use_cache:
+            h, cache = model.decode_hidden(x, memory, memory_mask, cache)
+        else:
+            memory, memory_mask = model.memory(z, cand_mask)
+            h, _ = model.decode_hidden(x, memory, memory_mask)
+        h_last = h[:, -1:]  # [B, 1, d]
+        take = min(heads, n - t)
+        logits = model.head_logits(h_last, z, cand_mask, heads=take)[:, :, 0]  # [B, take, M]
+        for j in range(take):
+            choice = logits[:, j].masked_fill(blocked, float("-inf")).argmax(dim=-1)
+            exhausted = blocked.all(dim=1)
+            placed[:, t] = torch.where(exhausted, -1, choice)
+            blocked[rows, choice] = True
+            t += 1
+        new = model.embed_placed(z, placed[:, t - take: t].clamp_min(0), t - take)
+        x = new if use_cache else torch.cat([x, new], dim=1)
+    return placed
+
+
+@torch.no_grad()
+def beam_search(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: int,
+                beam: int = 4) -> Tensor:
+    """Beam search over next-item decoding (head 0 only; for the single-head model).
+    Returns the highest log-probability list per request, [B, n]."""
+    B, M = cand_mask.shape
+    n = min(n, int(cand_mask.sum(1).min()))
+    z = model.encode(num, cat, cand_mask)
+    zb, maskb = z.repeat_interleave(beam, 0), cand_mask.repeat_interleave(beam, 0)
+    memory, memory_mask = model.memory(zb, maskb)
+    blocked = ~maskb.clone()
+    score = torch.zeros(B, beam, device=z.device)
+    score[:, 1:] = float("-inf")  # all beams start identical: keep one alive at step 0
+    seqs = torch.zeros(B * beam, 0, dtype=torch.long, device=z.device)
+    x, cache = model.bos_input(B * beam, z.device), None
+    for t in range(n):
+        h, cache = model.decode_hidden(x, memory, memory_mask, cache)
+        logp = torch.log_softmax(model.head_logits(h[:, -1:], zb, maskb, heads=1)[:, 0, 0]
+                                 .masked_fill(blocked, float("-inf")), dim=-1)  # [B*beam, M]
+        total = (score.view(-1, 1) + logp).view(B, beam * M)
+        score, flat = total.topk(beam, dim=1)
+        src = (flat // M + torch.arange(B, device=z.device)[:, None] * beam).view(-1)
+        item = (flat % M).view(-1)
+        seqs = torch.cat([seqs[src], item[:, None]], dim=1)
+        blocked = blocked[src]
+        blocked[torch.arange(B * beam), item] = True
+        cache = [(k[src], v[src]) for k, v in cache]
+        x = model.embed_placed(zb, item[:, None], t)
+    best = seqs.view(B, beam, n)[:, 0]
+    out = torch.full((B, n if n else 0), -1, dtype=torch.long, device=z.device)
+    out[:, : best.shape[1]] = best
+    return out
+
+
+@torch.no_grad()
+def score_items(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, placed: Tensor) -> Tensor:
+    """Per-candidate score derived from a generated list, for AUC-style metrics. [B, M]
+
+    score_i = (n - r_i) + s_i for an item placed at rank r_i (0-based), and s_i alone for an
+    item not placed, where s_i = sigmoid of head 0's first-step logit (in (0, 1)). So placed
+    items outrank unplaced ones, earlier ranks outrank later ones, and unplaced items are
+    ordered by how much the model wanted them first. Padding gets -inf.
+    """
+    z = model.encode(num, cat, cand_mask)
+    memory, memory_mask = model.memory(z, cand_mask)
+    h, _ = model.decode_hidden(model.bos_input(z.shape[0], z.device), memory, memory_mask)
+    first = torch.sigmoid(model.head_logits(h, z, cand_mask, heads=1)[:, 0, 0])  # [B, M]
+    n = placed.shape[1]
+    rank_bonus = torch.zeros_like(first)
+    valid = placed >= 0
+    bonus = (n - torch.arange(n, device=placed.device, dtype=first.dtype))[None].expand_as(placed)
+    rank_bonus.scatter_(1, placed.clamp_min(0), torch.where(valid, bonus, 0.0))
+    return (first + rank_bonus).masked_fill(~cand_mask, float("-inf"))

@@ -1,0 +1,170 @@
+"""Gen-Reranker (paper §4.1): bidirectional encoder over the candidates, causal decoder over
+the placed items, k OMTP heads matched against the candidate embeddings (Eq. 5).
+
+Shapes: B requests, M candidates (padded), N list positions, F numeric / C categorical
+features, d = d_model, k = OMTP heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gref.model.config import ModelConfig
+
+KVCache = list[tuple[Tensor, Tensor]]  # per decoder layer: self-attention (K, V) [B, H, L, dh]
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm decoder layer: causal self-attention (with an optional KV cache), cross-attention
+    to the candidate embeddings Z, feed-forward."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads = cfg.n_heads
+        self.ln_self, self.ln_cross, self.ln_ffn = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.self_out = nn.Linear(d, d)
+        self.cross_q = nn.Linear(d, d)
+        self.cross_kv = nn.Linear(d, 2 * d)
+        self.cross_out = nn.Linear(d, d)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_mult * d), nn.GELU(), nn.Linear(cfg.ffn_mult * d, d))
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def _heads(self, x: Tensor) -> Tensor:  # [B, T, d] -> [B, H, T, dh]
+        B, T, d = x.shape
+        return x.view(B, T, self.n_heads, d // self.n_heads).transpose(1, 2)
+
+    def _merge(self, x: Tensor) -> Tensor:  # [B, H, T, dh] -> [B, T, d]
+        B, H, T, dh = x.shape
+        return x.transpose(1, 2).reshape(B, T, H * dh)
+
+    def memory(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys/values of the candidates: Z [B, M, d] -> 2 x [B, H, M, dh].
+        Computed once per request and reused by every decoding pass."""
+        k, v = self.cross_kv(z).chunk(2, dim=-1)
+        return self._heads(k), self._heads(v)
+
+    def forward(self, x: Tensor, memory: tuple[Tensor, Tensor], memory_mask: Tensor,
+                cache: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x [B, T, d] new tokens; memory_mask [B, 1, 1, M] True = attend; cache = (K, V) of the
+        L tokens before x. Returns (out [B, T, d], (K, V) of all L + T tokens)."""
+        T = x.shape[1]
+        q, k, v = self.qkv(self.ln_self(x)).chunk(3, dim=-1)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        past = k.shape[2] - T
+        # no dropout on attention weights: it forces SDPA onto its slow math kernel
+        if past == 0:
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        else:  # query i sits at absolute position past + i and sees keys 0..past + i
+            allowed = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        x = x + self.dropout(self.self_out(self._merge(att)))
+        q = self._heads(self.cross_q(self.ln_cross(x)))
+        att = F.scaled_dot_product_attention(q, memory[0], memory[1], attn_mask=memory_mask)
+        x = x + self.dropout(self.cross_out(self._merge(att)))
+        x = x + self.dropout(self.ffn(self.ln_ffn(x)))
+        return x, (k, v)
+
+
+class OMTPHead(nn.Module):
+    """Head j: a residual MLP on the shared trunk's hidden state, h_j = h + MLP_j(LN(h))."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.mlp(h)
+
+
+class GenReranker(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.num_proj = nn.Linear(cfg.num_features, d) if cfg.num_features else None
+        self.cat_emb = nn.ModuleList(nn.Embedding(size, d, padding_idx=0) for size in cfg.cat_sizes)
+        self.rank_emb = nn.Embedding(cfg.max_candidates, d)  # p_i: upstream order (paper §4.1)
+        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.ffn_mult * d, cfg.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.enc_layers, enable_nested_tensor=False)
+        self.enc_norm = nn.LayerNorm(d)
+        self.bos = nn.Parameter(torch.randn(d) * 0.02)
+        self.out_pos_emb = nn.Embedding(cfg.max_length, d)  # position in the generated list
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
+        self.dec_norm = nn.LayerNorm(d)
+        self.heads = nn.ModuleList(OMTPHead(d) for _ in range(cfg.omtp_heads))
+        self.scale = 1.0 / math.sqrt(d)
+
+    @property
+    def k(self) -> int:
+        return len(self.heads)
+
+    # ------------------------------------------------------------------ encoder
+    def encode(self, num: Tensor, cat: Tensor, cand_mask: Tensor) -> Tensor:
+        """num [B, M, F], cat [B, M, C] (0 = pad), cand_mask [B, M] True = real -> Z [B, M, d]."""
+        M = cand_mask.shape[1]
+        if M > self.cfg.max_candidates:
+            raise ValueError(f"{M} candidates exceed max_candidates={self.cfg.max_candidates}")
+        x = self.rank_emb(torch.arange(M, device=cand_mask.device))[None]
+        if self.num_proj is not None:
+            x = x + self.num_proj(num)
+        for j, emb in enumerate(self.cat_emb):
+            x = x + emb(cat[..., j])
+        z = self.encoder(x, src_key_padding_mask=~cand_mask)
+        return self.enc_norm(z)
+
+    def memory(self, z: Tensor, cand_mask: Tensor) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
+        """Per-layer cross-attention K/V of Z and the [B, 1, 1, M] attend-mask (cached in decoding)."""
+        return [layer.memory(z) for layer in self.decoder], cand_mask[:, None, None, :]
+
+    # ------------------------------------------------------------------ decoder
+    def embed_placed(self, z: Tensor, items: Tensor, start: int) -> Tensor:
+        """Decoder inputs for placed items: z of the item + list-position embedding.
+        z [B, M, d], items [B, T] candidate indices placed at positions start+1..start+T."""
+        pos = self.out_pos_emb(torch.arange(start + 1, start + 1 + items.shape[1], device=z.device))
+        return torch.gather(z, 1, items[..., None].expand(-1, -1, z.shape[-1])) + pos[None]
+
+    def bos_input(self, batch: int, device: torch.device) -> Tensor:
+        return (self.bos + self.out_pos_emb.weight[0]).expand(batch, 1, -1)
+
+    def decode_hidden(self, x: Tensor, memory: list[tuple[Tensor, Tensor]], memory_mask: Tensor,
+                      cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
+        """Run the decoder stack on new tokens x [B, T, d] -> (h [B, T, d], updated cache)."""
+        new_cache = []
+        for i, layer in enumerate(self.decoder):
+            x, kv = layer(x, memory[i], memory_mask, None if cache is None else cache[i])
+            new_cache.append(kv)
+        return self.dec_norm(x), new_cache
+
+    def head_logits(self, h: Tensor, z: Tensor, cand_mask: Tensor, heads: int | None = None) -> Tensor:
+        """Eq. 5 for each head: h [B, T, d], z [B, M, d] -> logits [B, k, T, M] (pads = -inf)."""
+        hs = torch.stack([head(h) for head in self.heads[: heads or self.k]], dim=1)  # [B, k, T, d]
+        logits = torch.einsum("bktd,bmd->bktm", hs, z) * self.scale
+        return logits.masked_fill(~cand_mask[:, None, None, :], float("-inf"))
+
+    def forward(self, num: Tensor, cat: Tensor, cand_mask: Tensor, sequences: Tensor) -> Tensor:
+        """Teacher-forced logits of every head at every step.
+
+        sequences [B, S, N]: S orderings per request (e.g. DPO winner and loser), candidate
+        indices, padding may hold any valid index (it is ignored by the losses).
+        Returns logits [B, S, k, N, M]: head j at step t scores y_{t+j} given y_<t (Eq. 5, 9).
+        The candidates are encoded once per request, however many orderings it has.
+        """
+        B, S, N = sequences.shape
+        z = self.encode(num, cat, cand_mask)
+        zs = z.repeat_interleave(S, dim=0)  # [B*S, M, d]
+        mask_s = cand_mask.repeat_interleave(S, dim=0)
+        seq = sequences.reshape(B * S, N)
+        x = torch.cat([self.bos_input(B * S, z.device), self.embed_placed(zs, seq[:, :-1], 0)], dim=1)
+        memory, memory_mask = self.memory(zs, mask_s)
+        h, _ = self.decode_hidden(x, memory, memory_mask)
+        logits = self.head_logits(h, zs, mask_s)
+        return logits.view(B, S, self.k, N, -1)

@@ -1,0 +1,148 @@
+"""MLflow tracking for the jobs: runs, params, metrics, the model artifact and the registry.
+
+Embedded default: ``sqlite:///<cwd>/mlflow.db`` (absolute, because Ray workers chdir).
+Any other store via $MLFLOW_TRACKING_URI or the job config's ``tracking.uri``.
+A registered model version is a pyfunc whose artifact ``reranker/`` holds model.pt +
+model.json + features.json; ``load_reranker_uri`` rebuilds it as GenReranker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REGISTERED_MODEL = "gref-reranker"
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = ""  # MLflow tracking URI; "" -> $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
+    experiment: str = "gref"  # MLflow experiment name
+    registered_model: str = REGISTERED_MODEL  # registry name the DPO job registers into
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    return uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def setup(cfg: TrackingConfig) -> str:
+    """Point MLflow at the store, create the experiment once (before any worker logs), return
+    the experiment id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    exp = mlflow.get_experiment_by_name(cfg.experiment)
+    return exp.experiment_id if exp else mlflow.create_experiment(cfg.experiment)
+
+
+def data_lineage(data_dir: str | Path) -> dict[str, Any]:
+    """Input path + a hash of the prepared data's summary (counts, config, feature spec)."""
+    data_dir = Path(data_dir).resolve()
+    summary_path = data_dir / "summary.json"
+    text = summary_path.read_text() if summary_path.exists() else ""
+    features = (data_dir / "features.json").read_bytes() if (data_dir / "features.json").exists() else b""
+    digest = hashlib.sha256(text.encode() + features).hexdigest()[:16]
+    summary = json.loads(text) if text else {}
+    return {"data.path": str(data_dir), "data.summary_sha256": digest,
+            "data.train_sequences": summary.get("sequences", {}).get("train"),
+            "data.valid_sequences": summary.get("sequences", {}).get("valid"),
+            "data.train_pairs": summary.get("pairs", {}).get("train"),
+            "data.quarantined": summary.get("quarantined")}
+
+
+
+
+def _pyfunc_class():
+    import mlflow.pyfunc
+
+    class RerankerPyfunc(mlflow.pyfunc.PythonModel):
+        """Registry wrapper. ``predict`` takes encoded requests and returns ranked candidates;
+        the platform itself loads the GenReranker through ``load_reranker_uri``."""
+
+        def load_context(self, context):
+            from gref.model.io import load_reranker
+
+            self.model = load_reranker(context.artifacts["reranker"])
+
+        def predict(self, context, model_input, params=None):
+            import torch
+
+            from gref.model.decoding import decode
+
+            n = int((params or {}).get("n", 10))
+            num = torch.tensor(model_input["num"], dtype=torch.float32)
+            cat = torch.tensor(model_input["cat"], dtype=torch.long)
+            mask = torch.tensor(model_input["cand_mask"], dtype=torch.bool)
+            return decode(self.model, num, cat, mask, n).tolist()
+
+    return RerankerPyfunc
+
+
+def log_reranker(model_dir: str | Path, registered_model: str | None = None) -> dict[str, Any]:
+    """Log a saved reranker directory to the active run (as artifact ``reranker/`` and as a
+    pyfunc model); optionally register it. Returns {"model_uri", "version"}."""
+    import mlflow
+
+    mlflow.log_artifacts(str(model_dir), artifact_path="reranker")
+    info = mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
+                                   artifacts={"reranker": str(model_dir)})
+    out = {"model_uri": info.model_uri, "version": None}
+    if registered_model:
+        mv = mlflow.register_model(info.model_uri, registered_model)
+        out["version"] = int(mv.version)
+    return out
+
+
+def load_reranker_uri(uri: str, device: str = "cpu"):
+    """GenReranker from a local directory, ``models:/name@alias``, ``models:/name/3`` or ``runs:/id/model``."""
+    from gref.model.io import load_reranker
+
+    if "://" not in uri and ":/" not in uri:
+        return load_reranker(uri, device)
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp()))
+    candidates = [local, local / "artifacts" / "reranker", local / "reranker"]
+    for c in candidates:
+        if (c / "model.json").exists():
+            return load_reranker(c, device)
+    found = next(local.rglob("model.json"), None)
+    if found is None:
+        raise FileNotFoundError(f"{uri} holds no reranker (no model.json)")
+    return load_reranker(found.parent, device)
+
+
+def set_aliases(registered_model: str, aliases: dict[str, int]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for alias, version in aliases.items():
+        client.set_registered_model_alias(registered_model, alias, str(version))
+
+
+def plot_curves(history: list[dict[str, Any]], keys: list[str], path: str | Path, title: str) -> Path:
+    """Loss / metric curves per epoch as a PNG (one panel per key)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in h for h in history)]
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4.2 * max(len(keys), 1), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(h["epoch"], h[key]) for h in history if key in h]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,44 @@
+"""Shared fixtures: one real local Ray cluster per pytest session, a small simulated world and
+its prepared data (built once, through the real jobs)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # RAY-NOTES: token auth is on by default in 2.60
+
+# A small world: fast to simulate and train on, same code paths as the default.
+SMALL_WORLD = ["n_users=400", "n_items=2000", "n_series=60", "n_creators=300", "days=6",
+               "corrupt_fraction=0.02"]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    if not ray.is_initialized():
+        temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are length-limited
+        ray.init(num_cpus=2, object_store_memory=10**9, include_dashboard=False, _temp_dir=temp)
+    yield ray
+
+
+@pytest.fixture(scope="session")
+def sim_dir(tmp_path_factory) -> Path:
+    from jobs import simulate
+
+    out = tmp_path_factory.mktemp("sim")
+    simulate.main(["--requests", "3000", "--seed", "7", "--out", str(out), "--chunk", "1000", *SMALL_WORLD])
+    return out
+
+
+@pytest.fixture(scope="session")
+def prep_dir(ray_cluster, sim_dir, tmp_path_factory) -> Path:
+    from jobs import prepare
+
+    out = tmp_path_factory.mktemp("prep")
+    prepare.main(["--logs", str(sim_dir / "logs"), "--out", str(out), "valid_days=1", "test_days=1"])
+    return out

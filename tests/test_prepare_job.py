@@ -1,0 +1,116 @@
+"""simulate -> prepare on a real local Ray cluster (Ray Data), and the job's failure modes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from gref.data.features import FeatureSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read(path):
+    return pads.dataset(str(path), format="parquet").to_table()
+
+
+def test_counts_add_up(prep_dir):
+    summary = json.loads((prep_dir / "summary.json").read_text())
+    assert summary["requests_read"] == 3000
+    assert summary["rows_read"] == 3000 * 30
+    assert sum(summary["sequences"].values()) + summary["quarantined"] == summary["requests_read"]
+    # corrupt_fraction=0.02 injects every corruption kind; all are caught with their reason
+    assert set(summary["quarantined_by_reason"]) == {
+        "duplicate_item", "duplicate_position", "exposed_without_feedback", "non_finite_feature", "no_exposed_item"}
+    assert all(summary["sequences"][s] > 0 for s in ("train", "valid", "test"))
+    for split in ("train", "valid", "test"):
+        assert read(prep_dir / "sequences" / split).num_rows == summary["sequences"][split]
+    quarantine = read(prep_dir / "quarantine")
+    assert quarantine.num_rows == summary["quarantined"]
+    assert all(json.loads(r) for r in quarantine.column("raw_rows").to_pylist())
+
+
+def test_time_split_is_by_time(prep_dir):
+    summary = json.loads((prep_dir / "summary.json").read_text())
+    b = summary["split_boundaries_ms"]
+    train, test = read(prep_dir / "sequences" / "train"), read(prep_dir / "sequences" / "test")
+    assert max(train.column("ts").to_pylist()) < b["valid_start"] <= b["test_start"] <= min(test.column("ts").to_pylist())
+
+
+def test_sequences_match_the_raw_logs(prep_dir, sim_dir):
+    """One request, followed from the raw rows to its sequence record."""
+    seq = read(prep_dir / "sequences" / "train").slice(0, 1).to_pylist()[0]
+    raw = pq.read_table(sim_dir / "logs").filter(pa.compute.equal(pa.compute.field("request_id"), seq["request_id"])).to_pylist()
+    raw.sort(key=lambda r: r["upstream_rank"])
+    assert seq["item_id"] == [r["item_id"] for r in raw]
+    shown = sorted((r for r in raw if r["position"] is not None), key=lambda r: r["position"])
+    assert [seq["item_id"][i] for i in seq["exposure"]] == [r["item_id"] for r in shown]
+    assert seq["click"] == [float(r["click"]) for r in shown]
+    spec = FeatureSpec.load(prep_dir / "features.json")
+    F = len(spec.num_cols)
+    num = np.array(seq["num"]).reshape(seq["m"], F)
+    j = spec.num_cols.index("num_quality")
+    expect = (np.array([r["num_quality"] for r in raw]) - spec.mean[j]) / spec.std[j]
+    assert np.allclose(num[:, j], expect, atol=1e-5)
+    c = spec.cat_cols.index("cat_category")
+    cats = np.array(seq["cat"]).reshape(seq["m"], len(spec.cat_cols))[:, c]
+    assert list(cats) == [spec.vocab["cat_category"].get(str(r["cat_category"]), 1) for r in raw]
+
+
+def test_pairs_follow_eq7(prep_dir):
+    pairs = read(prep_dir / "pairs" / "train")
+    assert pairs.num_rows > 0
+    for rec in pairs.slice(0, 50).to_pylist():
+        assert rec["loser"] == rec["exposure"] and rec["winner"] != rec["loser"]
+        assert sorted(rec["winner"]) == sorted(rec["loser"])
+        clicked = [i for i, c in zip(rec["exposure"], rec["click"]) if c > 0]
+        assert rec["winner"][0] in clicked  # Eq. 7 with gamma=alpha=1 puts a clicked item first
+
+
+def test_vocab_saved_with_oov_and_padding(prep_dir):
+    spec = FeatureSpec.load(prep_dir / "features.json")
+    assert spec.cat_cols == ["cat_category", "cat_creator", "cat_hour", "cat_series", "cat_user_segment"]
+    for c in spec.cat_cols:
+        assert min(spec.vocab[c].values()) == 2  # 0 = padding, 1 = out of vocabulary
+    assert spec.encode_cat("cat_category", ["never-seen", None]).tolist() == [1, 1]
+
+
+def run_prepare(args):
+    return subprocess.run([sys.executable, "-m", "jobs.prepare", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_missing_column_fails_fast_naming_it(tmp_path, sim_dir):
+    table = pq.read_table(next((sim_dir / "logs").glob("*.parquet"))).drop_columns(["upstream_rank"])
+    (tmp_path / "logs").mkdir()
+    pq.write_table(table, tmp_path / "logs" / "part.parquet")
+    proc = run_prepare(["--logs", str(tmp_path / "logs"), "--out", str(tmp_path / "out")])
+    assert proc.returncode != 0
+    assert "upstream_rank" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_column_map_and_string_ids(ray_cluster, tmp_path, sim_dir):
+    """A team's logs with other names, string ids and a timestamp ts, mapped by a dataset config."""
+    from jobs import prepare
+
+    table = pq.read_table(next((sim_dir / "logs").glob("*.parquet"))).slice(0, 200 * 30)
+    renamed = table.rename_columns([{"request_id": "req", "upstream_rank": "rank"}.get(c, c) for c in table.column_names])
+    renamed = renamed.set_column(renamed.schema.get_field_index("req"), "req",
+                                 pa.compute.cast(renamed.column("req"), pa.string()))
+    renamed = renamed.set_column(renamed.schema.get_field_index("ts"), "ts",
+                                 pa.compute.cast(renamed.column("ts"), pa.timestamp("ms")))
+    (tmp_path / "logs").mkdir()
+    pq.write_table(renamed, tmp_path / "logs" / "part.parquet")
+    cfg = tmp_path / "dataset.yaml"
+    cfg.write_text("column_map:\n  req: request_id\n  rank: upstream_rank\n")
+    summary = prepare.main(["--logs", str(tmp_path / "logs"), "--out", str(tmp_path / "out"),
+                            "--config", str(cfg), "valid_days=1", "test_days=1"])
+    assert summary["requests_read"] == 200
+    seqs = read(tmp_path / "out" / "sequences" / "train")
+    assert pa.types.is_string(seqs.schema.field("request_id").type)

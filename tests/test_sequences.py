@@ -1,0 +1,126 @@
+"""Grouping raw rows into sequences, and every quarantine reason, on hand-made logs."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from gref.data.schema import DatasetConfig, SchemaError, canonical_schema
+from gref.data.sequences import REASONS, build_sequences, split_boundaries
+
+DAY = 86_400_000
+
+
+def request(rid, m=4, shown=(3, 1), clicks=(1, 0), user=7, ts=10 * DAY, changes=None):
+    """Rows of one request: candidates with upstream ranks 1..m; ``shown`` maps display
+    positions onto candidate indices (shown[0] is at position 1)."""
+    rows = []
+    for i in range(m):
+        pos = shown.index(i) + 1 if i in shown else None
+        rows.append({"request_id": rid, "user_id": user, "ts": ts, "item_id": 100 * rid + i,
+                     "upstream_rank": i + 1, "position": pos,
+                     "click": clicks[shown.index(i)] if i in shown else None,
+                     "num_a": float(i), "cat_c": f"c{i % 2}"})
+    for (i, col), value in (changes or {}).items():
+        rows[i][col] = value
+    return rows
+
+
+def build(rows, max_candidates=200):
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("request_id", pa.int64()), ("user_id", pa.int64()), ("ts", pa.int64()), ("item_id", pa.int64()),
+        ("upstream_rank", pa.int32()), ("position", pa.int32()), ("click", pa.int8()),
+        ("num_a", pa.float64()), ("cat_c", pa.string())]))
+    return build_sequences(table, ["num_a"], ["cat_c"], (20 * DAY, 25 * DAY), max_candidates)
+
+
+def test_valid_request_becomes_a_sequence():
+    rows = request(1)[::-1]  # row order must not matter
+    seqs, quarantine = build(rows)
+    assert quarantine.num_rows == 0
+    rec = seqs.to_pylist()[0]
+    assert rec["item_id"] == [100, 101, 102, 103]  # upstream order
+    assert rec["exposure"] == [3, 1]  # position 1 is candidate 3
+    assert rec["click"] == [1.0, 0.0] and rec["m"] == 4 and rec["n"] == 2
+    assert rec["num_raw"] == [0.0, 1.0, 2.0, 3.0] and rec["cat_c"] == ["c0", "c1", "c0", "c1"]
+    assert rec["split"] == "train"
+
+
+def test_position_gaps_and_variable_sizes():
+    rows = request(1, m=3, shown=(2, 0), clicks=(0, 1))
+    rows[0]["position"] = 7  # candidate 0 shown at 7, candidate 2 at 1: gap allowed
+    rows += request(2, m=6, shown=(0, 1, 2, 3, 4), clicks=(0, 0, 0, 0, 1))
+    seqs, quarantine = build(rows)
+    assert quarantine.num_rows == 0
+    recs = {r["request_id"]: r for r in seqs.to_pylist()}
+    assert recs[1]["exposure"] == [2, 0] and recs[1]["m"] == 3
+    assert recs[2]["n"] == 5 and recs[2]["m"] == 6
+
+
+def test_missing_numeric_is_kept_as_nan_not_quarantined():
+    seqs, quarantine = build(request(1, changes={(0, "num_a"): None}))
+    assert quarantine.num_rows == 0
+    assert np.isnan(seqs.to_pylist()[0]["num_raw"][0])
+
+
+CASES = {
+    "null_key": {(1, "item_id"): None},
+    "inconsistent_request": {(2, "user_id"): 8},
+    "invalid_upstream_rank": {(0, "upstream_rank"): 0},
+    "duplicate_upstream_rank": {(1, "upstream_rank"): 1},
+    "duplicate_item": {(2, "item_id"): 200},
+    "invalid_position": {(3, "position"): 0},
+    "duplicate_position": {(3, "position"): 2},
+    "exposed_without_feedback": {(3, "click"): None},
+    "invalid_feedback": {(3, "click"): 2},
+    "feedback_without_exposure": {(0, "click"): 1},
+    "non_finite_feature": {(2, "num_a"): float("inf")},
+}
+
+
+@pytest.mark.parametrize("reason", sorted(REASONS))
+def test_every_quarantine_reason(reason):
+    if reason == "no_exposed_item":
+        bad = request(2, shown=(), clicks=())
+    elif reason == "too_many_candidates":
+        bad = request(2, m=5)
+    else:
+        bad = request(2, changes=CASES[reason])
+    seqs, quarantine = build(request(1) + bad + request(3), max_candidates=4)
+    assert seqs.column("request_id").to_pylist() == [1, 3]  # the good ones survive
+    q = quarantine.to_pylist()
+    assert [r["reason"] for r in q] == [reason]
+    assert q[0]["request_id"] == "2" and q[0]["n_rows"] == len(bad)
+    kept = json.loads(q[0]["raw_rows"])  # the request's rows, nothing lost
+    assert sorted(map(str, (r["item_id"] for r in kept))) == sorted(map(str, (r["item_id"] for r in bad)))
+
+
+def test_null_request_id_is_quarantined():
+    rows = request(1) + [{**r, "request_id": None} for r in request(2)]
+    seqs, quarantine = build(rows)
+    assert seqs.num_rows == 1 and quarantine.column("reason").to_pylist() == ["null_key"]
+
+
+def test_split_boundaries_are_calendar_days():
+    valid_start, test_start = split_boundaries(10 * DAY + 5, valid_days=1, test_days=2)
+    assert (valid_start, test_start) == (8 * DAY, 9 * DAY)
+
+
+def test_schema_missing_column_is_named():
+    schema = pa.schema([("request_id", pa.int64()), ("user_id", pa.int64()), ("ts", pa.int64()),
+                        ("item_id", pa.int64()), ("upstream_rank", pa.int32()), ("position", pa.int32())])
+    with pytest.raises(SchemaError, match="'click'"):
+        canonical_schema(schema, DatasetConfig())
+
+
+def test_column_map_renames():
+    schema = pa.schema([("req", pa.string()), ("uid", pa.int64()), ("time", pa.timestamp("ms")),
+                        ("item_id", pa.string()), ("rank", pa.int32()), ("position", pa.int32()),
+                        ("click", pa.int8()), ("num_x", pa.float32()), ("extra", pa.string())])
+    cfg = DatasetConfig(column_map={"req": "request_id", "uid": "user_id", "time": "ts", "rank": "upstream_rank"})
+    mapping = canonical_schema(schema, cfg)
+    assert mapping == {"req": "request_id", "uid": "user_id", "time": "ts", "item_id": "item_id",
+                       "rank": "upstream_rank", "position": "position", "click": "click", "num_x": "num_x"}
+    with pytest.raises(SchemaError, match="column_map"):
+        canonical_schema(schema, DatasetConfig(column_map={"nope": "request_id"}))
