@@ -150,14 +150,23 @@ class OMTPLoss(nn.Module):
 class RerankDPOLoss(nn.Module):
     """Rerank-DPO (Eq. 8): -log sigmoid(beta * [(log pi(Y_w) - log ref(Y_w)) - (log pi(Y_l) - log ref(Y_l))]).
 
-    Inputs are summed sequence log-probs, each [B]. Returns {"loss", "reward_margin", "accuracy"}.
+    Inputs are summed sequence log-probs, each [B]; ``lengths`` [B] (needed only with
+    sft_weight > 0). Optional, off by default (the paper has no such term): ``sft_weight`` adds
+    the winner's per-item negative log-likelihood, -log pi(Y_w) / n (as in RPO, Pang et al.
+    2024), which keeps DPO from lowering the likelihood of both sequences.
+    Returns {"loss", "dpo", "reward_margin", "accuracy"}.
     """
 
-    def __init__(self, beta: float = 0.1):
+    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0):
         super().__init__()
-        self.beta = beta
+        self.beta, self.sft_weight = beta, sft_weight
 
-    def forward(self, policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: Tensor) -> dict[str, Tensor]:
+    def forward(self, policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: Tensor,
+                lengths: Tensor | None = None) -> dict[str, Tensor]:
         margin = self.beta * ((policy_w - ref_w) - (policy_l - ref_l))
-        return {"loss": -F.logsigmoid(margin).mean(), "reward_margin": margin.detach().mean(),
+        dpo = -F.logsigmoid(margin).mean()
+        loss = dpo
+        if self.sft_weight:
+            loss = loss + self.sft_weight * (-policy_w / lengths).mean()
+        return {"loss": loss, "dpo": dpo.detach(), "reward_margin": margin.detach().mean(),
                 "accuracy": (margin > 0).float().detach().mean()}

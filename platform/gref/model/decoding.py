@@ -34,7 +34,7 @@ def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: i
     z = model.encode(num, cat, cand_mask)
     memory, memory_mask = model.memory(z, cand_mask) if use_cache else (None, None)
     blocked = ~cand_mask.clone()
-    placed = torch.full((B, n), -1, dtype=torch.long, device=z.device)
+    placed = torch.zeros((B, n), dtype=torch.long, device=z.device)
     x = model.bos_input(B, z.device)  # tokens the next pass feeds the decoder
     cache = None
     rows = torch.arange(B, device=z.device)
@@ -50,13 +50,13 @@ def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: i
         logits = model.head_logits(h_last, z, cand_mask, heads=take)[:, :, 0]  # [B, take, M]
         for j in range(take):
             choice = logits[:, j].masked_fill(blocked, float("-inf")).argmax(dim=-1)
-            exhausted = blocked.all(dim=1)
-            placed[:, t] = torch.where(exhausted, -1, choice)
+            placed[:, t] = choice
             blocked[rows, choice] = True
             t += 1
-        new = model.embed_placed(z, placed[:, t - take: t].clamp_min(0), t - take)
+        new = model.embed_placed(z, placed[:, t - take: t], t - take)
         x = new if use_cache else torch.cat([x, new], dim=1)
-    return placed
+    # a request with fewer than n candidates: positions past its m hold no item
+    return placed.masked_fill(torch.arange(n, device=z.device)[None] >= cand_mask.sum(1, keepdim=True), -1)
 
 
 @torch.no_grad()

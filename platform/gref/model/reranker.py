@@ -50,9 +50,10 @@ class DecoderLayer(nn.Module):
         return self._heads(k), self._heads(v)
 
     def forward(self, x: Tensor, memory: tuple[Tensor, Tensor], memory_mask: Tensor,
-                cache: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                cache: tuple[Tensor, Tensor] | None = None, causal: bool = True) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x [B, T, d] new tokens; memory_mask [B, 1, 1, M] True = attend; cache = (K, V) of the
-        L tokens before x. Returns (out [B, T, d], (K, V) of all L + T tokens)."""
+        L tokens before x; causal=False lets every token see every other (one-pass scorer).
+        Returns (out [B, T, d], (K, V) of all L + T tokens)."""
         T = x.shape[1]
         q, k, v = self.qkv(self.ln_self(x)).chunk(3, dim=-1)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
@@ -61,7 +62,7 @@ class DecoderLayer(nn.Module):
         past = k.shape[2] - T
         # no dropout on attention weights: it forces SDPA onto its slow math kernel
         if past == 0:
-            att = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1)
         else:  # query i sits at absolute position past + i and sees keys 0..past + i
             allowed = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
@@ -73,15 +74,28 @@ class DecoderLayer(nn.Module):
         return x, (k, v)
 
 
-class OMTPHead(nn.Module):
-    """Head j: a residual MLP on the shared trunk's hidden state, h_j = h + MLP_j(LN(h))."""
+class OMTPHeads(nn.Module):
+    """The k output heads, each a residual MLP on the shared trunk's hidden state:
+    h_j = h + W2_j GELU(W1_j LN_j(h) + b1_j) + b2_j. Stored as stacked [k, ...] parameters and
+    applied with one einsum per layer, so a pass costs the same few ops whatever k is."""
 
-    def __init__(self, d: int):
+    def __init__(self, k: int, d: int):
         super().__init__()
-        self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        self.ln_weight = nn.Parameter(torch.ones(k, d))
+        self.ln_bias = nn.Parameter(torch.zeros(k, d))
+        self.w1 = nn.Parameter(torch.randn(k, d, d) / math.sqrt(d))
+        self.b1 = nn.Parameter(torch.zeros(k, d))
+        self.w2 = nn.Parameter(torch.randn(k, d, d) / math.sqrt(d) * 0.1)
+        self.b2 = nn.Parameter(torch.zeros(k, d))
 
-    def forward(self, h: Tensor) -> Tensor:
-        return h + self.mlp(h)
+    def __len__(self) -> int:
+        return self.w1.shape[0]
+
+    def forward(self, h: Tensor, heads: int) -> Tensor:
+        """h [B, T, d] -> [B, heads, T, d] (the first ``heads`` heads)."""
+        x = F.layer_norm(h, h.shape[-1:])[:, None] * self.ln_weight[:heads, None] + self.ln_bias[:heads, None]
+        x = F.gelu(torch.einsum("bktd,kde->bkte", x, self.w1[:heads]) + self.b1[:heads, None])
+        return h[:, None] + torch.einsum("bktd,kde->bkte", x, self.w2[:heads]) + self.b2[:heads, None]
 
 
 class GenReranker(nn.Module):
@@ -100,7 +114,7 @@ class GenReranker(nn.Module):
         self.out_pos_emb = nn.Embedding(cfg.max_length, d)  # position in the generated list
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
         self.dec_norm = nn.LayerNorm(d)
-        self.heads = nn.ModuleList(OMTPHead(d) for _ in range(cfg.omtp_heads))
+        self.heads = OMTPHeads(cfg.omtp_heads, d)
         self.scale = 1.0 / math.sqrt(d)
 
     @property
@@ -146,7 +160,7 @@ class GenReranker(nn.Module):
 
     def head_logits(self, h: Tensor, z: Tensor, cand_mask: Tensor, heads: int | None = None) -> Tensor:
         """Eq. 5 for each head: h [B, T, d], z [B, M, d] -> logits [B, k, T, M] (pads = -inf)."""
-        hs = torch.stack([head(h) for head in self.heads[: heads or self.k]], dim=1)  # [B, k, T, d]
+        hs = self.heads(h, heads or self.k)  # [B, k, T, d]
         logits = torch.einsum("bktd,bmd->bktm", hs, z) * self.scale
         return logits.masked_fill(~cand_mask[:, None, None, :], float("-inf"))
 

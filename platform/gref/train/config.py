@@ -19,7 +19,8 @@ class OptimConfig:
 
 @dataclass
 class ScalingConfig:
-    num_workers: int = 1  # Ray Train workers; 0 = run the loop in the driver process
+    num_workers: int = 1  # Ray Train workers; 0 = in the driver process (fast, but checkpoints
+    #                       stay local: no resume after a failure -- use >= 1 for real runs)
     use_gpu: bool | None = None  # None = use GPUs when the cluster has them
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 0  # torch intra-op threads; 0 = Ray's default (= cpus_per_worker)
@@ -61,9 +62,10 @@ class DPOConfig:
     data: str = ""  # prepared data dir; trains on pairs/train
     init: str = ""  # pre-trained model: directory, models:/name@alias or runs:/...; "" = from scratch
     beta: float = 0.1  # Eq. 8 temperature (paper: 0.1)
+    sft_weight: float = 0.0  # + weight * NLL(winner) per item (RPO); 0 = the paper's pure DPO
     decode_heads: int = 0  # heads per pass in log pi(Y); 0 = all the model's heads (its decoding)
     model: ModelConfig = field(default_factory=ModelConfig)  # used only when init = ""
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, epochs=3))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, epochs=2))  # small lr: larger ones over-optimise (README)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSettings = field(default_factory=RunSettings)

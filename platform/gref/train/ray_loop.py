@@ -64,7 +64,7 @@ def train_loop(config: dict[str, Any]) -> None:
     reference = None
     if stage == "dpo":  # pi_ref: frozen copy of the initial model
         reference = copy.deepcopy(model).to(device).eval().requires_grad_(False)
-        dpo_fn = RerankDPOLoss(cfg.beta)
+        dpo_fn = RerankDPOLoss(cfg.beta, cfg.sft_weight)
         heads = cfg.decode_heads or model.k
     else:
         omtp_fn = OMTPLoss(model.k, cfg.lambda1, cfg.lambda2).to(device)
@@ -109,6 +109,7 @@ def train_loop(config: dict[str, Any]) -> None:
             with _autocast(device, cfg.scaling.mixed_precision):
                 out = (dpo_loss(model, reference, dpo_fn, batch, heads) if stage == "dpo"
                        else pretrain_loss(model, omtp_fn, batch))
+            out = {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
             opt.zero_grad(set_to_none=True)
             scaler.scale(out["loss"]).backward()
             if cfg.optim.grad_clip:
@@ -120,7 +121,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 sums[k] = sums.get(k, 0.0) + float(v) * batch.size
             seen += batch.size
             steps += 1
-        metrics: dict[str, Any] = {"epoch": epoch, "samples_per_s": seen / max(time.time() - t0, 1e-9)}
+        metrics: dict[str, Any] = {"epoch": epoch, "train_samples": seen,
+                                   "samples_per_s": seen / max(time.time() - t0, 1e-9)}
         metrics.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items()})
 
         checkpoint = None

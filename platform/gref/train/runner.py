@@ -56,7 +56,9 @@ def run_training(stage: str, cfg: Any, dataset_path: Path, init: GenReranker | N
     mlflow.set_experiment(cfg.tracking.experiment)
     id_file = run_dir / "mlflow_run_id"
     resumed = id_file.exists()
-    active = mlflow.start_run(run_id=id_file.read_text().strip()) if resumed else mlflow.start_run(run_name=name)
+    nested = mlflow.active_run() is not None  # under the pipeline's run when there is one
+    active = (mlflow.start_run(run_id=id_file.read_text().strip(), nested=nested) if resumed
+              else mlflow.start_run(run_name=name, nested=nested))
     id_file.write_text(active.info.run_id)
     try:
         if not resumed:
@@ -110,5 +112,6 @@ def run_training(stage: str, cfg: Any, dataset_path: Path, init: GenReranker | N
         raise
     return {"stage": stage, "run_name": name, "run_dir": str(run_dir), "model_dir": str(model_dir),
             "mlflow_run_id": active.info.run_id, "model_uri": logged["model_uri"],
+            "checkpoint": result.checkpoint.path,
             "registered_version": logged["version"], "selection_metric": metric,
             "best": best_epoch, "history": state["history"]}

@@ -1,0 +1,27 @@
+# The two commands of the README. Each creates the virtual environment if it is missing.
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# pip takes the local CPU wheel when one is on disk (see RAY-NOTES); else the registry's 2.13.0
+TORCH   := torch==2.13.0
+
+.PHONY: demo test venv clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH) $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl)
+	$(BIN)/pip install -q -e ".[dev]"
+
+venv: $(BIN)/python
+
+## 1. set up a fresh machine and run the main job (simulate -> prepare -> pretrain -> dpo -> evaluate -> register)
+demo: venv
+	RAY_AUTH_MODE=disabled $(BIN)/python -m jobs.pipeline --config configs/pipeline.yaml $(ARGS)
+
+## 2. run the tests (a real local Ray cluster, a real MLflow store)
+test: venv
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -q -p no:cacheprovider $(ARGS)
+
+clean:
+	rm -rf runs mlflow.db mlartifacts

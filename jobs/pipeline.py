@@ -1,0 +1,167 @@
+"""The whole story in one command: simulate -> prepare -> pretrain -> dpo -> evaluate -> register.
+
+    python -m jobs.pipeline [--config configs/pipeline.yaml] [key=value ...]
+
+Everything lands under ``out`` (data, Ray Train runs, the report) and in MLflow (one parent
+run with each job's run nested under it). The DPO model is registered as
+``tracking.registered_model``; the new version gets the alias ``challenger``, and also
+``champion`` when it beats the current champion on this run's test split (or there is none).
+Prints a summary table and writes ``out/summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gref.cli import log, parser, resolve_config
+from gref.config import flatten, save_yaml, to_dict
+from gref.data.schema import DatasetConfig
+from gref.sim.world import WorldConfig
+from gref.tracking import TrackingConfig
+from gref.train.config import DPOConfig, PretrainConfig
+
+
+@dataclass
+class PipelineConfig:
+    out: str = "runs/pipeline"  # output root: sim/, prep/, ray/, report/, summary.json
+    requests: int = 40_000  # simulated requests (the embedded default data source)
+    logs: str = ""  # raw logs to use instead of simulating ("" = simulate; no oracle with real logs)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval_max_requests: int = 0  # test requests evaluated (0 = all)
+
+
+def _timed(timings: dict, step: str, fn, *args, **kwargs):
+    log("pipeline", f"--- {step}")
+    t0 = time.time()
+    result = fn(*args, **kwargs)
+    timings[step] = round(time.time() - t0, 1)
+    log("pipeline", f"--- {step} done in {timings[step]}s")
+    return result
+
+
+def simulate_step(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
+    from gref.sim import World, generate_logs
+
+    world = World.generate(cfg.world)
+    world.save(out / "sim" / "world")
+    for _ in generate_logs(world, cfg.requests, out / "sim" / "logs"):
+        pass
+    return out / "sim" / "logs", out / "sim" / "world"
+
+
+def register_step(cfg: PipelineConfig, version: int, rows: dict, champion_rows: dict | None, metric: str) -> dict:
+    """challenger = the new version; champion = the new version if it is at least as good as
+    the current champion on this test split."""
+    from gref import tracking
+
+    name = cfg.tracking.registered_model
+    aliases = {"challenger": version}
+    new_score = rows["GReF (pre-train + DPO)"][metric]
+    promote = champion_rows is None or new_score >= champion_rows["score"]
+    if promote:
+        aliases["champion"] = version
+    tracking.set_aliases(name, aliases)
+    return {"registered_model": name, "version": version, "aliases": aliases, "metric": metric,
+            "new_score": new_score, "previous_champion": champion_rows, "promoted": promote}
+
+
+def current_champion(name: str):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+
+
+def run(cfg: PipelineConfig) -> dict:
+    import mlflow
+
+    from gref import tracking
+    from gref.train.runner import run_training
+    from jobs import evaluate, prepare
+
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "pipeline.yaml")
+    timings: dict[str, float] = {}
+    tracking.setup(cfg.tracking)
+    mlflow.set_experiment(cfg.tracking.experiment)
+    started = time.time()
+    with mlflow.start_run(run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()})
+        if cfg.logs:
+            logs, world_dir = Path(cfg.logs), None
+        else:
+            logs, world_dir = _timed(timings, "simulate", simulate_step, cfg, out)
+        prep = out / "prep"
+        data_summary = _timed(timings, "prepare", prepare.run, str(logs), str(prep), cfg.dataset)
+        mlflow.log_artifact(str(prep / "summary.json"), artifact_path="data")
+
+        for stage_cfg in (cfg.pretrain, cfg.dpo):
+            stage_cfg.data = str(prep)
+            stage_cfg.tracking = cfg.tracking
+            stage_cfg.eval.world = str(world_dir) if world_dir else ""
+            stage_cfg.run.storage = str(out / "ray")
+        pre = _timed(timings, "pretrain", run_training, "pretrain", cfg.pretrain, prep / "sequences" / "train")
+        from gref.model.io import load_reranker
+
+        pretrained = load_reranker(pre["model_dir"])
+        cfg.dpo.register = True
+        dpo = _timed(timings, "dpo", run_training, "dpo", cfg.dpo, prep / "pairs" / "train", init=pretrained)
+        models = {"GReF (pre-train only)": pretrained, "GReF (pre-train + DPO)": load_reranker(dpo["model_dir"])}
+
+        champion = current_champion(cfg.tracking.registered_model)
+        if champion is not None and int(champion.version) != dpo["registered_version"]:
+            models[f"champion v{champion.version}"] = tracking.load_reranker_uri(
+                f"models:/{cfg.tracking.registered_model}@champion")
+        rows = _timed(timings, "evaluate", evaluate.run, prep, models, out / "report",
+                      str(world_dir or ""), "test", cfg.eval_max_requests)
+        metric = "oracle_clicks" if world_dir else "ndcg"
+        champion_rows = None
+        if champion is not None and f"champion v{champion.version}" in rows:
+            champion_rows = {"version": int(champion.version),
+                             "score": rows[f"champion v{champion.version}"][metric]}
+        registry = register_step(cfg, dpo["registered_version"], rows, champion_rows, metric)
+        timings["total"] = round(time.time() - started, 1)
+        summary = {"out": str(out), "mlflow_run_id": parent.info.run_id, "timings_s": timings,
+                   "data": {k: data_summary[k] for k in ("requests_read", "sequences", "pairs",
+                                                         "quarantined", "quarantined_by_reason")},
+                   "pretrain": {k: pre[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best")},
+                   "dpo": {k: dpo[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best")},
+                   "test": rows, "registry": registry}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        mlflow.log_artifact(str(out / "summary.json"))
+        mlflow.log_metrics({f"time.{k}": v for k, v in timings.items()})
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser("jobs.pipeline", __doc__)
+    args = p.parse_args(argv)
+    cfg = resolve_config(PipelineConfig, args)
+    summary = run(cfg)
+    from gref.evaluation import markdown_table
+
+    reg = summary["registry"]
+    print("\n== GReF pipeline summary ==")
+    print(f"data: {summary['data']['requests_read']:,} requests -> sequences {summary['data']['sequences']}, "
+          f"pairs {summary['data']['pairs']}, quarantined {summary['data']['quarantined']}")
+    print(f"time (s): {summary['timings_s']}")
+    print(f"\ntest split:\n{markdown_table(summary['test'])}\n")
+    print(f"registry: {reg['registered_model']} v{reg['version']} aliases {sorted(reg['aliases'])}"
+          + ("" if reg["promoted"] else f" (champion stays v{reg['previous_champion']['version']})"))
+    print(f"summary: {Path(summary['out']) / 'summary.json'}   MLflow run: {summary['mlflow_run_id']}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
