@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+from ray.data.expressions import col
 
 from gref.cli import log, parser, print_json, resolve_config
 from gref.config import to_dict
@@ -159,7 +160,7 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     spec.save(out_dir / "features.json")
     for split in SPLITS:
-        part = encoded.filter(lambda r, s=split: r["split"] == s)
+        part = encoded.filter(expr=col("split") == split)  # Arrow-native predicate
         part.write_parquet(str(out_dir / "sequences" / split))
         if split != "test":
             part.map_batches(add_pairs, batch_format="pyarrow", fn_kwargs={

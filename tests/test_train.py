@@ -179,3 +179,16 @@ def test_pipeline_end_to_end(ray_cluster, tmp_path, mlflow_uri):
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2  # pretrain and dpo nested under the pipeline run
+
+
+def test_failed_job_ends_its_mlflow_run_as_failed(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):
+    from mlflow import MlflowClient
+
+    from gref.train.runner import run_training
+
+    cfg = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=0", "optim.epochs=2",
+                       "run.fail_once_at_epoch=0", "run.max_failures=0")
+    with pytest.raises(Exception, match="injected failure"):
+        run_training("pretrain", cfg, prep_dir / "sequences" / "train")
+    run_id = (tmp_path / "ray" / cfg.run.name / "mlflow_run_id").read_text()
+    assert MlflowClient(mlflow_uri).get_run(run_id).info.status == "FAILED"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +44,13 @@ def _log_mlflow(tracking: dict | None, metrics: dict[str, float], step: int) -> 
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
              if isinstance(v, (int, float)) and v == v]
     MlflowClient(tracking["uri"]).log_batch(tracking["run_id"], metrics=batch)
+
+
+def _say(message: str) -> None:
+    """Progress line. Not print(): Train V2 patches print in workers to tee it into its logger,
+    and with Ray's wrapped stdout every line reached the driver twice."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -81,7 +90,7 @@ def train_loop(config: dict[str, Any]) -> None:
         opt.load_state_dict(state["optimizer"])
         start_epoch, best, best_state, history = state["epoch"] + 1, state["best"], state["best_model"], state["history"]
         if rank == 0:
-            print(f"[{stage}] resumed from the checkpoint of epoch {state['epoch']}", flush=True)
+            _say(f"[{stage}] resumed from the checkpoint of epoch {state['epoch']}")
 
     valid = valid_pairs = world = None
     if rank == 0:
@@ -121,6 +130,9 @@ def train_loop(config: dict[str, Any]) -> None:
                 sums[k] = sums.get(k, 0.0) + float(v) * batch.size
             seen += batch.size
             steps += 1
+            if rank == 0 and cfg.run.log_every_steps and steps % cfg.run.log_every_steps == 0:
+                _say(f"[{stage}] epoch {epoch + 1} step {steps}: loss {sums['loss'] / seen:.4f}, "
+                     f"{seen / (time.time() - t0):.0f} samples/s")
         metrics: dict[str, Any] = {"epoch": epoch, "train_samples": seen,
                                    "samples_per_s": seen / max(time.time() - t0, 1e-9)}
         metrics.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items()})
@@ -142,13 +154,15 @@ def train_loop(config: dict[str, Any]) -> None:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                               if k in ("train_loss", "val_nll", "val_dpo_loss", "ndcg", "auc_exposure",
                                        "oracle_clicks", "oracle_click_lift"))
-            print(f"[{stage}] epoch {epoch + 1}/{cfg.optim.epochs} ({seen} samples, "
-                  f"{metrics['samples_per_s']:.0f}/s): {shown}", flush=True)
+            _say(f"[{stage}] epoch {epoch + 1}/{cfg.optim.epochs} ({seen} samples, "
+                 f"{metrics['samples_per_s']:.0f}/s): {shown}")
             tmp = Path(tempfile.mkdtemp(prefix="gref-ckpt-"))
             torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                         "best": best, "best_model": best_state, "history": history,
                         "model_cfg": net.cfg.__dict__, "metric": metric_name}, tmp / "state.pt")
             checkpoint = ray.train.Checkpoint.from_directory(str(tmp))
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(metrics, checkpoint=checkpoint)  # synchronous: uploaded to storage on return
+        if checkpoint is not None:
+            shutil.rmtree(checkpoint.path, ignore_errors=True)
         if epoch == cfg.run.fail_once_at_epoch and start_epoch == 0:
             raise RuntimeError(f"injected failure after epoch {epoch} (run.fail_once_at_epoch)")
