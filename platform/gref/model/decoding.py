@@ -32,7 +32,7 @@ def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: i
         raise ValueError(f"n={n} exceeds the model's max_length={model.cfg.max_length}")
     B, M = cand_mask.shape
     z = model.encode(num, cat, cand_mask)
-    memory, memory_mask = model.memory(z, cand_mask) if use_cache else (None, None)
+    memory, memory_bias = model.memory(z, cand_mask) if use_cache else (None, None)
     blocked = ~cand_mask.clone()
     placed = torch.zeros((B, n), dtype=torch.long, device=z.device)
     x = model.bos_input(B, z.device)  # tokens the next pass feeds the decoder
@@ -41,10 +41,10 @@ def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: i
     t = 0
     while t < n:
         if use_cache:
-            h, cache = model.decode_hidden(x, memory, memory_mask, cache)
+            h, cache = model.decode_hidden(x, memory, memory_bias, cache)
         else:
-            memory, memory_mask = model.memory(z, cand_mask)
-            h, _ = model.decode_hidden(x, memory, memory_mask)
+            memory, memory_bias = model.memory(z, cand_mask)
+            h, _ = model.decode_hidden(x, memory, memory_bias)
         h_last = h[:, -1:]  # [B, 1, d]
         take = min(heads, n - t)
         logits = model.head_logits(h_last, z, cand_mask, heads=take)[:, :, 0]  # [B, take, M]
@@ -68,14 +68,14 @@ def beam_search(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor,
     n = min(n, int(cand_mask.sum(1).min()))
     z = model.encode(num, cat, cand_mask)
     zb, maskb = z.repeat_interleave(beam, 0), cand_mask.repeat_interleave(beam, 0)
-    memory, memory_mask = model.memory(zb, maskb)
+    memory, memory_bias = model.memory(zb, maskb)
     blocked = ~maskb.clone()
     score = torch.zeros(B, beam, device=z.device)
     score[:, 1:] = float("-inf")  # all beams start identical: keep one alive at step 0
     seqs = torch.zeros(B * beam, 0, dtype=torch.long, device=z.device)
     x, cache = model.bos_input(B * beam, z.device), None
     for t in range(n):
-        h, cache = model.decode_hidden(x, memory, memory_mask, cache)
+        h, cache = model.decode_hidden(x, memory, memory_bias, cache)
         logp = torch.log_softmax(model.head_logits(h[:, -1:], zb, maskb, heads=1)[:, 0, 0]
                                  .masked_fill(blocked, float("-inf")), dim=-1)  # [B*beam, M]
         total = (score.view(-1, 1) + logp).view(B, beam * M)
@@ -103,8 +103,8 @@ def score_items(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor,
     ordered by how much the model wanted them first. Padding gets -inf.
     """
     z = model.encode(num, cat, cand_mask)
-    memory, memory_mask = model.memory(z, cand_mask)
-    h, _ = model.decode_hidden(model.bos_input(z.shape[0], z.device), memory, memory_mask)
+    memory, memory_bias = model.memory(z, cand_mask)
+    h, _ = model.decode_hidden(model.bos_input(z.shape[0], z.device), memory, memory_bias)
     first = torch.sigmoid(model.head_logits(h, z, cand_mask, heads=1)[:, 0, 0])  # [B, M]
     n = placed.shape[1]
     rank_bonus = torch.zeros_like(first)

@@ -23,10 +23,10 @@ class OnePassScorer(nn.Module):
         """[B, M] inputs -> [B, n] candidate indices (-1 when candidates run out)."""
         body = self.body
         z = body.encode(num, cat, cand_mask)
-        memory, memory_mask = body.memory(z, cand_mask)
+        memory, memory_bias = body.memory(z, cand_mask)
         x = self.queries.weight[:n][None].expand(z.shape[0], -1, -1)
         for i, layer in enumerate(body.decoder):  # bidirectional over the n positions
-            x, _ = layer(x, memory[i], memory_mask, causal=False)
+            x, _ = layer(x, memory[i], memory_bias, causal=False)
         scores = torch.einsum("btd,bmd->btm", body.dec_norm(x), z)  # [B, n, M]
         blocked = ~cand_mask.clone()
         out = torch.full((z.shape[0], n), -1, dtype=torch.long, device=z.device)

@@ -44,31 +44,35 @@ class DecoderLayer(nn.Module):
         return x.transpose(1, 2).reshape(B, T, H * dh)
 
     def memory(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys/values of the candidates: Z [B, M, d] -> 2 x [B, H, M, dh].
-        Computed once per request and reused by every decoding pass."""
+        """Cross-attention keys/values of the candidates, computed once per request and reused
+        by every decoding pass: Z [B, M, d] -> (K^T / sqrt(dh) [B, H, dh, M], V [B, H, M, dh])."""
         k, v = self.cross_kv(z).chunk(2, dim=-1)
-        return self._heads(k), self._heads(v)
+        k = self._heads(k)
+        # contiguous once here, or every pass's matmul would copy them again
+        return (k.transpose(-1, -2) * k.shape[-1] ** -0.5).contiguous(), self._heads(v).contiguous()
 
-    def forward(self, x: Tensor, memory: tuple[Tensor, Tensor], memory_mask: Tensor,
-                cache: tuple[Tensor, Tensor] | None = None, causal: bool = True) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x [B, T, d] new tokens; memory_mask [B, 1, 1, M] True = attend; cache = (K, V) of the
-        L tokens before x; causal=False lets every token see every other (one-pass scorer).
-        Returns (out [B, T, d], (K, V) of all L + T tokens)."""
+    def forward(self, x: Tensor, memory: tuple[Tensor, Tensor], memory_bias: Tensor,
+                cache: tuple[Tensor, Tensor] | None = None, self_mask: Tensor | None = None,
+                causal: bool = True) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x [B, T, d] new tokens; memory from ``memory``; memory_bias [B, 1, 1, M] additive
+        (0 = attend, -inf = padding); cache = (K, V) of the L tokens before x; self_mask
+        [T, L + T] bool when L > 0 and T > 1 (from ``causal_mask``); causal=False lets every
+        token see every other (one-pass scorer). Returns (out [B, T, d], (K, V) of all L + T)."""
         T = x.shape[1]
         q, k, v = self.qkv(self.ln_self(x)).chunk(3, dim=-1)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         if cache is not None:
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-        past = k.shape[2] - T
         # no dropout on attention weights: it forces SDPA onto its slow math kernel
-        if past == 0:
+        if k.shape[2] == T:
             att = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1)
-        else:  # query i sits at absolute position past + i and sees keys 0..past + i
-            allowed = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        else:
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=self_mask)
         x = x + self.dropout(self.self_out(self._merge(att)))
         q = self._heads(self.cross_q(self.ln_cross(x)))
-        att = F.scaled_dot_product_attention(q, memory[0], memory[1], attn_mask=memory_mask)
+        # explicit matmul-softmax: over m ~ 30 candidates and a few queries it is ~3x faster
+        # on CPU than SDPA's flash kernel (measured at batch 64: 0.34 vs 1.08 ms per call)
+        att = torch.softmax(q @ memory[0] + memory_bias, dim=-1) @ memory[1]
         x = x + self.dropout(self.cross_out(self._merge(att)))
         x = x + self.dropout(self.ffn(self.ln_ffn(x)))
         return x, (k, v)
@@ -136,8 +140,10 @@ class GenReranker(nn.Module):
         return self.enc_norm(z)
 
     def memory(self, z: Tensor, cand_mask: Tensor) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
-        """Per-layer cross-attention K/V of Z and the [B, 1, 1, M] attend-mask (cached in decoding)."""
-        return [layer.memory(z) for layer in self.decoder], cand_mask[:, None, None, :]
+        """Per-layer cross-attention K/V of Z and the [B, 1, 1, M] additive padding bias
+        (computed once per request, reused by every decoding pass)."""
+        bias = torch.zeros(cand_mask.shape, dtype=z.dtype, device=z.device).masked_fill(~cand_mask, float("-inf"))
+        return [layer.memory(z) for layer in self.decoder], bias[:, None, None, :]
 
     # ------------------------------------------------------------------ decoder
     def embed_placed(self, z: Tensor, items: Tensor, start: int) -> Tensor:
@@ -149,12 +155,17 @@ class GenReranker(nn.Module):
     def bos_input(self, batch: int, device: torch.device) -> Tensor:
         return (self.bos + self.out_pos_emb.weight[0]).expand(batch, 1, -1)
 
-    def decode_hidden(self, x: Tensor, memory: list[tuple[Tensor, Tensor]], memory_mask: Tensor,
+    def decode_hidden(self, x: Tensor, memory: list[tuple[Tensor, Tensor]], memory_bias: Tensor,
                       cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
         """Run the decoder stack on new tokens x [B, T, d] -> (h [B, T, d], updated cache)."""
+        T = x.shape[1]
+        past = 0 if cache is None else cache[0][0].shape[2]
+        # query i sits at absolute position past + i and sees keys 0..past + i (built once per pass)
+        self_mask = (torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+                     if past and T > 1 else None)
         new_cache = []
         for i, layer in enumerate(self.decoder):
-            x, kv = layer(x, memory[i], memory_mask, None if cache is None else cache[i])
+            x, kv = layer(x, memory[i], memory_bias, None if cache is None else cache[i], self_mask)
             new_cache.append(kv)
         return self.dec_norm(x), new_cache
 
@@ -178,7 +189,7 @@ class GenReranker(nn.Module):
         mask_s = cand_mask.repeat_interleave(S, dim=0)
         seq = sequences.reshape(B * S, N)
         x = torch.cat([self.bos_input(B * S, z.device), self.embed_placed(zs, seq[:, :-1], 0)], dim=1)
-        memory, memory_mask = self.memory(zs, mask_s)
-        h, _ = self.decode_hidden(x, memory, memory_mask)
+        memory, memory_bias = self.memory(zs, mask_s)
+        h, _ = self.decode_hidden(x, memory, memory_bias)
         logits = self.head_logits(h, zs, mask_s)
         return logits.view(B, S, self.k, N, -1)
