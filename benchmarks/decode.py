@@ -1,6 +1,6 @@
 """Decoding latency of Gen-Reranker variants, side by side in one run (prints JSON).
 
-    python benchmarks/decode.py [--layers 4] [--d-model 64] [--rounds 30] [--device cpu|cuda]
+    python -m benchmarks.decode [--layers 4] [--d-model 64] [--rounds 30] [--device cpu|cuda]
 
 Per request, m=30 candidates, n=10 placed, batch 1 and batch 64, same width and depth:
   step_by_step  k=1, no KV cache (decoder re-run over the prefix each step): "GReF w/o OMTP"

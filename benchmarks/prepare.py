@@ -1,7 +1,7 @@
 """Throughput of jobs.prepare on Ray Data vs a plain single-process pyarrow/pandas version of
 the same transform, on the same simulated logs, in one run (prints JSON).
 
-    python benchmarks/prepare.py [--requests 100000] [--workdir /tmp/gref-bench-prepare]
+    python -m benchmarks.prepare [--requests 100000] [--workdir /tmp/gref-bench-prepare]
 
 Both call the same library functions (gref.data: build_sequences, FeatureSpec, add_pairs);
 they differ only in who runs them: Ray Data (hash-bucket groupby across CPU workers, streamed,

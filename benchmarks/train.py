@@ -1,7 +1,7 @@
 """Training throughput of the same model and data: (a) a plain single-process PyTorch loop,
 (b) Ray Train with 1 worker, (c) Ray Train with 2 workers -- one run, side by side (JSON).
 
-    python benchmarks/train.py --data runs/pipeline/prep [--epochs 2] [--threads 2]
+    python -m benchmarks.train --data runs/pipeline/prep [--epochs 2] [--threads 2]
 
 All three run the same step (gref.train.steps.pretrain_loss on collated Arrow batches,
 batch 256, L_omtp with k=4). (a) and (b) use ``--threads`` torch threads; (c) gives each of

@@ -127,7 +127,7 @@ def train_loop(config: dict[str, Any]) -> None:
             scaler.step(opt)
             scaler.update()
             for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * batch.size
+                sums[k] = sums.get(k, 0.0) + v.detach().item() * batch.size
             seen += batch.size
             steps += 1
             if rank == 0 and cfg.run.log_every_steps and steps % cfg.run.log_every_steps == 0:

@@ -75,10 +75,13 @@ def run_training(stage: str, cfg: Any, dataset_path: Path, init: GenReranker | N
         if init is not None:
             loop_config["init_state"] = {k: v.cpu() for k, v in init.state_dict().items()}
             loop_config["init_model_cfg"] = asdict(init.cfg)
+        train_ds = ray.data.read_parquet(str(dataset_path))
+        if cfg.scaling.materialize:  # epochs then read the object store, not Parquet (README: benchmarks)
+            train_ds = train_ds.materialize()
         trainer = TorchTrainer(
             train_loop,
             train_loop_config=loop_config,
-            datasets={"train": ray.data.read_parquet(str(dataset_path))},
+            datasets={"train": train_ds},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                          resources_per_worker=resources if workers else None),
             run_config=RunConfig(name=name, storage_path=str(storage),
