@@ -21,7 +21,7 @@ demo: venv
 
 ## 2. run the tests (a real local Ray cluster, a real MLflow store)
 test: venv
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -q -p no:cacheprovider $(ARGS)
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -p no:cacheprovider $(ARGS)
 
 clean:
 	rm -rf runs mlflow.db mlartifacts

@@ -19,7 +19,6 @@ import statistics
 import time
 
 import torch
-
 from gref.model import GenReranker, ModelConfig, decode
 from gref.model.one_pass import OnePassScorer
 

@@ -18,7 +18,6 @@ import shutil
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -67,7 +66,6 @@ def main() -> None:
     plain_s = time.perf_counter() - t0
 
     import ray
-
     from gref.data.schema import DatasetConfig
     from gref.ray_utils import init_ray
 

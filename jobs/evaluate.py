@@ -67,7 +67,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     tracking_cfg = resolve_config(TrackingConfig, args)
     import mlflow
-
     from gref import tracking
 
     tracking.setup(tracking_cfg)

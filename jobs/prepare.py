@@ -27,15 +27,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-from ray.data.expressions import col
-
 from gref.cli import log, parser, print_json, resolve_config
 from gref.config import to_dict
 from gref.data.features import FeatureSpec, merge_stats, partial_stats
 from gref.data.pairs import add_pairs
-from gref.data.schema import DatasetConfig, SchemaError, canonical_schema, feature_columns
+from gref.data.schema import (
+    DatasetConfig,
+    SchemaError,
+    canonical_schema,
+    feature_columns,
+)
 from gref.data.sequences import build_sequences, split_boundaries
 from gref.ray_utils import init_ray
+from ray.data.expressions import col
 
 SPLITS = ("train", "valid", "test")
 

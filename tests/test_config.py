@@ -1,7 +1,6 @@
 from dataclasses import dataclass, field
 
 import pytest
-
 from gref.config import ConfigError, load_config, parse_overrides
 
 

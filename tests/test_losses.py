@@ -4,9 +4,15 @@ import math
 
 import pytest
 import torch
-
-from gref.losses import (OMTPLoss, RerankDPOLoss, multi_token_loss, ordered_loss, permutations,
-                         sequence_log_prob, target_log_probs)
+from gref.losses import (
+    OMTPLoss,
+    RerankDPOLoss,
+    multi_token_loss,
+    ordered_loss,
+    permutations,
+    sequence_log_prob,
+    target_log_probs,
+)
 
 
 def lsm(values, allowed):

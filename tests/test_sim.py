@@ -3,8 +3,13 @@
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-from gref.sim import World, WorldConfig, expected_feedback, sample_feedback, simulate_requests
+from gref.sim import (
+    World,
+    WorldConfig,
+    expected_feedback,
+    sample_feedback,
+    simulate_requests,
+)
 from gref.sim.logs import to_log_table
 from gref.sim.user_model import examination_probs
 

@@ -26,7 +26,7 @@ class Batch:
     winner: Tensor | None = None  # [B, N] long (pairs only)
     loser: Tensor | None = None  # [B, N] long (pairs only)
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(**{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()})
 
     @property

@@ -54,7 +54,7 @@ class FeatureSpec:
     vocab: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @staticmethod
-    def fit(stats: dict[str, Any], num_cols: list[str], cat_cols: list[str], min_count: int = 1) -> "FeatureSpec":
+    def fit(stats: dict[str, Any], num_cols: list[str], cat_cols: list[str], min_count: int = 1) -> FeatureSpec:
         count = np.maximum(np.asarray(stats["count"], dtype=np.float64), 1.0)
         mean = np.asarray(stats["sum"], dtype=np.float64) / count
         var = np.asarray(stats["sumsq"], dtype=np.float64) / count - mean ** 2
@@ -101,5 +101,5 @@ class FeatureSpec:
         Path(path).write_text(json.dumps(asdict(self)))
 
     @staticmethod
-    def load(path: str | Path) -> "FeatureSpec":
+    def load(path: str | Path) -> FeatureSpec:
         return FeatureSpec(**json.loads(Path(path).read_text()))

@@ -76,7 +76,7 @@ class World:
     item_quality_obs: np.ndarray  # [I] float32
 
     @staticmethod
-    def generate(cfg: WorldConfig) -> "World":
+    def generate(cfg: WorldConfig) -> World:
         rng = np.random.default_rng(cfg.seed)
         d = cfg.latent_dim
         cat_centers = rng.normal(size=(cfg.n_categories, d))
@@ -143,7 +143,7 @@ class World:
         pq.write_table(_to_table(items), out / "items.parquet")
 
     @staticmethod
-    def load(directory: str | Path) -> "World":
+    def load(directory: str | Path) -> World:
         src = Path(directory)
         if not (src / "world.json").exists():
             raise FileNotFoundError(f"no simulated world at {src} (expected {src / 'world.json'})")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import shutil
 import sys
 import tempfile
 import time
@@ -19,12 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from gref.data.batch import collate, read_split
 from gref.losses import OMTPLoss, RerankDPOLoss
 from gref.model.config import ModelConfig
 from gref.model.reranker import GenReranker
-from gref.train.steps import build_model, dpo_loss, evaluate, pretrain_loss, selection_metric, unwrap
+from gref.train.steps import (
+    build_model,
+    dpo_loss,
+    evaluate,
+    pretrain_loss,
+    selection_metric,
+    unwrap,
+)
 
 
 def _autocast(device: torch.device, mode: str):
@@ -161,8 +166,7 @@ def train_loop(config: dict[str, Any]) -> None:
                         "best": best, "best_model": best_state, "history": history,
                         "model_cfg": net.cfg.__dict__, "metric": metric_name}, tmp / "state.pt")
             checkpoint = ray.train.Checkpoint.from_directory(str(tmp))
-        ray.train.report(metrics, checkpoint=checkpoint)  # synchronous: uploaded to storage on return
-        if checkpoint is not None:
-            shutil.rmtree(checkpoint.path, ignore_errors=True)
+        # the temp dir is removed once uploaded to storage (in-process mode keeps it: it is the checkpoint)
+        ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
         if epoch == cfg.run.fail_once_at_epoch and start_epoch == 0:
             raise RuntimeError(f"injected failure after epoch {epoch} (run.fail_once_at_epoch)")

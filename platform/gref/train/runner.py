@@ -7,19 +7,17 @@ so re-running a job with the same run name resumes both the training and its MLf
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-
+from gref import tracking
 from gref.config import flatten, to_dict
+from gref.model.config import ModelConfig
 from gref.model.io import save_reranker
 from gref.model.reranker import GenReranker
-from gref.model.config import ModelConfig
-from gref import tracking
 from gref.train.ray_loop import train_loop
 from gref.train.steps import data_meta, selection_metric
 
@@ -36,10 +34,9 @@ def run_training(stage: str, cfg: Any, dataset_path: Path, init: GenReranker | N
     """Fit ``stage`` ("pretrain" | "dpo") and export/log the best model. Returns an outcome dict."""
     import mlflow
     import ray
+    from gref.ray_utils import init_ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from gref.ray_utils import init_ray
 
     init_ray()
     data = Path(cfg.data).resolve()
