@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--requests", type=int, default=20_000, help="number of requests to simulate")
     p.add_argument("--seed", type=int, default=None, help="world seed (overrides config 'seed')")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--chunk", type=int, default=50_000, help="requests per Parquet file")
+    p.add_argument("--chunk", type=int, default=10_000, help="requests per Parquet file")
     args = p.parse_args(argv)
     if args.seed is not None:
         args.overrides = [*args.overrides, f"seed={args.seed}"]

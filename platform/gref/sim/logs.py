@@ -170,7 +170,7 @@ def corrupt(table: pa.Table, world: World, fraction: float, rng: np.random.Gener
     return pa.table(arrays)
 
 
-def generate_logs(world: World, n_requests: int, out_dir: str | Path, chunk: int = 50_000,
+def generate_logs(world: World, n_requests: int, out_dir: str | Path, chunk: int = 10_000,
                   seed: int | None = None, progress: bool = True) -> Iterator[Path]:
     """Simulate ``n_requests`` and write them as ``out_dir/part-XXXXX.parquet``, one file per
     chunk. Yields each written path. Reproducible from (world seed, seed)."""
