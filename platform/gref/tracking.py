@@ -132,6 +132,7 @@ def plot_curves(history: list[dict[str, Any]], keys: list[str], path: str | Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     keys = [k for k in keys if any(k in h for h in history)]
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4.2 * max(len(keys), 1), 3.2), squeeze=False)
@@ -139,6 +140,7 @@ def plot_curves(history: list[dict[str, Any]], keys: list[str], path: str | Path
         pts = [(h["epoch"], h[key]) for h in history if key in h]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(key)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
