@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+
 from gref.model import GenReranker, ModelConfig, decode
 from gref.model.one_pass import OnePassScorer
 

@@ -66,6 +66,7 @@ def main() -> None:
     plain_s = time.perf_counter() - t0
 
     import ray
+
     from gref.data.schema import DatasetConfig
     from gref.ray_utils import init_ray
 

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     tracking_cfg = resolve_config(TrackingConfig, args)
     import mlflow
+
     from gref import tracking
 
     tracking.setup(tracking_cfg)

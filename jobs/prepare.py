@@ -27,6 +27,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+from ray.data.expressions import col
+
 from gref.cli import log, parser, print_json, resolve_config
 from gref.config import to_dict
 from gref.data.features import FeatureSpec, merge_stats, partial_stats
@@ -39,7 +41,6 @@ from gref.data.schema import (
 )
 from gref.data.sequences import build_sequences, split_boundaries
 from gref.ray_utils import init_ray
-from ray.data.expressions import col
 
 SPLITS = ("train", "valid", "test")
 

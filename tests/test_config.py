@@ -1,6 +1,7 @@
 from dataclasses import dataclass, field
 
 import pytest
+
 from gref.config import ConfigError, load_config, parse_overrides
 
 

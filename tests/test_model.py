@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from gref.losses import sequence_log_prob
 from gref.model import GenReranker, ModelConfig, beam_search, decode, score_items
 

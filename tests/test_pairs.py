@@ -2,6 +2,7 @@
 
 import numpy as np
 import pyarrow as pa
+
 from gref.data.pairs import add_pairs, winner_order
 
 W = {"click": 1.0, "like": 1.5, "long_view": 0.8}

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
 from gref.data.features import FeatureSpec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from gref.data.schema import DatasetConfig, SchemaError, canonical_schema
 from gref.data.sequences import REASONS, build_sequences, split_boundaries
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from gref.sim import (
     World,
     WorldConfig,

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 import torch
+
 from gref.config import load_config
 from gref.data.batch import collate, read_split
 from gref.model.decoding import decode
@@ -90,8 +91,9 @@ def test_dpo_moves_towards_winners(ray_cluster, prep_dir, sim_dir, tmp_path, mlf
     assert h[-1]["val_dpo_loss"] < 0.693
     assert out["registered_version"] >= 1
     # MLflow: params, per-epoch metrics, artifacts, and the registered model loads and decodes
-    from gref import tracking
     from mlflow import MlflowClient
+
+    from gref import tracking
 
     client = MlflowClient(mlflow_uri)
     run = client.get_run(out["mlflow_run_id"])
@@ -180,8 +182,9 @@ def test_pipeline_end_to_end(ray_cluster, tmp_path, mlflow_uri):
 
 
 def test_failed_job_ends_its_mlflow_run_as_failed(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):
-    from gref.train.runner import run_training
     from mlflow import MlflowClient
+
+    from gref.train.runner import run_training
 
     cfg = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=0", "optim.epochs=2",
                        "run.fail_once_at_epoch=0", "run.max_failures=0")

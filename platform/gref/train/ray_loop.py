@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from gref.data.batch import collate, read_split
 from gref.losses import OMTPLoss, RerankDPOLoss
 from gref.model.config import ModelConfig

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from gref import tracking
 from gref.config import flatten, to_dict
 from gref.model.config import ModelConfig
@@ -34,9 +35,10 @@ def run_training(stage: str, cfg: Any, dataset_path: Path, init: GenReranker | N
     """Fit ``stage`` ("pretrain" | "dpo") and export/log the best model. Returns an outcome dict."""
     import mlflow
     import ray
-    from gref.ray_utils import init_ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from gref.ray_utils import init_ray
 
     init_ray()
     data = Path(cfg.data).resolve()

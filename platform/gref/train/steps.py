@@ -10,12 +10,13 @@ from typing import Any
 
 import pyarrow as pa
 import torch
+from torch import nn
+
 from gref.data.batch import Batch
 from gref.data.features import FeatureSpec
 from gref.losses import OMTPLoss, RerankDPOLoss, sequence_log_prob
 from gref.model.config import ModelConfig
 from gref.model.reranker import GenReranker
-from torch import nn
 
 
 def data_meta(data_dir: str | Path) -> dict[str, Any]:
