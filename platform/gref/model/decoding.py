@@ -30,10 +30,10 @@ def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: i
         raise ValueError(f"heads must be in 1..{model.k}, got {heads}")
     if n > model.cfg.max_length:
         raise ValueError(f"n={n} exceeds the model's max_length={model.cfg.max_length}")
-    B, M = cand_mask.shape
+    B = cand_mask.shape[0]
     z = model.encode(num, cat, cand_mask)
     memory, memory_bias = model.memory(z, cand_mask) if use_cache else (None, None)
-    blocked = ~cand_mask.clone()
+    blocked = ~cand_mask  # a new tensor: placed items are marked in it
     placed = torch.zeros((B, n), dtype=torch.long, device=z.device)
     x = model.bos_input(B, z.device)  # tokens the next pass feeds the decoder
     cache = None
@@ -53,8 +53,9 @@ def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: i
             placed[:, t] = choice
             blocked[rows, choice] = True
             t += 1
-        new = model.embed_placed(z, placed[:, t - take: t], t - take)
-        x = new if use_cache else torch.cat([x, new], dim=1)
+        if t < n:  # the next pass reads this pass's items
+            new = model.embed_placed(z, placed[:, t - take: t], t - take)
+            x = new if use_cache else torch.cat([x, new], dim=1)
     # a request with fewer than n candidates: positions past its m hold no item
     return placed.masked_fill(torch.arange(n, device=z.device)[None] >= cand_mask.sum(1, keepdim=True), -1)
 
@@ -69,7 +70,7 @@ def beam_search(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor,
     z = model.encode(num, cat, cand_mask)
     zb, maskb = z.repeat_interleave(beam, 0), cand_mask.repeat_interleave(beam, 0)
     memory, memory_bias = model.memory(zb, maskb)
-    blocked = ~maskb.clone()
+    blocked = ~maskb
     score = torch.zeros(B, beam, device=z.device)
     score[:, 1:] = float("-inf")  # all beams start identical: keep one alive at step 0
     seqs = torch.zeros(B * beam, 0, dtype=torch.long, device=z.device)

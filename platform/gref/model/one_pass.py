@@ -28,7 +28,7 @@ class OnePassScorer(nn.Module):
         for i, layer in enumerate(body.decoder):  # bidirectional over the n positions
             x, _ = layer(x, memory[i], memory_bias, causal=False)
         scores = torch.einsum("btd,bmd->btm", body.dec_norm(x), z)  # [B, n, M]
-        blocked = ~cand_mask.clone()
+        blocked = ~cand_mask
         out = torch.full((z.shape[0], n), -1, dtype=torch.long, device=z.device)
         rows = torch.arange(z.shape[0], device=z.device)
         for t in range(n):
