@@ -18,8 +18,11 @@ from gref.tracking import TrackingConfig
 
 
 def run(data: str | Path, models: dict[str, Any], out: str | Path, world_dir: str = "",
-        split: str = "test", max_requests: int = 0, log_to_mlflow: bool = True) -> dict[str, dict[str, float]]:
-    """Evaluate ``models`` ({name: GenReranker}) and the reference orders; write the report."""
+        split: str = "test", max_requests: int = 0) -> dict[str, dict[str, float]]:
+    """Evaluate ``models`` ({name: GenReranker}) and the reference orders; write the report and
+    log it to the active MLflow run."""
+    import mlflow
+
     from gref.data.batch import read_split
     from gref.evaluation import bar_chart, markdown_table, report_rows
     from gref.train.steps import data_meta
@@ -42,15 +45,12 @@ def run(data: str | Path, models: dict[str, Any], out: str | Path, world_dir: st
     (out / "report.md").write_text(f"# Offline evaluation ({split} split, {table.num_rows} requests)\n\n{md}\n")
     if world is not None:
         bar_chart(rows, out / "expected_clicks.png")
-    if log_to_mlflow:
-        import mlflow
-
-        for name, r in rows.items():
-            key = name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
-            mlflow.log_metrics({f"{key}.{k}": v for k, v in r.items() if v == v})
-        for f in ("report.json", "report.md", "expected_clicks.png"):
-            if (out / f).exists():
-                mlflow.log_artifact(str(out / f), artifact_path="evaluation")
+    for name, r in rows.items():
+        key = name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
+        mlflow.log_metrics({f"{key}.{k}": v for k, v in r.items() if v == v})
+    for f in ("report.json", "report.md", "expected_clicks.png"):
+        if (out / f).exists():
+            mlflow.log_artifact(str(out / f), artifact_path="evaluation")
     print(md, flush=True)
     return rows
 

@@ -98,7 +98,7 @@ def train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             _say(f"[{stage}] resumed from the checkpoint of epoch {state['epoch']}")
 
-    valid = valid_pairs = world = None
+    valid = valid_pairs = world = logged_clicks = None
     if rank == 0:
         data = Path(cfg.data)
         valid = read_split(data / "sequences" / "valid")
@@ -107,9 +107,12 @@ def train_loop(config: dict[str, Any]) -> None:
             valid_pairs = read_split(data / "pairs" / "valid")
             valid_pairs = valid_pairs.slice(0, min(cfg.eval.max_requests, valid_pairs.num_rows))
         if cfg.eval.world:
+            from gref.evaluation import evaluate_ranker, logged_ranker
             from gref.sim.world import World
 
             world = World.load(cfg.eval.world)
+            # the logged order does not change between epochs: score it once
+            logged_clicks = evaluate_ranker(logged_ranker, valid, meta, world, cfg.eval.batch_size)["oracle_clicks"]
     metric_name = selection_metric(cfg.eval.metric, bool(cfg.eval.world))
     shard = ray.train.get_dataset_shard("train")
     F, C, weights = meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"]
@@ -146,7 +149,7 @@ def train_loop(config: dict[str, Any]) -> None:
         checkpoint = None
         if rank == 0:
             net = unwrap(model)
-            metrics.update(evaluate(net, valid, meta, cfg.eval.batch_size, world, device))
+            metrics.update(evaluate(net, valid, meta, cfg.eval.batch_size, world, device, logged_clicks))
             if valid_pairs is not None and valid_pairs.num_rows:
                 with torch.no_grad():
                     vb = collate(valid_pairs, F, C, weights).to(device)
