@@ -89,19 +89,32 @@ def _merge(obj: T, updates: dict[str, Any], prefix: str = "") -> T:
     return obj
 
 
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"model.d": 64, "lr": 1e-3}`` -> ``{"model": {"d": 64}, "lr": 1e-3}``."""
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """Turn ``["model.d=64", "lr=1e-3"]`` into a nested dict with YAML-parsed values."""
-    nested: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         dotted, raw = item.split("=", 1)
-        node = nested
-        *parents, leaf = dotted.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw) if raw != "" else ""
-    return nested
+        values[dotted] = yaml.safe_load(raw) if raw != "" else ""
+    return nest(values)
+
+
+def override(cfg: T, values: dict[str, Any]) -> T:
+    """``cfg`` with dotted-key values applied (``{"optim.lr": 1e-4}``), checked like YAML keys."""
+    return _merge(cfg, nest(values))
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:

@@ -9,8 +9,13 @@ request yields no pair, otherwise the pair is (winner Y_w, loser Y_l = Y).
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from gref.data.schema import FEEDBACK
 
@@ -59,3 +64,33 @@ def add_pairs(table: pa.Table, alpha: float, gamma: float, weights: dict[str, fl
     out = table.take(pa.array(keep))
     out = out.append_column("winner", pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32())))
     return out.append_column("loser", out.column("exposure"))
+
+
+def rederive(data_dir: str | Path, out_dir: str | Path, alpha: float, gamma: float) -> Path:
+    """A prepared data dir whose pairs use another (alpha, gamma): ``out_dir`` links the
+    sequences and feature spec of ``data_dir`` and holds its own ``pairs/{train,valid}``,
+    rebuilt file by file from the sequences (no re-preparation of the raw logs).
+    Reuses ``out_dir`` when it already holds these pairs. Returns ``out_dir``."""
+    data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
+    summary = json.loads((data_dir / "summary.json").read_text())
+    config = {**summary["config"], "alpha": alpha, "gamma": gamma}
+    if (out_dir / "summary.json").exists() and json.loads((out_dir / "summary.json").read_text())["config"] == config:
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("sequences", "features.json"):
+        link = out_dir / name
+        if not link.exists():
+            link.symlink_to(data_dir / name)
+    counts = {}
+    for split in ("train", "valid"):
+        target = out_dir / "pairs" / split
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        counts[split] = 0
+        for i, path in enumerate(sorted((data_dir / "sequences" / split).glob("*.parquet"))):
+            table = add_pairs(pq.read_table(path), alpha, gamma, config["feedback_weights"])
+            pq.write_table(table, target / f"part-{i:05d}.parquet")
+            counts[split] += table.num_rows
+    summary = {**summary, "config": config, "pairs": counts, "pairs_derived_from": str(data_dir)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return out_dir

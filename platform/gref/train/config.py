@@ -26,6 +26,7 @@ class ScalingConfig:
     threads_per_worker: int = 0  # torch intra-op threads; 0 = Ray's default (= cpus_per_worker)
     mixed_precision: str = "auto"  # auto | bf16 | fp16 | off (GPU only; CPU trains in fp32)
     materialize: bool = True  # read the train set into the object store once (else stream Parquet every epoch)
+    read_cpus: float = 1.0  # CPUs per Ray Data read task; fractional lets concurrent Tune trials share 2 cores
 
 
 @dataclass

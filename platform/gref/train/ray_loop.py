@@ -40,7 +40,7 @@ def _autocast(device: torch.device, mode: str):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def _log_mlflow(tracking: dict | None, metrics: dict[str, float], step: int) -> None:
+def log_mlflow(tracking: dict | None, metrics: dict[str, float], step: int) -> None:
     if not tracking:
         return
     from mlflow import MlflowClient
@@ -159,7 +159,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             metrics["best_" + metric_name] = best
             history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-            _log_mlflow(config.get("tracking"), {k: v for k, v in metrics.items() if k != "epoch"}, epoch)
+            log_mlflow(config.get("tracking"), {k: v for k, v in metrics.items() if k != "epoch"}, epoch)
             shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                               if k in ("train_loss", "val_nll", "val_dpo_loss", "ndcg", "auc_exposure",
                                        "oracle_clicks", "oracle_click_lift"))

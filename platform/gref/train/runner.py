@@ -31,8 +31,11 @@ def _use_gpu(requested: bool | None) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def run_training(stage: str, cfg: Any, dataset_path: Path, init: GenReranker | None = None) -> dict[str, Any]:
-    """Fit ``stage`` ("pretrain" | "dpo") and export/log the best model. Returns an outcome dict."""
+def run_training(stage: str, cfg: Any, dataset_path: Path, init: GenReranker | None = None,
+                 callbacks: list | None = None) -> dict[str, Any]:
+    """Fit ``stage`` ("pretrain" | "dpo") and export/log the best model. Returns an outcome dict.
+
+    ``callbacks``: Ray Train ``UserCallback``s (a Tune sweep passes TuneReportCallback)."""
     import mlflow
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -74,7 +77,7 @@ def run_training(stage: str, cfg: Any, dataset_path: Path, init: GenReranker | N
         if init is not None:
             loop_config["init_state"] = {k: v.cpu() for k, v in init.state_dict().items()}
             loop_config["init_model_cfg"] = asdict(init.cfg)
-        train_ds = ray.data.read_parquet(str(dataset_path))
+        train_ds = ray.data.read_parquet(str(dataset_path), num_cpus=cfg.scaling.read_cpus)
         if cfg.scaling.materialize:  # epochs then read the object store, not Parquet (README: benchmarks)
             train_ds = train_ds.materialize()
         trainer = TorchTrainer(
@@ -85,7 +88,8 @@ def run_training(stage: str, cfg: Any, dataset_path: Path, init: GenReranker | N
                                          resources_per_worker=resources if workers else None),
             run_config=RunConfig(name=name, storage_path=str(storage),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
-                                 failure_config=FailureConfig(max_failures=cfg.run.max_failures)),
+                                 failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                                 callbacks=callbacks or []),
         )
         result = trainer.fit()
         if result.checkpoint is None:

@@ -1,0 +1,150 @@
+"""Ray Tune sweeps: search-space checks (no Ray), re-derived Eq. 7 pairs, and a real 2-trial
+sweep on the session's local Ray -- nested MLflow runs, resume with Tuner.restore, and a best
+config that jobs.pretrain / jobs.dpo train from as it is."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from gref.config import ConfigError
+
+TINY_SWEEP = {
+    "scheduler": "fifo", "num_samples": 1, "max_concurrent": 2, "max_failures": 0,
+    "space": {
+        # one trial fails after its first pre-training epoch, the other runs through
+        "pretrain.run.fail_once_at_epoch": {"grid": [-1, 0]},
+        "pairs.alpha": 0.5,  # not the prepared data's alpha: every trial re-derives its pairs
+        "dpo.beta": {"choice": [0.1]},
+    },
+    "pretrain": {"model": {"d_model": 32, "enc_layers": 1, "dec_layers": 1, "omtp_heads": 2},
+                 "optim": {"batch_size": 128, "epochs": 2}, "eval": {"max_requests": 300},
+                 "run": {"max_failures": 0},
+                 "scaling": {"num_workers": 1, "cpus_per_worker": 0.5, "threads_per_worker": 1, "read_cpus": 0.1}},
+    "dpo": {"optim": {"batch_size": 128, "epochs": 1}, "eval": {"max_requests": 300},
+            "scaling": {"num_workers": 1, "cpus_per_worker": 0.5, "threads_per_worker": 1, "read_cpus": 0.1}},
+}
+
+
+@pytest.mark.parametrize("space, key", [
+    ({"dpo.betta": {"grid": [0.1]}}, "space.dpo.betta"),  # no such config key
+    ({"dpo.beta": {"gird": [0.1]}}, "space.dpo.beta"),  # unknown kind
+    ({"dpo.beta": {"loguniform": [0.0, 1.0]}}, "space.dpo.beta"),  # log of 0
+    ({"pretrain.lambda2": {"uniform": [2.0, 1.0]}}, "space.pretrain.lambda2"),  # low > high
+    ({"pretrain.model.omtp_heads": {"choice": [2, "four"]}}, "space.pretrain.model.omtp_heads"),  # type
+    ({"pretrain.data": "/elsewhere"}, "space.pretrain.data"),  # set by the sweep
+])
+def test_bad_search_space_fails_naming_the_key(tmp_path, space, key):
+    from tune import sweep
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"space": space}))
+    with pytest.raises(SystemExit, match=f"config error: {key}"):
+        sweep.main(["--config", str(path), "--data", str(tmp_path / "no-data")])
+
+
+def test_unknown_sweep_keys_are_rejected(tmp_path):
+    from tune import sweep
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"spaces": {"dpo.beta": 0.1}}))
+    with pytest.raises(SystemExit, match="unknown config key 'spaces'"):
+        sweep.main(["--config", str(path)])
+    with pytest.raises(SystemExit, match="scheduler"):
+        sweep.main(["--data", str(tmp_path), "scheduler=hyperband"])
+
+
+def test_to_tune_builds_tune_domains():
+    from ray import tune as ray_tune
+
+    from tune.space import to_tune
+
+    space = to_tune({"a": {"grid": [1, 2]}, "b": {"loguniform": [0.01, 1.0]}, "c": {"choice": ["x", "y"]},
+                     "d": {"randint": [2, 5]}, "e": 3})
+    assert space["a"] == {"grid_search": [1, 2]}
+    assert isinstance(space["b"], ray_tune.search.sample.Float) and space["b"].lower == 0.01
+    assert space["c"].categories == ["x", "y"] and space["d"].upper == 5 and space["e"] == 3
+
+
+def _sorted_pairs(path):
+    table = pq.read_table(path, columns=["request_id", "winner", "loser"]).to_pylist()
+    return sorted(table, key=lambda r: r["request_id"])
+
+
+def test_rederived_pairs_match_the_prepare_job(prep_dir, tmp_path):
+    from gref.data.pairs import rederive
+
+    summary = json.loads((prep_dir / "summary.json").read_text())
+    alpha, gamma = summary["config"]["alpha"], summary["config"]["gamma"]
+    same = rederive(prep_dir, tmp_path / "same", alpha, gamma)
+    for split in ("train", "valid"):
+        assert _sorted_pairs(same / "pairs" / split) == _sorted_pairs(prep_dir / "pairs" / split)
+    other = rederive(prep_dir, tmp_path / "other", 20.0, gamma)  # position dominates: fewer reorders
+    counts = json.loads((other / "summary.json").read_text())["pairs"]
+    assert counts["train"] < summary["pairs"]["train"]
+    assert (other / "sequences").resolve() == (prep_dir / "sequences").resolve()
+
+
+def test_sweep_nests_runs_resumes_and_its_best_config_trains(ray_cluster, prep_dir, sim_dir, tmp_path):
+    from mlflow import MlflowClient
+
+    from jobs import dpo, pretrain
+    from tune import sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_SWEEP))
+    args = ["--config", str(config), "--data", str(prep_dir), "name=tiny", f"storage={tmp_path / 'tune'}",
+            f"tracking.uri={uri}"]
+
+    first = sweep.main(args)
+    assert first["metric"] == "oracle_clicks"  # the world beside the logs was found
+    assert first["counts"] == {"finished": 1, "stopped early": 0, "error": 1}
+    failed = next(r for r in first["trials"] if r["status"] == "error")
+    assert "injected failure after epoch 0" in failed["error"]
+    done = next(r for r in first["trials"] if r["status"] == "finished")
+
+    client = MlflowClient(uri)
+    parent = client.get_run(first["mlflow_run_id"])
+    exp = parent.info.experiment_id
+
+    def children(run_id):
+        return {r.info.run_name: r for r in client.search_runs([exp], f"tags.mlflow.parentRunId = '{run_id}'")}
+
+    trials = children(parent.info.run_id)
+    assert set(trials) == {f"trial-{r['trial_id']}" for r in first["trials"]}
+    ok = trials[f"trial-{done['trial_id']}"]
+    assert ok.data.params["pretrain.run.fail_once_at_epoch"] == "-1" and ok.data.params["pairs.alpha"] == "0.5"
+    objective_steps = [m.step for m in client.get_metric_history(ok.info.run_id, "objective")]
+    assert objective_steps == [0, 1, 2]  # live curve: 2 pre-training epochs, then 1 DPO epoch
+    assert {r.info.status for r in children(ok.info.run_id).values()} == {"FINISHED"}
+    assert len(children(ok.info.run_id)) == 2  # its pretrain and dpo runs
+    assert trials[f"trial-{failed['trial_id']}"].info.status == "FAILED"
+
+    # the same name again resumes: the finished trial is kept, the failed one continues from
+    # its epoch-0 checkpoint (so the injected failure does not fire again)
+    second = sweep.main(args)
+    assert second["restored"] and second["mlflow_run_id"] == first["mlflow_run_id"]
+    assert second["counts"] == {"finished": 2, "stopped early": 0, "error": 0}
+    assert [m.step for m in client.get_metric_history(ok.info.run_id, "objective")] == objective_steps
+    resumed = client.get_run(trials[f"trial-{failed['trial_id']}"].info.run_id)
+    assert resumed.info.status == "FINISHED"
+    pre_run = children(resumed.info.run_id)[f"{failed['trial_id']}-pretrain"]
+    assert [m.step for m in client.get_metric_history(pre_run.info.run_id, "train_loss")] == [0, 1]
+
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"results.csv", "params_vs_objective.png", "best", "summary.json"} <= artifacts
+    best = second["best"]
+    assert best["objective"] == max(r["objective"] for r in second["trials"])
+    dpo_yaml = yaml.safe_load(open(best["files"]["dpo"]))
+    assert json.loads(open(f"{dpo_yaml['data']}/summary.json").read())["config"]["alpha"] == 0.5
+    assert yaml.safe_load(open(best["files"]["dataset"]))["alpha"] == 0.5
+
+    quick = ["scaling.num_workers=0", "optim.epochs=1", f"run.storage={tmp_path / 'best-runs'}"]
+    out = pretrain.main(["--config", best["files"]["pretrain"], *quick])
+    assert len(out["history"]) == 1 and out["history"][0]["oracle_clicks"] > 0
+    out = dpo.main(["--config", best["files"]["dpo"], *quick, "register=false"])
+    assert len(out["history"]) == 1 and out["history"][0]["val_dpo_loss"] > 0
