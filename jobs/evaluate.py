@@ -18,10 +18,11 @@ from gref.tracking import TrackingConfig
 
 
 def run(data: str | Path, models: dict[str, Any], out: str | Path, world_dir: str = "",
-        split: str = "test", max_requests: int = 0) -> dict[str, dict[str, float]]:
+        split: str = "test", max_requests: int = 0, device: str = "auto") -> dict[str, dict[str, float]]:
     """Evaluate ``models`` ({name: GenReranker}) and the reference orders; write the report and
-    log it to the active MLflow run."""
+    log it to the active MLflow run. ``device``: auto = the GPU when there is one."""
     import mlflow
+    import torch
 
     from gref.data.batch import read_split
     from gref.evaluation import bar_chart, markdown_table, report_rows
@@ -37,9 +38,11 @@ def run(data: str | Path, models: dict[str, Any], out: str | Path, world_dir: st
         from gref.sim.world import World
 
         world = World.load(world_dir)
-    log("evaluate", f"{table.num_rows} {split} requests, {len(models)} model(s)"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    log("evaluate", f"{table.num_rows} {split} requests, {len(models)} model(s) on {device}"
                     + (", oracle on" if world is not None else ""))
-    rows = report_rows(models, table, data_meta(data), world)
+    rows = report_rows(models, table, data_meta(data), world, device=device)
     (out / "report.json").write_text(json.dumps(rows, indent=2))
     md = markdown_table(rows)
     (out / "report.md").write_text(f"# Offline evaluation ({split} split, {table.num_rows} requests)\n\n{md}\n")
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--max-requests", type=int, default=0, help="evaluate the first N requests (0 = all)")
     p.add_argument("--out", default="runs/evaluate", help="report directory")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one) | cpu | cuda")
     args = p.parse_args(argv)
     tracking_cfg = resolve_config(TrackingConfig, args)
     import mlflow
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     with mlflow.start_run(run_name="evaluate"):
         mlflow.log_params({"data": str(Path(args.data).resolve()), "split": args.split,
                            **{f"model.{k}": v for k, v in (s.partition("=")[::2] for s in args.model)}})
-        rows = run(args.data, models, args.out, args.world, args.split, args.max_requests)
+        rows = run(args.data, models, args.out, args.world, args.split, args.max_requests, args.device)
     print_json({"report": str(Path(args.out).resolve() / "report.md")})
     return rows
 

@@ -5,12 +5,11 @@ config that jobs.pretrain / jobs.dpo train from as it is."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
-from gref.config import ConfigError
 
 TINY_SWEEP = {
     "scheduler": "fifo", "num_samples": 1, "max_concurrent": 2, "max_failures": 0,
@@ -139,9 +138,9 @@ def test_sweep_nests_runs_resumes_and_its_best_config_trains(ray_cluster, prep_d
     assert {"results.csv", "params_vs_objective.png", "best", "summary.json"} <= artifacts
     best = second["best"]
     assert best["objective"] == max(r["objective"] for r in second["trials"])
-    dpo_yaml = yaml.safe_load(open(best["files"]["dpo"]))
-    assert json.loads(open(f"{dpo_yaml['data']}/summary.json").read())["config"]["alpha"] == 0.5
-    assert yaml.safe_load(open(best["files"]["dataset"]))["alpha"] == 0.5
+    dpo_yaml = yaml.safe_load(Path(best["files"]["dpo"]).read_text())
+    assert json.loads((Path(dpo_yaml["data"]) / "summary.json").read_text())["config"]["alpha"] == 0.5
+    assert yaml.safe_load(Path(best["files"]["dataset"]).read_text())["alpha"] == 0.5
 
     quick = ["scaling.num_workers=0", "optim.epochs=1", f"run.storage={tmp_path / 'best-runs'}"]
     out = pretrain.main(["--config", best["files"]["pretrain"], *quick])

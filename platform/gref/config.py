@@ -117,6 +117,11 @@ def override(cfg: T, values: dict[str, Any]) -> T:
     return _merge(cfg, nest(values))
 
 
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Defaults of ``cls`` updated with a nested mapping, checked like a YAML file."""
+    return _merge(cls(), data)
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults of ``cls``, then the YAML file at ``path``, then ``key=value`` overrides."""
     cfg = cls()

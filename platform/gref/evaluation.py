@@ -116,15 +116,15 @@ def evaluate_model(model: GenReranker, table: pa.Table, meta: dict[str, Any], wo
 
 
 def report_rows(models: dict[str, GenReranker], table: pa.Table, meta: dict[str, Any], world=None,
-                batch_size: int = 512) -> dict[str, dict[str, float]]:
-    """Reference orders + every model, one dict of metrics per row; with a world, each row
-    gets ``click_lift`` = its expected clicks relative to the logged exposure order."""
+                batch_size: int = 512, device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+    """Reference orders + every model (decoded on ``device``), one dict of metrics per row; with
+    a world, each row gets ``click_lift`` = its expected clicks relative to the logged exposure order."""
     rows = {"logged exposure": evaluate_ranker(logged_ranker, table, meta, world, batch_size),
             "upstream order": evaluate_ranker(upstream_ranker, table, meta, world, batch_size)}
     rows["logged exposure"]["auc_exposure"] = float("nan")  # trivially 1: it defines the exposure
     rows["logged exposure"]["latency_ms"] = rows["upstream order"]["latency_ms"] = float("nan")
     for name, model in models.items():
-        rows[name] = evaluate_model(model, table, meta, world, batch_size)
+        rows[name] = evaluate_model(model.to(device), table, meta, world, batch_size, device)
     if world is not None:
         base = rows["logged exposure"]["oracle_clicks"]
         for r in rows.values():

@@ -11,6 +11,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
 
     A local cluster gets token auth off unless the caller set RAY_AUTH_MODE: it is reachable
     only from this machine and the jobs must run unattended (RAY-NOTES: Ray 2.60 turns it on).
+    It runs the dashboard: besides the UI, its state API is what Ray Train's placement-group
+    cleaner uses to free a killed trainer's workers (a Tune trial stopped by ASHA); without it
+    those CPUs stay reserved and the next trials wait forever.
     """
     import ray
 
@@ -22,4 +25,4 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory,
-             include_dashboard=False, log_to_driver=True)
+             include_dashboard=True, log_to_driver=True)

@@ -99,23 +99,41 @@ def log_reranker(model_dir: str | Path, registered_model: str | None = None) -> 
     return out
 
 
-def load_reranker_uri(uri: str, device: str = "cpu"):
-    """GenReranker from a local directory, ``models:/name@alias``, ``models:/name/3`` or ``runs:/id/model``."""
-    from gref.model.io import load_reranker
-
+def reranker_dir(uri: str) -> Path:
+    """A local directory with model.pt / model.json / features.json for a directory,
+    ``models:/name@alias``, ``models:/name/3`` or ``runs:/id/model`` (downloaded)."""
     if "://" not in uri and ":/" not in uri:
-        return load_reranker(uri, device)
+        return Path(uri)
     import mlflow
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp()))
-    candidates = [local, local / "artifacts" / "reranker", local / "reranker"]
-    for c in candidates:
+    for c in (local, local / "artifacts" / "reranker", local / "reranker"):
         if (c / "model.json").exists():
-            return load_reranker(c, device)
+            return c
     found = next(local.rglob("model.json"), None)
     if found is None:
         raise FileNotFoundError(f"{uri} holds no reranker (no model.json)")
-    return load_reranker(found.parent, device)
+    return found.parent
+
+
+def load_reranker_uri(uri: str, device: str = "cpu"):
+    """GenReranker from a directory, ``models:/name@alias``, ``models:/name/3`` or ``runs:/id/model``."""
+    from gref.model.io import load_reranker
+
+    return load_reranker(reranker_dir(uri), device)
+
+
+def model_version(uri: str) -> str:
+    """The registry version a ``models:/name@alias`` or ``models:/name/N`` URI points at now;
+    "" for other URIs."""
+    if not uri.startswith("models:/"):
+        return ""
+    from mlflow import MlflowClient
+
+    name, _, ref = uri[len("models:/"):].partition("@")
+    if ref:
+        return str(MlflowClient().get_model_version_by_alias(name, ref).version)
+    return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 def set_aliases(registered_model: str, aliases: dict[str, int]) -> None:

@@ -1,0 +1,157 @@
+"""Serving throughput and latency, side by side in one run (prints JSON).
+
+    python -m benchmarks.serve [--model DIR] [--world DIR] [--levels 1,4,16] [--requests 300]
+
+For each concurrency level (clients in flight), the same simulated rerank requests (30
+candidates with raw features, n = 10) go to:
+  in_process  parse + encode + decode in this process, no HTTP (the floor)
+  serve       the Ray Serve app (serve/app.py: proxy -> router -> reranker with @serve.batch,
+              one arm, served lists recorded in sqlite), over loopback HTTP
+  plain       the same model in one FastAPI + uvicorn process (benchmarks/plain_server.py:
+              same validation, decoding and sqlite record, one request at a time), over loopback
+Levels run interleaved (in_process, serve, plain, next level) so machine noise hits all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def measure(call, bodies: list[dict], concurrency: int) -> dict[str, float]:
+    """Send every body with ``concurrency`` clients; latency percentiles and throughput."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(body):
+        t0 = time.perf_counter()
+        call(body)
+        with lock:
+            latencies.append(1000 * (time.perf_counter() - t0))
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, bodies))
+    wall = time.perf_counter() - t0
+    lat = np.asarray(latencies)
+    return {"requests_per_s": round(len(bodies) / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+
+
+def http_caller(url: str):
+    local = threading.local()
+
+    def call(body):
+        if not hasattr(local, "s"):
+            local.s = requests.Session()
+        r = local.s.post(f"{url}/rerank", json=body, timeout=120)
+        if r.status_code != 200:
+            raise RuntimeError(f"{url}: {r.status_code} {r.text[:200]}")
+    return call
+
+
+def in_process_caller(model_dir: str):
+    from gref.data.features import FeatureSpec
+    from gref.model.decoding import decode
+    from gref.model.io import load_reranker
+    from gref.serving.requests import encode_candidates, parse_json, parse_rerank
+
+    model = load_reranker(model_dir)
+    spec = FeatureSpec.load(f"{model_dir}/features.json")
+
+    def call(body):
+        req = parse_rerank(parse_json(json.dumps(body).encode(), 1_000_000), 200, model.cfg.max_length)
+        num, cat = encode_candidates(req.candidates, spec)
+        decode(model, torch.from_numpy(num)[None], torch.from_numpy(cat)[None],
+               torch.ones(1, len(num), dtype=torch.bool), req.n)
+    return call
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="", help="reranker dir (default: the DPO model of runs/pipeline)")
+    p.add_argument("--world", default=str(REPO / "runs/pipeline/sim/world"))
+    p.add_argument("--levels", default="1,4,16")
+    p.add_argument("--requests", type=int, default=300, help="requests per level and target")
+    p.add_argument("--max-batch-size", type=int, default=16)
+    args = p.parse_args()
+    model_dir = args.model or json.loads((REPO / "runs/pipeline/summary.json").read_text())["dpo"]["model_dir"]
+    torch.set_num_threads(1)
+
+    from gref.sim.world import World
+    from jobs.ab_test import simulated_requests
+
+    bodies = [{"user_id": str(r["user_id"]), "candidates": r["candidates"], "n": 10}
+              for r in simulated_requests(World.load(args.world), args.requests, seed=1)]
+    tmp = Path(tempfile.mkdtemp(prefix="gref-serve-bench-"))
+
+    plain_port = _free_port()
+    plain = subprocess.Popen([sys.executable, "-m", "benchmarks.plain_server", "--model", model_dir,
+                              "--port", str(plain_port), "--db", str(tmp / "plain.db")], cwd=REPO)
+    from ray import serve
+
+    from gref.ray_utils import init_ray
+    from serve.app import build_app
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    init_ray()
+    serve_port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+    serve.run(build_app({"arms": {"gref": model_dir}, "feedback_db": str(tmp / "serve.db"), "replicas": 1,
+                         "reranker_cpus": 0.5, "max_batch_size": args.max_batch_size}), name="bench", route_prefix="/")
+    targets = {"in_process": in_process_caller(model_dir),
+               "serve": http_caller(f"http://127.0.0.1:{serve_port}"),
+               "plain": http_caller(f"http://127.0.0.1:{plain_port}")}
+    try:
+        _wait(f"http://127.0.0.1:{plain_port}")
+        for call in targets.values():  # warm-up: model load, connections, first batches
+            measure(call, bodies[:20], 4)
+        results: dict[str, dict] = {}
+        for level in (int(x) for x in args.levels.split(",")):
+            results[str(level)] = {name: measure(call, bodies, level) for name, call in targets.items()}
+            print(f"# concurrency {level}: {results[str(level)]}", file=sys.stderr, flush=True)
+    finally:
+        plain.terminate()
+        serve.delete("bench")
+    ratios = {level: {"serve_vs_plain_throughput": round(r["serve"]["requests_per_s"] / r["plain"]["requests_per_s"], 2),
+                      "serve_vs_in_process_p50": round(r["serve"]["p50_ms"] / r["in_process"]["p50_ms"], 2)}
+              for level, r in results.items()}
+    print(json.dumps({"model": model_dir, "requests_per_level": args.requests, "cpus": os.cpu_count(),
+                      "max_batch_size": args.max_batch_size, "results": results, "ratios": ratios}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Simulated online A/B test against the Serve endpoint (the paper's Table 4, with simulated users).
+
+    python -m jobs.ab_test --world runs/pipeline/sim/world [--url http://127.0.0.1:8000] [key=value ...]
+
+Users of the simulated world send ``requests`` rerank requests over HTTP (``concurrency`` at a
+time): the upstream candidates with their raw features, as the logs carry them. Each answer's
+list is shown to the hidden user model, which clicks / likes / long-views (one random draw),
+and the reaction goes back through ``POST /feedback``, so the served traffic also lands in the
+feedback store. Per arm: CTR (clicks per shown item), clicks / likes / long views per request
+with 95% confidence intervals, the same under the oracle (expected values of the served list:
+same lists, no draw noise), and each arm's relative lift over the first arm with a 95% CI
+(delta method). Printed, written to ``out``/ab_test.json, logged to MLflow with a bar chart.
+
+Without ``url`` the job starts the app itself (``app`` = serve.app's ServeConfig args; default
+arms: the registry's champion and challenger -- point one at a baseline to test against it)
+and deletes it at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gref.cli import log, parser, resolve_config
+from gref.config import flatten, to_dict
+from gref.tracking import TrackingConfig
+
+KINDS = ("click", "like", "long_view")
+
+
+@dataclass
+class ABTestConfig:
+    world: str = "runs/pipeline/sim/world"  # the simulated world whose users send the traffic
+    url: str = ""  # a running app; "" = start serve.app here (with `app`) and delete it afterwards
+    port: int = 8000  # HTTP port when the job starts Serve
+    app: dict = field(default_factory=dict)  # serve.app ServeConfig args (arms, weights, feedback_db, ...)
+    requests: int = 2000  # rerank requests in all (bounded traffic)
+    concurrency: int = 8  # requests in flight
+    n: int = 10  # list length asked for
+    seed: int = 0
+    out: str = "runs/ab_test"
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def simulated_requests(world, count: int, seed: int) -> list[dict[str, Any]]:
+    """``count`` requests of the world's users: user id, world item ids, raw candidate rows."""
+    from gref.sim.logs import simulate_requests, to_log_table
+
+    rng = np.random.default_rng(seed)
+    batch = simulate_requests(world, count, first_request_id=0, rng=rng)
+    table = to_log_table(world, batch)
+    features = [c for c in table.column_names if c.startswith(("num_", "cat_"))]
+    m = batch.candidates.shape[1]
+    cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ["item_id", *features]}
+    out = []
+    for r in range(count):
+        rows = slice(r * m, (r + 1) * m)
+        cands = [{"item_id": str(item), **{c: cols[c][rows][i].item() for c in features}}
+                 for i, item in enumerate(cols["item_id"][rows])]
+        out.append({"user_id": int(batch.user_id[r]), "candidates": cands})
+    return out
+
+
+def mean_ci(values: np.ndarray) -> dict[str, float]:
+    mean = float(values.mean())
+    half = 1.96 * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return {"mean": mean, "ci95": half}
+
+
+def lift_ci(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """b / a - 1 with a 95% CI by the delta method (independent arms)."""
+    ma, mb = a.mean(), b.mean()
+    var = (b.var(ddof=1) / len(b)) / ma**2 + (mb**2 * a.var(ddof=1) / len(a)) / ma**4
+    return {"lift": float(mb / ma - 1.0), "ci95": float(1.96 * math.sqrt(var))}
+
+
+def summarize(records: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
+    """Per-arm metrics and lifts over the first arm."""
+    out: dict[str, Any] = {"arms": {}, "lift_vs": arms[0], "lift": {}}
+    per_arm = {arm: [r for r in records if r["arm"] == arm] for arm in arms}
+    for arm, recs in per_arm.items():
+        if len(recs) < 2:
+            out["arms"][arm] = {"requests": len(recs)}
+            continue
+        shown = np.array([r["shown"] for r in recs], float)
+        stats: dict[str, Any] = {"requests": len(recs), "model": recs[0]["model"]}
+        clicks = np.array([r["sampled"]["click"] for r in recs], float)
+        stats["ctr"] = {"mean": float(clicks.sum() / shown.sum()),
+                        "ci95": mean_ci(clicks / np.maximum(shown, 1))["ci95"]}
+        for kind in KINDS:
+            stats[f"{kind}s_per_request"] = mean_ci(np.array([r["sampled"][kind] for r in recs], float))
+            stats[f"oracle_{kind}s_per_request"] = mean_ci(np.array([r["oracle"][kind] for r in recs], float))
+        latency = np.array([r["latency_ms"] for r in recs])
+        stats["latency_ms"] = {"p50": float(np.percentile(latency, 50)), "p99": float(np.percentile(latency, 99))}
+        out["arms"][arm] = stats
+    base = per_arm[arms[0]]
+    for arm in arms[1:]:
+        recs = per_arm[arm]
+        if len(base) < 2 or len(recs) < 2:
+            continue
+        out["lift"][arm] = {f"{src}{kind}s": lift_ci(np.array([r[key][kind] for r in base], float),
+                                                     np.array([r[key][kind] for r in recs], float))
+                            for kind in KINDS for src, key in (("", "sampled"), ("oracle_", "oracle"))}
+    return out
+
+
+_local = threading.local()
+
+
+def _session():
+    import requests as http
+
+    if not hasattr(_local, "session"):  # one keep-alive connection per worker thread
+        _local.session = http.Session()
+    return _local.session
+
+
+def _one(url: str, world, req: dict[str, Any], n: int, rng_seed: int) -> dict[str, Any]:
+    from gref.sim.user_model import expected_feedback, sample_feedback
+
+    session = _session()
+    t0 = time.perf_counter()
+    r = session.post(f"{url}/rerank", json={"user_id": str(req["user_id"]), "candidates": req["candidates"], "n": n},
+                     timeout=60)
+    latency = 1000 * (time.perf_counter() - t0)
+    if r.status_code != 200:
+        return {"error": f"{r.status_code} {r.text[:200]}"}
+    answer = r.json()
+    items = np.array([[int(i) for i in answer["items"]]], dtype=np.int64)
+    users = np.array([req["user_id"]], dtype=np.int64)
+    drawn = sample_feedback(world, users, items, np.random.default_rng(rng_seed))
+    oracle = expected_feedback(world, users, items)
+    events = [{"item_id": answer["items"][p], **{k: int(drawn[k][0, p]) for k in KINDS}}
+              for p in range(items.shape[1]) if any(drawn[k][0, p] for k in KINDS)]
+    if events:
+        fb = session.post(f"{url}/feedback", json={"request_id": answer["request_id"], "feedback": events}, timeout=60)
+        if fb.status_code != 200:
+            return {"error": f"feedback {fb.status_code} {fb.text[:200]}"}
+    return {"arm": answer["arm"], "model": f"{answer['model']['name']} v{answer['model']['version']}",
+            "shown": items.shape[1], "latency_ms": latency,
+            "sampled": {k: int(drawn[k].sum()) for k in KINDS},
+            "oracle": {k: float(oracle[k].sum()) for k in KINDS}}
+
+
+def run(cfg: ABTestConfig) -> dict[str, Any]:
+    import mlflow
+    import requests as http
+
+    from gref import tracking
+    from gref.sim.world import World
+
+    world = World.load(cfg.world)
+    log("ab_test", f"{cfg.requests} simulated requests from {cfg.world}")
+    reqs = simulated_requests(world, cfg.requests, cfg.seed)
+    url, started_here = cfg.url.rstrip("/"), not cfg.url
+    if started_here:
+        from ray import serve
+
+        from gref.ray_utils import init_ray
+        from serve.app import build_app
+
+        init_ray()
+        serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
+        serve.run(build_app({"tracking_uri": cfg.tracking.uri, **cfg.app}), name="gref-ab", route_prefix="/")
+        url = f"http://127.0.0.1:{cfg.port}"
+        log("ab_test", f"app started at {url}")
+    arms = sorted(http.get(f"{url}/healthz", timeout=30).json()["weights"])
+    t0 = time.time()
+    records, errors = [], []
+    with ThreadPoolExecutor(cfg.concurrency) as pool:
+        futures = [pool.submit(_one, url, world, req, cfg.n, cfg.seed * 1_000_003 + i)
+                   for i, req in enumerate(reqs)]
+        for i, f in enumerate(futures):
+            rec = f.result()
+            (errors if "error" in rec else records).append(rec)
+            if (i + 1) % max(1, cfg.requests // 10) == 0:
+                log("ab_test", f"{i + 1}/{cfg.requests} requests, {len(errors)} errors")
+    wall = time.time() - t0
+    if started_here:
+        from ray import serve
+
+        serve.delete("gref-ab")
+    summary = {"url": url, "requests": cfg.requests, "errors": len(errors), "error_examples": errors[:3],
+               "wall_s": round(wall, 1), "requests_per_s": round(len(records) / wall, 1), **summarize(records, arms)}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ab_test.json").write_text(json.dumps(summary, indent=2))
+    chart = _chart(summary, out / "ab_test.png")
+    tracking.setup(cfg.tracking)
+    mlflow.set_experiment(cfg.tracking.experiment)
+    with mlflow.start_run(run_name=f"ab-test-{time.strftime('%Y%m%d-%H%M%S')}"):
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()})
+        for arm, s in summary["arms"].items():
+            mlflow.log_metrics({f"{arm}.{k}": v["mean"] for k, v in s.items() if isinstance(v, dict) and "mean" in v})
+        for arm, lifts in summary["lift"].items():
+            mlflow.log_metrics({f"{arm}.lift.{k}": v["lift"] for k, v in lifts.items()})
+        mlflow.log_artifact(str(out / "ab_test.json"))
+        mlflow.log_artifact(str(chart))
+    return summary
+
+
+def _chart(summary: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [a for a, s in summary["arms"].items() if "ctr" in s]
+    keys = [("clicks_per_request", "clicks / request"), ("oracle_clicks_per_request", "E[clicks] / request"),
+            ("likes_per_request", "likes / request"), ("long_views_per_request", "long views / request")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3.2))
+    for ax, (key, title) in zip(axes, keys):
+        ax.bar(arms, [summary["arms"][a][key]["mean"] for a in arms],
+               yerr=[summary["arms"][a][key]["ci95"] for a in arms], capsize=4, color="tab:blue")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("simulated online A/B test (95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _print(summary: dict[str, Any]) -> None:
+    print(f"\n== A/B test: {summary['requests']} requests, {summary['errors']} errors, "
+          f"{summary['requests_per_s']} req/s ==")
+    print("| arm | model | requests | CTR | clicks/req | E[clicks]/req | likes/req | long views/req | p50 ms |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for arm, s in summary["arms"].items():
+        if "ctr" not in s:
+            print(f"| {arm} | – | {s['requests']} | | | | | | |")
+            continue
+        cell = " | ".join(f"{s[k]['mean']:.4f} ± {s[k]['ci95']:.4f}" for k in (
+            "ctr", "clicks_per_request", "oracle_clicks_per_request", "likes_per_request", "long_views_per_request"))
+        print(f"| {arm} | {s['model']} | {s['requests']} | {cell} | {s['latency_ms']['p50']:.1f} |")
+    for arm, lifts in summary["lift"].items():
+        shown = ", ".join(f"{k} {v['lift']:+.2%} ± {v['ci95']:.2%}" for k, v in lifts.items())
+        print(f"lift of {arm} over {summary['lift_vs']}: {shown}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser("jobs.ab_test", __doc__)
+    p.add_argument("--world", help="simulated world dir (overrides config 'world')")
+    p.add_argument("--url", help="a running app (overrides config 'url')")
+    args = p.parse_args(argv)
+    args.overrides = ([f"world={args.world}"] if args.world else []) + ([f"url={args.url}"] if args.url else []) \
+        + args.overrides
+    cfg = resolve_config(ABTestConfig, args)
+    if not (Path(cfg.world) / "world.json").exists():
+        raise SystemExit(f"no simulated world at '{cfg.world}' (jobs.simulate writes DIR/world)")
+    summary = run(cfg)
+    _print(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

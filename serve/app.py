@@ -1,0 +1,280 @@
+"""The GReF Ray Serve application: reranker replicas per A/B arm behind a FastAPI router.
+
+    serve run serve.app:build_app                  # defaults: champion vs challenger from the registry
+    serve deploy serve/config.yaml                 # on a running cluster; re-deploy to change weights
+
+- ``Reranker`` (one deployment per arm): a registered model version (``models:/name@alias``), a
+  run (``runs:/...``) or a model directory; on the GPU when the replica has one; requests are
+  batched with ``@serve.batch`` and decoded with OMTP (KV cache) in one padded batch.
+- ``Router`` (FastAPI ingress): ``POST /rerank``, ``POST /feedback``, ``GET /healthz``,
+  ``GET /metrics``. The arm is a sticky function of the user id (``gref.serving.ab``); weights and
+  salt are the Router's ``user_config``, applied in place by ``reconfigure`` (no restart, no
+  dropped request). Served lists and feedback go to a sqlite file before the answer
+  (``gref.serving.feedback``) and export as raw logs for ``jobs.prepare``.
+"""
+
+# no `from __future__ import annotations` here: FastAPI must see the real `Request` type of the
+# Router's methods (Serve's class-based ingress resolves them outside this module's globals)
+import asyncio
+import os
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from gref.config import from_dict
+from gref.serving.ab import assign_arm, check_weights
+from gref.serving.feedback import FeedbackStore, UnknownRequest
+from gref.serving.requests import RequestError, encode_candidates, parse_json, parse_rerank
+from gref.serving.stats import FEEDBACK_KINDS, ArmStats
+
+
+@dataclass
+class ServeConfig:
+    """``args`` of the application (serve/config.yaml or ``serve run serve.app:build_app key=value``)."""
+
+    arms: dict = field(default_factory=lambda: {  # arm name -> model URI (registry alias, run, directory)
+        "champion": "models:/gref-reranker@champion", "challenger": "models:/gref-reranker@challenger"})
+    weights: dict = field(default_factory=dict)  # arm -> traffic weight; {} = equal (user_config overrides)
+    salt: str = "gref-ab"  # part of the user hash: a new salt reshuffles users over the arms
+    tracking_uri: str = ""  # MLflow store of the registry; "" = $MLFLOW_TRACKING_URI or ./mlflow.db
+    feedback_db: str = "runs/serve/feedback.db"  # served lists + feedback (sqlite; made absolute)
+    replicas: int = 1  # reranker replicas per arm (ignored when autoscaling is set)
+    autoscaling: dict = field(default_factory=dict)  # e.g. {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 8}
+    reranker_cpus: float = 0.25  # CPUs per reranker replica (fractional: 2-core laptops)
+    reranker_gpus: float = -1.0  # GPUs per reranker replica; -1 = 1 when the cluster has GPUs, else 0
+    router_cpus: float = 0.1
+    max_batch_size: int = 16  # @serve.batch: requests decoded together
+    batch_wait_timeout_s: float = 0.005  # @serve.batch: how long a batch waits to fill
+    max_candidates: int = 200  # per request
+    max_n: int = 32  # longest list a request may ask for (the model's max_length caps it too)
+    max_body_bytes: int = 1_000_000
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a num_gpus replica may still lack CUDA
+
+
+@serve.deployment(max_ongoing_requests=32)
+class Reranker:
+    def __init__(self, arm: str, model_uri: str, tracking_uri: str, max_batch_size: int, batch_wait_timeout_s: float):
+        import mlflow
+
+        from gref import tracking
+        from gref.data.features import FeatureSpec
+        from gref.model.io import load_reranker
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        directory = tracking.reranker_dir(model_uri)
+        self.device = _device()
+        self.model = load_reranker(directory, self.device)
+        self.spec = FeatureSpec.load(directory / "features.json")
+        self.info = {"arm": arm, "name": model_uri, "version": tracking.model_version(model_uri),
+                     "device": str(self.device), "heads": self.model.k}
+        self.rerank.set_max_batch_size(max_batch_size)
+        self.rerank.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def describe(self) -> dict[str, Any]:
+        return self.info
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def rerank(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each request: {"candidates": [...validated...], "n": int} -> {"order": [candidate indices]}
+        or {"error": message} for a request this model cannot serve."""
+        import numpy as np
+        import torch
+
+        from gref.model.decoding import decode
+
+        limit_m, limit_n = self.model.cfg.max_candidates, self.model.cfg.max_length
+        out: list[dict[str, Any] | None] = [None] * len(requests)
+        ok = []
+        for i, r in enumerate(requests):
+            if len(r["candidates"]) > limit_m or r["n"] > limit_n:
+                out[i] = {"error": f"this model serves at most {limit_m} candidates and n <= {limit_n}"}
+            else:
+                ok.append(i)
+        if ok:
+            encoded = [encode_candidates(requests[i]["candidates"], self.spec) for i in ok]
+            M = max(num.shape[0] for num, _ in encoded)
+            num = np.zeros((len(ok), M, len(self.spec.num_cols)), np.float32)
+            cat = np.zeros((len(ok), M, len(self.spec.cat_cols)), np.int64)
+            mask = np.zeros((len(ok), M), bool)
+            for b, (x, c) in enumerate(encoded):
+                num[b, :len(x)], cat[b, :len(c)], mask[b, :len(x)] = x, c, True
+            n = max(requests[i]["n"] for i in ok)
+            placed = decode(self.model, torch.from_numpy(num).to(self.device), torch.from_numpy(cat).to(self.device),
+                            torch.from_numpy(mask).to(self.device), n).cpu().numpy()
+            for b, i in enumerate(ok):  # a shorter list is the prefix of the longer decode
+                order = [int(j) for j in placed[b, :requests[i]["n"]] if j >= 0]
+                out[i] = {"order": order}
+        return out
+
+    async def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        return await self.rerank(request)
+
+
+app = FastAPI(title="GReF reranker", description=__doc__)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) past ``limit`` bytes without reading the rest."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"body: {declared} bytes, the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"body: more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@serve.deployment(max_ongoing_requests=256)
+@serve.ingress(app)
+class Router:
+    def __init__(self, arms: dict[str, DeploymentHandle], cfg: ServeConfig):
+        self.arms, self.cfg = arms, cfg
+        self.store = FeedbackStore(cfg.feedback_db)
+        self.stats = {arm: ArmStats() for arm in arms}
+        self.weights = check_weights(cfg.weights or dict.fromkeys(arms, 1.0), list(arms))
+        self.salt = cfg.salt
+        self.models: dict[str, dict[str, Any]] = {}
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """``{"weights": {arm: w}, "salt": "..."}`` -- applied in place to the running replica."""
+        self.weights = check_weights(user_config.get("weights") or dict.fromkeys(self.arms, 1.0), list(self.arms))
+        self.salt = user_config.get("salt", self.salt)
+
+    async def _model(self, arm: str) -> dict[str, Any]:
+        if arm not in self.models:
+            self.models[arm] = await self.arms[arm].describe.remote()
+        return self.models[arm]
+
+    async def _call(self, arm: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """One retry when the replica died under the request (Serve replaces it; the handle
+        routes the retry to a live one)."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        for attempt in range(3):
+            try:
+                return await self.arms[arm].remote(payload)
+            except (ActorDiedError, ActorUnavailableError, RayActorError):
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    @app.post("/rerank")
+    async def rerank(self, request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        try:
+            body = parse_json(await _read_body(request, self.cfg.max_body_bytes), self.cfg.max_body_bytes)
+            req = parse_rerank(body, self.cfg.max_candidates, self.cfg.max_n)
+        except RequestError as err:
+            return _error(err.status, str(err))
+        arm = assign_arm(req.user_id, self.weights, self.salt)
+        stats = self.stats[arm]
+        try:
+            result = await self._call(arm, {"candidates": req.candidates, "n": req.n})
+        except Exception as err:  # noqa: BLE001 -- whatever took the arm down: a counted 503, never a 500
+            stats.errors += 1
+            return _error(503, f"arm '{arm}' is unavailable: {type(err).__name__}")
+        if "error" in result:
+            return _error(422, result["error"])
+        items = [req.candidates[j]["item_id"] for j in result["order"]]
+        model = await self._model(arm)
+        request_id = req.request_id or uuid.uuid4().hex
+        try:
+            self.store.record_served(request_id, req.user_id, arm, f"{model['name']}#{model['version']}",
+                                     req.candidates, items)
+        except sqlite3.IntegrityError as err:  # the client reused a request_id
+            return _error(409, f"request_id: '{request_id}' was already served ({type(err).__name__})")
+        latency = 1000.0 * (time.perf_counter() - started)
+        stats.served(latency)
+        return JSONResponse({"request_id": request_id, "items": items, "arm": arm,
+                             "model": {"name": model["name"], "version": model["version"]},
+                             "latency_ms": round(latency, 3)})
+
+    @app.post("/feedback")
+    async def feedback(self, request: Request) -> JSONResponse:
+        """``{"request_id": "...", "feedback": [{"item_id": "...", "click": 1, "like": 0, "long_view": 1}]}``"""
+        try:
+            body = parse_json(await _read_body(request, self.cfg.max_body_bytes), self.cfg.max_body_bytes)
+            if not isinstance(body, dict):
+                raise RequestError(400, "body: must be a JSON object")
+            if not isinstance(body.get("request_id"), str) or not isinstance(body.get("feedback"), list):
+                raise RequestError(422, "request_id (string) and feedback (list) are required")
+            served = self.store.served(body["request_id"])
+            events: dict[str, dict[str, int]] = {}
+            for i, event in enumerate(body["feedback"]):
+                where = f"feedback[{i}]"
+                if not isinstance(event, dict) or str(event.get("item_id")) not in served["shown"]:
+                    raise RequestError(422, f"{where}: needs an item_id that was shown in this list")
+                for kind in FEEDBACK_KINDS:
+                    if event.get(kind, 0) not in (0, 1) or isinstance(event.get(kind), bool):
+                        raise RequestError(422, f"{where}.{kind}: must be 0 or 1")
+                events[str(event["item_id"])] = {k: int(event.get(k, 0)) for k in FEEDBACK_KINDS}
+        except UnknownRequest:
+            return _error(404, f"request_id: '{body['request_id']}' was not served here")
+        except RequestError as err:
+            return _error(err.status, str(err))
+        first = self.store.record_feedback(body["request_id"], events)
+        stats = self.stats.get(served["arm"])
+        if stats is not None:
+            stats.feedback_lists += int(first)
+            for e in events.values():
+                for kind in FEEDBACK_KINDS:
+                    stats.feedback[kind] += e[kind]
+        return JSONResponse({"request_id": body["request_id"], "recorded": len(events)})
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "weights": self.weights}
+
+    @app.get("/metrics")
+    async def metrics(self) -> dict[str, Any]:
+        """Per-arm counters of this router replica, and the feedback store's totals."""
+        arms = {arm: {"weight": self.weights.get(arm, 0.0), **s.snapshot()} for arm, s in self.stats.items()}
+        return {"arms": arms, "salt": self.salt, "store": self.store.counts(), "pid": os.getpid()}
+
+
+def _gpus(requested: float) -> float:
+    if requested >= 0:
+        return requested
+    import ray
+
+    return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def build_app(args: dict[str, Any] | None = None):
+    """Serve application builder (``import_path: serve.app:build_app``; ``args`` = ServeConfig)."""
+    cfg = from_dict(ServeConfig, dict(args or {}))
+    cfg.feedback_db = str(Path(cfg.feedback_db).resolve())  # replicas run in other directories
+    from gref import tracking
+
+    cfg.tracking_uri = tracking.tracking_uri(tracking.TrackingConfig(uri=cfg.tracking_uri))
+    check_weights(cfg.weights or dict.fromkeys(cfg.arms, 1.0), list(cfg.arms))
+    scale = ({"autoscaling_config": cfg.autoscaling} if cfg.autoscaling else {"num_replicas": cfg.replicas})
+    gpus = _gpus(cfg.reranker_gpus)
+    arms = {arm: Reranker.options(name=f"reranker-{arm}", max_ongoing_requests=max(32, 2 * cfg.max_batch_size),
+                                  ray_actor_options={"num_cpus": cfg.reranker_cpus, "num_gpus": gpus}, **scale)
+            .bind(arm, uri, cfg.tracking_uri, cfg.max_batch_size, cfg.batch_wait_timeout_s)
+            for arm, uri in cfg.arms.items()}
+    return Router.options(ray_actor_options={"num_cpus": cfg.router_cpus},
+                          user_config={"weights": cfg.weights, "salt": cfg.salt}).bind(arms, cfg)

@@ -1,0 +1,157 @@
+"""Cluster: the launcher configs pass Ray's own validation, the job upload leaves data and
+venvs out, and a real pipeline job goes through the Jobs API of a separate local Ray head."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COMMAND_KEYS = ("setup_commands", "head_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+
+
+def prepared(name: str) -> tuple[dict, dict]:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((REPO / name).read_text())
+    cfg = prepare_config(copy.deepcopy(raw))
+    validate_config(cfg)
+    return raw, cfg
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster.local.yaml"])
+def test_cluster_config_passes_rays_validation(name):
+    raw, _ = prepared(name)
+    for key in COMMAND_KEYS:  # every shell command survives YAML (a stray ' #' would cut it short)
+        for command in raw[key]:
+            check = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True, check=False)
+            assert check.returncode == 0, f"{name} {key}: {command!r}: {check.stderr}"
+    commands = " ".join(c for key in COMMAND_KEYS for c in raw[key])
+    for needed in ("torch==2.13.0", "ray[train,data,serve,tune]==2.60.0", "mlflow==3.17.2", "pip install",
+                   "-e ~/gref", "mlflow server", "--port 5000", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE=token",
+                   "--dashboard-host=0.0.0.0"):
+        assert needed in commands, f"{name} lacks {needed}"
+    assert "~/.ray/auth_token" in str(raw["file_mounts"].values())
+
+
+def test_aws_cluster_has_a_cpu_head_and_autoscaling_gpu_workers():
+    raw, cfg = prepared("cluster.yaml")
+    types = cfg["available_node_types"]
+    assert types[cfg["head_node_type"]]["resources"] == {"CPU": 0}  # no work on the head
+    worker = types["gpu_worker"]
+    assert worker["node_config"]["InstanceType"].startswith(("g5", "g6", "p4", "p5"))
+    assert worker["min_workers"] == 0 < worker["max_workers"] <= cfg["max_workers"]
+    ports = {p["FromPort"] for p in raw["provider"]["security_group"]["IpPermissions"]}
+    assert ports == {8265, 8000, 5000}  # dashboard + Jobs API, Serve, MLflow
+
+
+def test_local_cluster_derives_its_node_type():
+    _, cfg = prepared("cluster.local.yaml")
+    (node_type,) = cfg["available_node_types"].values()
+    assert node_type["max_workers"] == len(cfg["provider"]["worker_ips"]) == node_type["min_workers"]
+
+
+def test_job_upload_leaves_data_venvs_and_git_out(tmp_path):
+    """Package the checkout the way `ray job submit --working-dir .` does."""
+    from ray._private.runtime_env.packaging import create_package
+
+    target = tmp_path / "pkg.zip"
+    create_package(str(REPO), target, include_gitignore=True)
+    names = zipfile.ZipFile(target).namelist()
+    assert "jobs/pipeline.py" in names and "platform/gref/model/reranker.py" in names
+    assert "configs/pipeline.yaml" in names and "tune/laptop.yaml" in names
+    for kept_out in (".venv/", "runs/", ".git/", "mlflow.db"):
+        assert not any(n.startswith(kept_out) for n in names), kept_out
+    assert target.stat().st_size < 5 * 2**20
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture
+def ray_head():
+    """A second, separate Ray head (own temp dir and ports, token auth off as RAY-NOTES says),
+    stopped by signalling its `ray start --block` process -- never `ray stop`, which would kill
+    every Ray on the machine."""
+    (gcs, dash, agent, agent_grpc, metrics, env_agent, node_mgr, obj_mgr, client) = _free_ports(9)
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={gcs}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={env_agent}",
+         f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
+         f"--ray-client-server-port={client}", "--num-cpus=2", "--object-store-memory=500000000",
+         f"--temp-dir={temp}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.time() + 120
+    while True:
+        try:
+            client_ = JobSubmissionClient(address)
+            break
+        except Exception:  # noqa: BLE001 -- any failure here means "not up yet"
+            if head.poll() is not None or time.time() > deadline:
+                head.kill()
+                raise RuntimeError(f"Ray head did not come up:\n{head.stdout.read()}") from None
+            time.sleep(2)
+    yield client_
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_pipeline_job_through_the_jobs_api(ray_head, tmp_path):
+    from mlflow import MlflowClient
+    from ray.job_submission import JobStatus
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tiny = ["model.d_model=32", "model.enc_layers=1", "model.dec_layers=1", "model.omtp_heads=2",
+            "optim.batch_size=128", "optim.epochs=1", "eval.max_requests=300", "scaling.cpus_per_worker=0.5"]
+    entrypoint = " ".join([
+        "python -m jobs.pipeline --config configs/pipeline.yaml", f"out={tmp_path / 'pipe'}", "requests=1500",
+        "world.n_users=300", "world.n_items=1500", "world.n_series=50", "world.n_creators=200", "world.days=5",
+        "dataset.test_days=1", "dataset.valid_days=1", "dpo.scaling.num_workers=0",
+        *[f"{stage}.{o}" for stage in ("pretrain", "dpo") for o in tiny]])
+    job = ray_head.submit_job(entrypoint=entrypoint, runtime_env={
+        "working_dir": str(REPO), "env_vars": {"MLFLOW_TRACKING_URI": uri}})  # the tracking URI travels
+    deadline = time.time() + 480
+    while not (status := ray_head.get_job_status(job)).is_terminal():
+        assert time.time() < deadline, f"job still {status} after 8 min:\n{ray_head.get_job_logs(job)[-3000:]}"
+        time.sleep(3)
+    logs = ray_head.get_job_logs(job)
+    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    assert "GReF pipeline summary" in logs
+
+    client = MlflowClient(uri)
+    (exp,) = [e for e in client.search_experiments() if e.name == "gref"]
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name.startswith("pipeline-")]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert {r.data.params["stage"] for r in children} == {"pretrain", "dpo"}
+    assert int(client.get_model_version_by_alias("gref-reranker", "champion").version) == 1

@@ -1,0 +1,270 @@
+"""The Ray Serve application over real HTTP on a free loopback port: answers, every bad payload
+gets its 4xx, sticky weighted A/B routing, a weight change without dropped requests, a killed
+reranker replica replaced while requests succeed, feedback that survives a router restart."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import requests
+
+from gref.data.schema import DatasetConfig, canonical_schema
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def registry(prep_dir, tmp_path_factory):
+    """An (untrained) tiny reranker registered twice: v1 = champion, v2 = challenger."""
+    import mlflow
+
+    from gref import tracking
+    from gref.model.config import ModelConfig
+    from gref.model.io import save_reranker
+    from gref.train.steps import build_model, data_meta
+
+    root = tmp_path_factory.mktemp("serve")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    model = build_model(ModelConfig(d_model=32, enc_layers=1, dec_layers=1, omtp_heads=2), data_meta(prep_dir))
+    model_dir = save_reranker(root / "model", model, prep_dir / "features.json")
+    cfg = tracking.TrackingConfig(uri=uri)
+    tracking.setup(cfg)
+    mlflow.set_experiment(cfg.experiment)
+    with mlflow.start_run(run_name="serve-fixture"):
+        versions = [tracking.log_reranker(model_dir, cfg.registered_model)["version"] for _ in range(2)]
+    tracking.set_aliases(cfg.registered_model, {"champion": versions[0], "challenger": versions[1]})
+    return {"uri": uri, "root": root}
+
+
+@pytest.fixture(scope="module")
+def app(ray_cluster, registry):
+    from ray import serve
+
+    from serve.app import build_app
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {"tracking_uri": registry["uri"], "feedback_db": str(registry["root"] / "feedback.db"),
+            "replicas": 2, "reranker_cpus": 0.1, "router_cpus": 0.05, "weights": {"champion": 1, "challenger": 1}}
+    serve.run(build_app(args), name="gref", route_prefix="/")
+    yield {"url": f"http://127.0.0.1:{port}", "args": args}
+    serve.delete("gref")
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def candidates(prep_dir):
+    """Raw candidates of one logged request, under their raw-log column names."""
+    from gref.data.features import FeatureSpec
+
+    spec = FeatureSpec.load(prep_dir / "features.json")
+    out = []
+    for i in range(12):
+        c = {"item_id": f"item-{i}", **{col: 0.1 * i for col in spec.num_cols}}
+        c.update({col: next(iter(spec.vocab[col])) for col in spec.cat_cols})
+        out.append(c)
+    out[0][spec.cat_cols[0] if spec.cat_cols else "cat_unused"] = "never-seen-value"  # -> OOV, still fine
+    return out
+
+
+def rerank(url, user, cands, n=5, **extra):
+    return requests.post(f"{url}/rerank", json={"user_id": user, "candidates": cands, "n": n, **extra}, timeout=60)
+
+
+def test_rerank_answers_with_the_arm_and_its_model_version(app, candidates):
+    r = rerank(app["url"], "user-1", candidates)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert len(out["items"]) == 5 and len(set(out["items"])) == 5
+    assert set(out["items"]) <= {c["item_id"] for c in candidates}
+    assert out["arm"] in ("champion", "challenger")
+    assert out["model"]["version"] == {"champion": "1", "challenger": "2"}[out["arm"]]
+    assert out["model"]["name"] == f"models:/gref-reranker@{out['arm']}" and out["latency_ms"] > 0
+    assert requests.get(f"{app['url']}/healthz", timeout=10).json()["status"] == "ok"
+
+
+def _bad_payloads(cands):
+    long_id = "u" * 500
+    return [
+        ("not json", b"{user_id: ", 400),
+        ("array", b"[1, 2]", 400),
+        ("NaN", b'{"user_id": "u", "candidates": [{"item_id": "a", "num_x": NaN}], "n": 1}', 400),
+        ("Infinity", b'{"user_id": "u", "candidates": [{"item_id": "a", "num_x": Infinity}], "n": 1}', 400),
+        ("missing user", {"candidates": cands}, 422),
+        ("missing candidates", {"user_id": "u"}, 422),
+        ("candidates not a list", {"user_id": "u", "candidates": "a,b"}, 422),
+        ("wrong feature type", {"user_id": "u", "candidates": [{"item_id": "a", "num_x": "high"}], "n": 1}, 422),
+        ("huge number", b'{"user_id": "u", "candidates": [{"item_id": "a", "num_x": 1e999}], "n": 1}', 422),
+        ("duplicate ids", {"user_id": "u", "candidates": [cands[0], cands[0]], "n": 1}, 422),
+        ("empty candidates", {"user_id": "u", "candidates": [], "n": 1}, 422),
+        ("too many candidates", {"user_id": "u", "candidates": [{"item_id": str(i)} for i in range(201)]}, 422),
+        ("n < 1", {"user_id": "u", "candidates": cands, "n": 0}, 422),
+        ("n > candidates", {"user_id": "u", "candidates": cands[:3], "n": 4}, 422),
+        ("n not an int", {"user_id": "u", "candidates": cands, "n": 2.5}, 422),
+        ("id too long", {"user_id": long_id, "candidates": cands}, 422),
+        ("item id too long", {"user_id": "u", "candidates": [{"item_id": long_id}], "n": 1}, 422),
+        ("oversized body", {"user_id": "u", "candidates": cands, "pad": "x" * 1_100_000}, 413),
+    ]
+
+
+def test_every_bad_payload_gets_a_4xx_with_a_message(app, candidates):
+    for name, payload, status in _bad_payloads(candidates):
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        r = requests.post(f"{app['url']}/rerank", data=data, headers={"Content-Type": "application/json"},
+                          timeout=30)
+        assert r.status_code == status, f"{name}: {r.status_code} {r.text}"
+        assert r.json()["error"], name
+    bad_feedback = [({"request_id": "never-served", "feedback": []}, 404), ({"request_id": 3}, 422), (b"[]", 400)]
+    for payload, status in bad_feedback:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        assert requests.post(f"{app['url']}/feedback", data=data, timeout=30).status_code == status, payload
+
+
+def _split(url, cands, users):
+    arms = {}
+    for u in users:
+        r = rerank(url, u, cands, n=3)
+        assert r.status_code == 200, r.text
+        arms[u] = r.json()["arm"]
+    return arms
+
+
+def _redeploy(app, weights):
+    from ray import serve
+
+    from serve.app import build_app
+
+    serve.run(build_app({**app["args"], "weights": weights}), name="gref", route_prefix="/")
+
+
+def test_routing_is_sticky_weighted_and_reweighted_without_dropping_requests(app, candidates):
+    users = [f"user-{i}" for i in range(300)]
+    first = _split(app["url"], candidates, users)
+    assert _split(app["url"], candidates, users[:50]) == {u: first[u] for u in users[:50]}  # sticky
+    share = sum(a == "champion" for a in first.values()) / len(users)
+    assert abs(share - 0.5) < 4 * math.sqrt(0.25 / len(users))
+
+    failures, done = [], threading.Event()
+
+    def traffic():
+        i = 0
+        while not done.is_set():
+            r = rerank(app["url"], f"bg-{i}", candidates, n=3)
+            if r.status_code != 200:
+                failures.append(r.status_code)
+            i += 1
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        _redeploy(app, {"champion": 9, "challenger": 1})  # only user_config changes: reconfigure in place
+    finally:
+        done.set()
+        thread.join()
+    assert failures == []
+    after = _split(app["url"], candidates, users)
+    share = sum(a == "champion" for a in after.values()) / len(users)
+    assert abs(share - 0.9) < 4 * math.sqrt(0.09 / len(users))
+    assert all(after[u] == "champion" for u in users if first[u] == "champion")  # nobody leaves the growing arm
+    metrics = requests.get(f"{app['url']}/metrics", timeout=10).json()
+    assert metrics["arms"]["champion"]["weight"] == pytest.approx(0.9)
+    assert metrics["arms"]["champion"]["requests"] > 0 and metrics["arms"]["champion"]["latency_p99_ms"] > 0
+    _redeploy(app, {"champion": 1, "challenger": 1})
+
+
+def _replicas(deployment: str) -> list:
+    import ray
+
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::gref#{deployment}#")]
+    return [ray.get_actor(a["name"], namespace="serve") for a in names]
+
+
+def _running(deployment: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications["gref"].deployments[deployment]
+    return status.replica_states.get("RUNNING", 0)
+
+
+def test_a_killed_replica_is_replaced_while_requests_keep_succeeding(app, candidates):
+    import ray
+
+    champion_users = [u for u, arm in _split(app["url"], candidates, [f"k-{i}" for i in range(40)]).items()
+                      if arm == "champion"]
+    assert _running("reranker-champion") == 2
+    victim = _replicas("reranker-champion")[0]
+    codes, done = [], threading.Event()
+
+    def traffic():
+        i = 0
+        while not done.is_set():
+            codes.append(rerank(app["url"], champion_users[i % len(champion_users)], candidates, n=3).status_code)
+            i += 1
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        ray.kill(victim, no_restart=True)
+        deadline = time.time() + 90
+        time.sleep(2)
+        while _running("reranker-champion") < 2:
+            assert time.time() < deadline, "the killed replica was not replaced"
+            time.sleep(1)
+        time.sleep(1)
+    finally:
+        done.set()
+        thread.join()
+    assert len(codes) > 10 and set(codes) == {200}, codes
+
+
+def test_feedback_is_durable_across_a_router_restart(app, candidates, prep_dir, tmp_path):
+    import ray
+
+    from gref.data.features import FeatureSpec
+    from gref.serving.feedback import FeedbackStore
+
+    served = rerank(app["url"], "fb-user", candidates, n=4, request_id="req-fb-1").json()
+    clicked = served["items"][1]
+    r = requests.post(f"{app['url']}/feedback", timeout=30, json={
+        "request_id": "req-fb-1", "feedback": [{"item_id": clicked, "click": 1, "like": 1}]})
+    assert r.status_code == 200, r.text
+    assert requests.post(f"{app['url']}/feedback", timeout=30, json={
+        "request_id": "req-fb-1", "feedback": [{"item_id": "not-shown", "click": 1}]}).status_code == 422
+    assert rerank(app["url"], "fb-user", candidates, n=4, request_id="req-fb-1").status_code == 409
+
+    (router,) = _replicas("Router")
+    ray.kill(router, no_restart=True)  # Serve starts a new router process
+    deadline = time.time() + 90
+    while True:
+        try:
+            if requests.get(f"{app['url']}/healthz", timeout=5).status_code == 200 and _running("Router") == 1:
+                break
+        except requests.RequestException:
+            pass
+        assert time.time() < deadline, "the router did not come back"
+        time.sleep(1)
+    r = requests.post(f"{app['url']}/feedback", timeout=30, json={
+        "request_id": "req-fb-1", "feedback": [{"item_id": served["items"][0], "long_view": 1}]})
+    assert r.status_code == 200, r.text  # the new router finds the list served before the restart
+
+    spec = FeatureSpec.load(prep_dir / "features.json")
+    store = FeedbackStore(app["args"]["feedback_db"])
+    store.export_logs(tmp_path / "served.parquet", spec.num_cols, spec.cat_cols)
+    table = pq.read_table(tmp_path / "served.parquet")
+    assert canonical_schema(table.schema, DatasetConfig())
+    rows = {r["item_id"]: r for r in table.to_pylist() if r["request_id"] == "req-fb-1"}
+    assert len(rows) == len(candidates)
+    assert (rows[clicked]["click"], rows[clicked]["like"], rows[clicked]["position"]) == (1, 1, 2)
+    assert rows[served["items"][0]]["long_view"] == 1 and rows[served["items"][0]]["click"] == 0

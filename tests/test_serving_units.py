@@ -1,0 +1,112 @@
+"""Ray-free serving pieces: request validation and encoding, sticky A/B assignment, the
+feedback store and its raw-log export."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from gref.data.features import OOV_ID, FeatureSpec
+from gref.data.schema import DatasetConfig, canonical_schema
+from gref.serving.ab import assign_arm, check_weights, user_unit
+from gref.serving.feedback import FeedbackStore, UnknownRequest
+from gref.serving.requests import RequestError, encode_candidates, parse_json, parse_rerank
+
+SPEC = FeatureSpec(num_cols=["num_a", "num_b"], cat_cols=["cat_c"], mean=[1.0, 0.0], std=[2.0, 1.0],
+                   vocab={"cat_c": {"7": 2, "x": 3}})
+
+
+def body(**overrides):
+    b = {"user_id": "u1", "n": 2, "candidates": [{"item_id": "i1", "num_a": 3.0, "cat_c": 7},
+                                                 {"item_id": "i2", "num_b": -1, "cat_c": "x", "other": [1]},
+                                                 {"item_id": 3, "cat_c": "never-seen"}]}
+    b.update(overrides)
+    return b
+
+
+def test_valid_request_is_encoded_with_imputation_and_oov():
+    req = parse_rerank(body(), max_candidates=200, max_n=32)
+    assert req.user_id == "u1" and req.n == 2 and req.item_ids == ["i1", "i2", "3"]
+    assert "other" not in req.candidates[1]  # fields no model uses are dropped
+    num, cat = encode_candidates(req.candidates, SPEC)
+    # (3 - 1) / 2 = 1; missing -> 0 (the train mean); (-1 - 0) / 1 = -1
+    np.testing.assert_allclose(num, [[1.0, 0.0], [0.0, -1.0], [0.0, 0.0]])
+    assert cat[:, 0].tolist() == [2, 3, OOV_ID]
+
+
+@pytest.mark.parametrize("bad, status, where", [
+    ([1, 2], 400, "body"),
+    ({"candidates": []}, 422, "user_id"),
+    (body(user_id=None), 422, "user_id"),
+    (body(user_id="u" * 200), 422, "user_id"),
+    (body(candidates="i1,i2"), 422, "candidates"),
+    (body(candidates=[]), 422, "candidates"),
+    (body(candidates=[{"item_id": f"i{i}"} for i in range(201)]), 422, "candidates"),
+    (body(candidates=[{"item_id": "a"}, {"item_id": "a"}]), 422, "duplicate"),
+    (body(candidates=[{"num_a": 1.0}, {"item_id": "b"}]), 422, "candidates[0].item_id"),
+    (body(candidates=[{"item_id": "a", "num_a": "3"}], n=1), 422, "candidates[0].num_a"),
+    (body(candidates=[{"item_id": "a", "num_a": math.inf}], n=1), 422, "candidates[0].num_a"),
+    (body(candidates=[{"item_id": "a", "num_a": True}], n=1), 422, "candidates[0].num_a"),
+    (body(candidates=[{"item_id": "a", "cat_c": {"v": 1}}], n=1), 422, "candidates[0].cat_c"),
+    (body(n=0), 422, "n"),
+    (body(n=4), 422, "n"),
+    (body(n="2"), 422, "n"),
+])
+def test_bad_requests_name_the_field(bad, status, where):
+    with pytest.raises(RequestError) as err:
+        parse_rerank(bad, max_candidates=200, max_n=32)
+    assert err.value.status == status and where in str(err.value)
+
+
+def test_json_parsing_rejects_nan_and_size():
+    with pytest.raises(RequestError, match="NaN"):
+        parse_json(b'{"user_id": "u", "x": NaN}', 1000)
+    with pytest.raises(RequestError, match="not valid JSON"):
+        parse_json(b'{"user_id": ', 1000)
+    with pytest.raises(RequestError) as err:
+        parse_json(b"x" * 2000, 1000)
+    assert err.value.status == 413
+
+
+def test_assignment_is_sticky_and_follows_the_weights():
+    weights = check_weights({"a": 3, "b": 7}, ["a", "b"])
+    assert weights == {"a": 0.3, "b": 0.7}
+    users = [f"user-{i}" for i in range(20_000)]
+    arms = [assign_arm(u, weights, "s") for u in users]
+    assert arms == [assign_arm(u, weights, "s") for u in users]  # sticky
+    share = arms.count("a") / len(arms)
+    assert abs(share - 0.3) < 4 * math.sqrt(0.3 * 0.7 / len(arms))
+    # moving weight from b to a moves only b-users: everyone on a stays on a
+    more_a = check_weights({"a": 5, "b": 5}, ["a", "b"])
+    assert all(assign_arm(u, more_a, "s") == "a" for u, arm in zip(users, arms) if arm == "a")
+    assert user_unit("x", "s1") != user_unit("x", "s2")  # the salt reshuffles
+    with pytest.raises(ValueError, match="unknown arm"):
+        check_weights({"c": 1}, ["a", "b"])
+    with pytest.raises(ValueError, match="weight > 0"):
+        check_weights({"a": 0}, ["a", "b"])
+
+
+def test_feedback_store_survives_reopen_and_exports_raw_logs(tmp_path):
+    db = tmp_path / "fb.db"
+    store = FeedbackStore(db)
+    cands = [{"item_id": "i1", "num_a": 3.0, "cat_c": 7}, {"item_id": "i2"}, {"item_id": "i3", "num_b": 1.5}]
+    store.record_served("r1", "u1", "champion", "models:/m@champion#1", cands, ["i3", "i1"])
+    assert store.record_feedback("r1", {"i1": {"click": 1, "like": 1, "long_view": 0}})
+    assert not store.record_feedback("r1", {"i1": {"click": 0, "like": 0, "long_view": 1}})  # max is kept
+    with pytest.raises(UnknownRequest):
+        store.served("nope")
+    del store
+    reopened = FeedbackStore(db)  # a new replica process sees everything committed
+    assert reopened.counts() == {"served": 1, "lists_with_feedback": 1, "feedback_rows": 1}
+    rows = reopened.export_logs(tmp_path / "served.parquet", ["num_a", "num_b"], ["cat_c"])
+    table = pq.read_table(tmp_path / "served.parquet")
+    assert rows == 3 and canonical_schema(table.schema, DatasetConfig())  # jobs.prepare accepts it
+    got = {r["item_id"]: r for r in table.to_pylist()}
+    assert [got[i]["upstream_rank"] for i in ("i1", "i2", "i3")] == [1, 2, 3]
+    assert (got["i3"]["position"], got["i1"]["position"], got["i2"]["position"]) == (1, 2, None)
+    assert (got["i1"]["click"], got["i1"]["like"], got["i1"]["long_view"]) == (1, 1, 1)
+    assert (got["i3"]["click"], got["i2"]["click"]) == (0, None)  # shown and not clicked / not shown
+    assert got["i1"]["cat_c"] == "7" and got["i3"]["num_b"] == 1.5 and got["i2"]["num_a"] is None
