@@ -144,7 +144,8 @@ def _one(url: str, world, req: dict[str, Any], n: int, rng_seed: int) -> dict[st
         fb = session.post(f"{url}/feedback", json={"request_id": answer["request_id"], "feedback": events}, timeout=60)
         if fb.status_code != 200:
             return {"error": f"feedback {fb.status_code} {fb.text[:200]}"}
-    return {"arm": answer["arm"], "model": f"{answer['model']['name']} v{answer['model']['version']}",
+    version = answer["model"]["version"]
+    return {"arm": answer["arm"], "model": answer["model"]["name"] + (f" v{version}" if version else ""),
             "shown": items.shape[1], "latency_ms": latency,
             "sampled": {k: int(drawn[k].sum()) for k in KINDS},
             "oracle": {k: float(oracle[k].sum()) for k in KINDS}}

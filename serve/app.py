@@ -49,7 +49,7 @@ class ServeConfig:
     replicas: int = 1  # reranker replicas per arm (ignored when autoscaling is set)
     autoscaling: dict = field(default_factory=dict)  # e.g. {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 8}
     reranker_cpus: float = 0.25  # CPUs per reranker replica (fractional: 2-core laptops)
-    reranker_gpus: float = -1.0  # GPUs per reranker replica; -1 = 1 when the cluster has GPUs, else 0
+    reranker_gpus: float = -1.0  # GPUs per reranker replica; -1 = 0.25 (4 share a GPU) when the cluster has GPUs, else 0
     router_cpus: float = 0.1
     max_batch_size: int = 16  # @serve.batch: requests decoded together
     batch_wait_timeout_s: float = 0.005  # @serve.batch: how long a batch waits to fill
@@ -259,7 +259,7 @@ def _gpus(requested: float) -> float:
         return requested
     import ray
 
-    return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return 0.25 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
 def build_app(args: dict[str, Any] | None = None):

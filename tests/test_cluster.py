@@ -135,7 +135,7 @@ def test_pipeline_job_through_the_jobs_api(ray_head, tmp_path):
     entrypoint = " ".join([
         "python -m jobs.pipeline --config configs/pipeline.yaml", f"out={tmp_path / 'pipe'}", "requests=1500",
         "world.n_users=300", "world.n_items=1500", "world.n_series=50", "world.n_creators=200", "world.days=5",
-        "dataset.test_days=1", "dataset.valid_days=1", "dpo.scaling.num_workers=0",
+        "dataset.test_days=1", "dataset.valid_days=1", "pretrain.scaling.num_workers=0", "dpo.scaling.num_workers=0",
         *[f"{stage}.{o}" for stage in ("pretrain", "dpo") for o in tiny]])
     job = ray_head.submit_job(entrypoint=entrypoint, runtime_env={
         "working_dir": str(REPO), "env_vars": {"MLFLOW_TRACKING_URI": uri}})  # the tracking URI travels

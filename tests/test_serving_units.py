@@ -110,3 +110,5 @@ def test_feedback_store_survives_reopen_and_exports_raw_logs(tmp_path):
     assert (got["i1"]["click"], got["i1"]["like"], got["i1"]["long_view"]) == (1, 1, 1)
     assert (got["i3"]["click"], got["i2"]["click"]) == (0, None)  # shown and not clicked / not shown
     assert got["i1"]["cat_c"] == "7" and got["i3"]["num_b"] == 1.5 and got["i2"]["num_a"] is None
+    reopened.export_logs(tmp_path / "auto.parquet")  # feature columns taken from the requests
+    assert {"num_a", "num_b", "cat_c"} <= set(pq.read_schema(tmp_path / "auto.parquet").names)

@@ -84,15 +84,23 @@ class FeedbackStore:
         fb = self.db.execute("SELECT count(DISTINCT request_id), count(*) FROM feedback").fetchone()
         return {"served": served, "lists_with_feedback": fb[0], "feedback_rows": fb[1]}
 
-    def export_logs(self, out: str | Path, num_cols: list[str], cat_cols: list[str]) -> int:
-        """Write every served list as raw-log Parquet rows; returns the number of rows."""
-        feedback: dict[tuple[str, str], tuple[int, int, int]] = {
-            (r, i): (c, lk, lv) for r, i, c, lk, lv in
-            self.db.execute('SELECT request_id, item_id, click, "like", long_view FROM feedback')}
+    def export_logs(self, out: str | Path, num_cols: list[str] | None = None,
+                    cat_cols: list[str] | None = None) -> int:
+        """Write every served list as raw-log Parquet rows; returns the number of rows.
+        Feature columns: the given ones, or every ``num_*`` / ``cat_*`` key the requests carried."""
+        with self.lock:
+            served = self.db.execute("SELECT * FROM served ORDER BY ts").fetchall()
+            feedback: dict[tuple[str, str], tuple[int, int, int]] = {
+                (r, i): (c, lk, lv) for r, i, c, lk, lv in
+                self.db.execute('SELECT request_id, item_id, click, "like", long_view FROM feedback')}
+        if num_cols is None or cat_cols is None:
+            keys = {k for row in served for cand in json.loads(row[5]) for k in cand}
+            num_cols = sorted(k for k in keys if k.startswith("num_")) if num_cols is None else num_cols
+            cat_cols = sorted(k for k in keys if k.startswith("cat_")) if cat_cols is None else cat_cols
         cols: dict[str, list] = {k: [] for k in ("request_id", "user_id", "ts", "item_id", "upstream_rank",
                                                  "position", "click", "like", "long_view", "arm", "model",
                                                  *num_cols, *cat_cols)}
-        for rid, uid, ts, arm, model, cands, shown in self.db.execute("SELECT * FROM served ORDER BY ts"):
+        for rid, uid, ts, arm, model, cands, shown in served:
             position = {item: p + 1 for p, item in enumerate(json.loads(shown))}
             for rank, cand in enumerate(json.loads(cands), start=1):
                 item = str(cand["item_id"])
