@@ -170,7 +170,8 @@ def run(cfg: ABTestConfig) -> dict[str, Any]:
 
         init_ray()
         serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
-        serve.run(build_app({"tracking_uri": cfg.tracking.uri, **cfg.app}), name="gref-ab", route_prefix="/")
+        serve.run(build_app({"tracking_uri": cfg.tracking.uri, **cfg.app}), name="gref-ab", route_prefix="/",
+                  logging_config={"enable_access_log": False})  # 1 line per request would drown the report
         url = f"http://127.0.0.1:{cfg.port}"
         log("ab_test", f"app started at {url}")
     arms = sorted(http.get(f"{url}/healthz", timeout=30).json()["weights"])

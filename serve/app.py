@@ -51,6 +51,8 @@ class ServeConfig:
     reranker_cpus: float = 0.25  # CPUs per reranker replica (fractional: 2-core laptops)
     reranker_gpus: float = -1.0  # GPUs per reranker replica; -1 = 0.25 (4 share a GPU) when the cluster has GPUs, else 0
     router_cpus: float = 0.1
+    router_resources: dict = field(default_factory=dict)  # custom resources, e.g. {gref_head: 0.01} pins the
+    #                                                       Router and its sqlite file to the head (cluster.yaml)
     max_batch_size: int = 16  # @serve.batch: requests decoded together
     batch_wait_timeout_s: float = 0.005  # @serve.batch: how long a batch waits to fill
     max_candidates: int = 200  # per request
@@ -276,5 +278,5 @@ def build_app(args: dict[str, Any] | None = None):
                                   ray_actor_options={"num_cpus": cfg.reranker_cpus, "num_gpus": gpus}, **scale)
             .bind(arm, uri, cfg.tracking_uri, cfg.max_batch_size, cfg.batch_wait_timeout_s)
             for arm, uri in cfg.arms.items()}
-    return Router.options(ray_actor_options={"num_cpus": cfg.router_cpus},
+    return Router.options(ray_actor_options={"num_cpus": cfg.router_cpus, "resources": cfg.router_resources},
                           user_config={"weights": cfg.weights, "salt": cfg.salt}).bind(arms, cfg)

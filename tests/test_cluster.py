@@ -48,7 +48,8 @@ def test_cluster_config_passes_rays_validation(name):
 def test_aws_cluster_has_a_cpu_head_and_autoscaling_gpu_workers():
     raw, cfg = prepared("cluster.yaml")
     types = cfg["available_node_types"]
-    assert types[cfg["head_node_type"]]["resources"] == {"CPU": 0}  # no work on the head
+    head = types[cfg["head_node_type"]]["resources"]
+    assert head["CPU"] == 0 and head["gref_head"] == 1  # no tasks on the head; the Serve Router is pinned there
     worker = types["gpu_worker"]
     assert worker["node_config"]["InstanceType"].startswith(("g5", "g6", "p4", "p5"))
     assert worker["min_workers"] == 0 < worker["max_workers"] <= cfg["max_workers"]
@@ -120,9 +121,10 @@ def ray_head():
     yield client_
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(60)
-    except subprocess.TimeoutExpired:
+        head.wait(10)
+    except subprocess.TimeoutExpired:  # the whole session of that head: its GCS, raylet and workers
         os.killpg(head.pid, signal.SIGKILL)
+        head.wait(10)
 
 
 def test_pipeline_job_through_the_jobs_api(ray_head, tmp_path):
@@ -155,3 +157,18 @@ def test_pipeline_job_through_the_jobs_api(ray_head, tmp_path):
     assert parent.info.status == "FINISHED" and len(children) == 2
     assert {r.data.params["stage"] for r in children} == {"pretrain", "dpo"}
     assert int(client.get_model_version_by_alias("gref-reranker", "champion").version) == 1
+
+
+@pytest.mark.parametrize("name", ["serve/config.yaml", "serve/config.cluster.yaml"])
+def test_serve_configs_pass_serves_schema(name):
+    from ray.serve.schema import ServeDeploySchema
+
+    from gref.config import from_dict
+    from serve.app import ServeConfig
+
+    raw = yaml.safe_load((REPO / name).read_text())
+    ServeDeploySchema.model_validate(raw)  # what `serve deploy` checks
+    (app,) = raw["applications"]
+    from_dict(ServeConfig, app["args"])  # the builder's args: unknown keys would fail here
+    (router,) = [d for d in app["deployments"] if d["name"] == "Router"]
+    assert router["num_replicas"] == 1 and set(router["user_config"]["weights"]) == set(app["args"]["arms"])

@@ -56,7 +56,7 @@ def app(ray_cluster, registry):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"tracking_uri": registry["uri"], "feedback_db": str(registry["root"] / "feedback.db"),
             "replicas": 2, "reranker_cpus": 0.1, "router_cpus": 0.05, "weights": {"champion": 1, "challenger": 1}}
-    serve.run(build_app(args), name="gref", route_prefix="/")
+    serve.run(build_app(args), name="gref", route_prefix="/", logging_config={"enable_access_log": False})
     yield {"url": f"http://127.0.0.1:{port}", "args": args}
     serve.delete("gref")
     serve.shutdown()
@@ -144,11 +144,12 @@ def _redeploy(app, weights):
 
     from serve.app import build_app
 
-    serve.run(build_app({**app["args"], "weights": weights}), name="gref", route_prefix="/")
+    serve.run(build_app({**app["args"], "weights": weights}), name="gref", route_prefix="/",
+              logging_config={"enable_access_log": False})
 
 
 def test_routing_is_sticky_weighted_and_reweighted_without_dropping_requests(app, candidates):
-    users = [f"user-{i}" for i in range(200)]
+    users = [f"user-{i}" for i in range(160)]
     first = _split(app["url"], candidates, users)
     assert _split(app["url"], candidates, users[:50]) == {u: first[u] for u in users[:50]}  # sticky
     share = sum(a == "champion" for a in first.values()) / len(users)
@@ -179,7 +180,6 @@ def test_routing_is_sticky_weighted_and_reweighted_without_dropping_requests(app
     metrics = requests.get(f"{app['url']}/metrics", timeout=10).json()
     assert metrics["arms"]["champion"]["weight"] == pytest.approx(0.9)
     assert metrics["arms"]["champion"]["requests"] > 0 and metrics["arms"]["champion"]["latency_p99_ms"] > 0
-    _redeploy(app, {"champion": 1, "challenger": 1})
 
 
 def _replicas(deployment: str) -> list:

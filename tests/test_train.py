@@ -125,20 +125,6 @@ def test_resume_after_worker_failure(ray_cluster, prep_dir, sim_dir, tmp_path, m
     assert steps == [0, 1, 2]  # each epoch logged once: nothing redone
 
 
-def test_rerun_with_same_name_resumes(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):
-    """Killing the job and running it again with the same run name continues the run."""
-    from gref.train.runner import run_training
-
-    first = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=1", "optim.epochs=1")
-    out1 = run_training("pretrain", first, prep_dir / "sequences" / "train")
-    again = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=1", "optim.epochs=2",
-                         f"run.name={out1['run_name']}")
-    out2 = run_training("pretrain", again, prep_dir / "sequences" / "train")
-    assert [h["epoch"] for h in out2["history"]] == [0, 1]
-    assert out2["history"][0] == out1["history"][0]  # epoch 0 was not re-run
-    assert out2["mlflow_run_id"] == out1["mlflow_run_id"]
-
-
 def test_two_worker_ddp(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):
     from gref.train.runner import run_training
 

@@ -1,6 +1,8 @@
 """Ray Tune sweeps: search-space checks (no Ray), re-derived Eq. 7 pairs, and a real 2-trial
 sweep on the session's local Ray -- nested MLflow runs, resume with Tuner.restore, and a best
-config that jobs.pretrain / jobs.dpo train from as it is."""
+config that jobs.pretrain / jobs.dpo train from as it is. The resumed trial re-runs its Ray Train
+job under the same run name: this is also the test that a re-run job continues its Train run
+and its MLflow run without redoing finished epochs."""
 
 from __future__ import annotations
 
@@ -54,6 +56,8 @@ def test_unknown_sweep_keys_are_rejected(tmp_path):
         sweep.main(["--config", str(path)])
     with pytest.raises(SystemExit, match="scheduler"):
         sweep.main(["--data", str(tmp_path), "scheduler=hyperband"])
+    with pytest.raises(SystemExit, match="dpo.scaling.num_workers"):  # Train's local mode cannot run in Tune
+        sweep.main(["--data", str(tmp_path), "dpo.scaling.num_workers=0"])
 
 
 def test_to_tune_builds_tune_domains():
@@ -119,6 +123,10 @@ def test_sweep_nests_runs_resumes_and_its_best_config_trains(ray_cluster, prep_d
     assert ok.data.params["pretrain.run.fail_once_at_epoch"] == "-1" and ok.data.params["pairs.alpha"] == "0.5"
     objective_steps = [m.step for m in client.get_metric_history(ok.info.run_id, "objective")]
     assert objective_steps == [0, 1, 2]  # live curve: 2 pre-training epochs, then 1 DPO epoch
+    dpo_run = children(ok.info.run_id)[f"{done['trial_id']}-dpo"]
+    assert ok.data.metrics["objective_final"] == pytest.approx(done["objective"])
+    assert max(m.value for m in client.get_metric_history(dpo_run.info.run_id, "oracle_clicks")) == \
+        pytest.approx(done["objective"])  # the trial's score is its exported DPO model's
     assert {r.info.status for r in children(ok.info.run_id).values()} == {"FINISHED"}
     assert len(children(ok.info.run_id)) == 2  # its pretrain and dpo runs
     assert trials[f"trial-{failed['trial_id']}"].info.status == "FAILED"

@@ -25,7 +25,8 @@ KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 # set by the sweep for every trial (paths, names, tracking): not hyper-parameters
 RESERVED = ("pretrain.data", "dpo.data", "dpo.init", "pretrain.run.name", "dpo.run.name",
             "pretrain.run.storage", "dpo.run.storage", "pretrain.tracking", "dpo.tracking",
-            "pretrain.eval.world", "dpo.eval.world", "pretrain.eval.metric", "dpo.eval.metric", "dpo.register")
+            "pretrain.eval.world", "dpo.eval.world", "pretrain.eval.metric", "dpo.eval.metric", "dpo.register",
+            "pretrain.scaling.num_workers", "dpo.scaling.num_workers")  # >= 1, checked once for the sweep
 
 
 @dataclass

@@ -204,9 +204,15 @@ def plot_params(rows: list[dict[str, Any]], space: dict[str, Any], metric: str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import NullFormatter
+
     keys = [k for k, spec in space.items() if isinstance(spec, dict)]
-    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3.6 * max(len(keys), 1), 3.2), squeeze=False, sharey=True)
-    for ax, key in zip(axes[0], keys):
+    cols = min(max(len(keys), 1), 4)
+    rows_n = math.ceil(max(len(keys), 1) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 3.0 * rows_n), squeeze=False, sharey=True)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, keys):
         values = [r[key] for r in rows]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         labels = sorted({str(v) for v in values})
@@ -221,9 +227,11 @@ def plot_params(rows: list[dict[str, Any]], space: dict[str, Any], metric: str, 
             ax.set_xticks(range(len(labels)), labels)
         if is_log_scale(space[key]):
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(key)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(metric)
+    for row in axes:
+        row[0].set_ylabel(metric)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
@@ -305,6 +313,10 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
 
     check_space(cfg.space, TrialConfig(pretrain=cfg.pretrain, dpo=cfg.dpo))  # config errors first
     _scheduler(cfg)
+    for stage in ("pretrain", "dpo"):
+        if getattr(cfg, stage).scaling.num_workers < 1:  # ray.train.get_context() raises inside Tune
+            raise ConfigError(f"config key '{stage}.scaling.num_workers' must be >= 1 in a sweep: "
+                              "Ray Train's in-process mode (0) cannot run inside a Tune trial")
     if not cfg.data or not (Path(cfg.data) / "sequences" / "train").exists():
         raise SystemExit(f"no prepared data at '{cfg.data}' (give --data OUT of jobs.prepare)")
     name = cfg.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
