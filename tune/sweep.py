@@ -203,7 +203,6 @@ def plot_params(rows: list[dict[str, Any]], space: dict[str, Any], metric: str, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import NullFormatter
 
     keys = [k for k, spec in space.items() if isinstance(spec, dict)]
