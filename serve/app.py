@@ -122,9 +122,6 @@ class Reranker:
                 out[i] = {"order": order}
         return out
 
-    async def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
-        return await self.rerank(request)
-
 
 app = FastAPI(title="GReF reranker", description=__doc__)
 
@@ -163,24 +160,24 @@ class Router:
         self.weights = check_weights(user_config.get("weights") or dict.fromkeys(self.arms, 1.0), list(self.arms))
         self.salt = user_config.get("salt", self.salt)
 
-    async def _model(self, arm: str) -> dict[str, Any]:
-        if arm not in self.models:
-            self.models[arm] = await self.arms[arm].describe.remote()
-        return self.models[arm]
-
-    async def _call(self, arm: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """One retry when the replica died under the request (Serve replaces it; the handle
-        routes the retry to a live one)."""
+    async def _call(self, arm: str, method: str, *args: Any) -> Any:
+        """Call the arm; up to two retries when the replica died under the call (Serve replaces
+        it and the handle routes the retry to a live one)."""
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         for attempt in range(3):
             try:
-                return await self.arms[arm].remote(payload)
+                return await getattr(self.arms[arm], method).remote(*args)
             except (ActorDiedError, ActorUnavailableError, RayActorError):
                 if attempt == 2:
                     raise
                 await asyncio.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    async def _model(self, arm: str) -> dict[str, Any]:
+        if arm not in self.models:
+            self.models[arm] = await self._call(arm, "describe")
+        return self.models[arm]
 
     @app.post("/rerank")
     async def rerank(self, request: Request) -> JSONResponse:
@@ -193,14 +190,14 @@ class Router:
         arm = assign_arm(req.user_id, self.weights, self.salt)
         stats = self.stats[arm]
         try:
-            result = await self._call(arm, {"candidates": req.candidates, "n": req.n})
+            result = await self._call(arm, "rerank", {"candidates": req.candidates, "n": req.n})
+            model = await self._model(arm)
         except Exception as err:  # noqa: BLE001 -- whatever took the arm down: a counted 503, never a 500
             stats.errors += 1
             return _error(503, f"arm '{arm}' is unavailable: {type(err).__name__}")
         if "error" in result:
             return _error(422, result["error"])
         items = [req.candidates[j]["item_id"] for j in result["order"]]
-        model = await self._model(arm)
         request_id = req.request_id or uuid.uuid4().hex
         try:
             self.store.record_served(request_id, req.user_id, arm, f"{model['name']}#{model['version']}",
