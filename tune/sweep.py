@@ -131,12 +131,9 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     stages["dpo"].register = False  # the sweep registers nothing; its best config can
 
     tracking.setup(setup.tracking)
-    id_file = root / "mlflow_run_id"
-    resumed = id_file.exists()
-    run = mlflow.start_run(run_id=id_file.read_text()) if resumed else mlflow.start_run(
-        run_name=f"trial-{trial_id}", parent_run_id=setup.parent_run_id,
+    run, resumed = tracking.resumable_run(
+        root / "mlflow_run_id", f"trial-{trial_id}", parent_run_id=setup.parent_run_id,
         experiment_id=mlflow.get_experiment_by_name(setup.tracking.experiment).experiment_id)
-    id_file.write_text(run.info.run_id)
     uri = tracking.tracking_uri(setup.tracking)
     try:
         if not resumed:
@@ -292,13 +289,12 @@ def _scheduler(cfg: SweepConfig):
 def _open_parent_run(root: Path, name: str, cfg: SweepConfig, setup_params: dict[str, Any]):
     import mlflow
 
-    id_file = root / "mlflow_run_id"
-    if id_file.exists():
-        return mlflow.start_run(run_id=id_file.read_text())
-    run = mlflow.start_run(run_name=name, tags={"gref.kind": "sweep"})
-    id_file.write_text(run.info.run_id)
-    mlflow.log_params({k: str(v)[:500] for k, v in setup_params.items()})
-    mlflow.log_text(yaml.safe_dump(cfg.space, sort_keys=False), "space.yaml")
+    from gref import tracking
+
+    run, resumed = tracking.resumable_run(root / "mlflow_run_id", name, tags={"gref.kind": "sweep"})
+    if not resumed:
+        mlflow.log_params({k: str(v)[:500] for k, v in setup_params.items()})
+        mlflow.log_text(yaml.safe_dump(cfg.space, sort_keys=False), "space.yaml")
     return run
 
 

@@ -41,6 +41,20 @@ def setup(cfg: TrackingConfig) -> str:
     return exp.experiment_id if exp else mlflow.create_experiment(cfg.experiment)
 
 
+def resumable_run(id_file: str | Path, run_name: str, **start_kwargs: Any):
+    """The MLflow run whose id ``id_file`` holds, reopened; else a new run (``start_kwargs`` go to
+    ``mlflow.start_run``) whose id is written there. A job re-run under the same name thus continues
+    its MLflow run. Returns (active run, resumed)."""
+    import mlflow
+
+    id_file = Path(id_file)
+    if id_file.exists():
+        return mlflow.start_run(run_id=id_file.read_text().strip(), nested=start_kwargs.get("nested", False)), True
+    run = mlflow.start_run(run_name=run_name, **start_kwargs)
+    id_file.write_text(run.info.run_id)
+    return run, False
+
+
 def data_lineage(data_dir: str | Path) -> dict[str, Any]:
     """Input path + a hash of the prepared data's summary (counts, config, feature spec)."""
     data_dir = Path(data_dir).resolve()

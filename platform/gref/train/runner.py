@@ -56,12 +56,8 @@ def run_training(stage: str, cfg: Any, dataset_path: Path, init: GenReranker | N
 
     tracking.setup(cfg.tracking)
     mlflow.set_experiment(cfg.tracking.experiment)
-    id_file = run_dir / "mlflow_run_id"
-    resumed = id_file.exists()
     nested = mlflow.active_run() is not None  # under the pipeline's run when there is one
-    active = (mlflow.start_run(run_id=id_file.read_text().strip(), nested=nested) if resumed
-              else mlflow.start_run(run_name=name, nested=nested))
-    id_file.write_text(active.info.run_id)
+    active, resumed = tracking.resumable_run(run_dir / "mlflow_run_id", name, nested=nested)
     try:
         if not resumed:
             params = flatten(to_dict(cfg))
