@@ -12,7 +12,8 @@ same lists, no draw noise), and each arm's relative lift over the first arm with
 (delta method). Printed, written to ``out``/ab_test.json, logged to MLflow with a bar chart.
 
 Without ``url`` the job starts the app itself (``app`` = serve.app's ServeConfig args; default
-arms: the registry's champion and challenger -- point one at a baseline to test against it)
+arms: GReF = models:/gref-reranker@champion vs NAR4Rec = models:/gref-nar4rec@champion, the
+paper's Table 4 -- ``make demo`` trains and registers both; any arm can be set with app.arms=...)
 and deletes it at the end.
 """
 

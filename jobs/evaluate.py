@@ -10,6 +10,7 @@ and logs them to MLflow.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def run(data: str | Path, models: dict[str, Any], out: str | Path, world_dir: st
     if world is not None:
         bar_chart(rows, out / "expected_clicks.png")
     for name, r in rows.items():
-        key = name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
+        key = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("+", "plus")).strip("_")  # MLflow metric-name charset
         mlflow.log_metrics({f"{key}.{k}": v for k, v in r.items() if v == v})
     for f in ("report.json", "report.md", "expected_clicks.png"):
         if (out / f).exists():

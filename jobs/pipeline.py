@@ -1,4 +1,4 @@
-"""The whole story in one command: simulate -> prepare -> pretrain -> dpo -> evaluate -> register.
+"""The whole story in one command: simulate -> prepare -> pretrain -> dpo [-> baselines] -> evaluate -> register.
 
     python -m jobs.pipeline [--config configs/pipeline.yaml] [key=value ...]
 
@@ -6,7 +6,12 @@ Everything lands under ``out`` (data, Ray Train runs, the report) and in MLflow 
 run with each job's run nested under it). The DPO model is registered as
 ``tracking.registered_model``; the new version gets the alias ``challenger``, and also
 ``champion`` when it beats the current champion on this run's test split (or there is none).
-Prints a summary table and writes ``out/summary.json``.
+``baselines`` (kinds of gref.baselines, or ``all``) are trained on the same data by the same
+Ray Train machinery (configs/baselines/<kind>.yaml + ``baseline_overrides``), registered as
+gref-<kind>@champion and evaluated beside GReF. Prints a summary table and writes
+``out/summary.json``.
+
+    python -m jobs.pipeline baselines=all          # Table 1: every baseline beside GReF
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gref.cli import log, parser, resolve_config
-from gref.config import flatten, save_yaml, to_dict
+from gref.config import flatten, override, save_yaml, to_dict
 from gref.data.schema import DatasetConfig
 from gref.sim.world import WorldConfig
 from gref.tracking import TrackingConfig
@@ -35,6 +40,36 @@ class PipelineConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval_max_requests: int = 0  # test requests evaluated (0 = all)
+    baselines: list[str] = field(default_factory=list)  # baseline kinds to train + evaluate too; [all] = every one
+    baseline_overrides: dict = field(default_factory=dict)  # dotted keys for every baseline config, e.g. {optim.epochs: 2}
+
+
+def baseline_kinds(requested: list[str]) -> list[str]:
+    from gref.baselines import KINDS
+
+    if "all" in requested:
+        return list(KINDS)
+    unknown = sorted(set(requested) - set(KINDS))
+    if unknown:
+        raise SystemExit(f"config error: baselines: unknown kind(s) {unknown} (known: {', '.join(KINDS)}, all)")
+    return list(dict.fromkeys(requested))
+
+
+def baselines_step(cfg: PipelineConfig, prep: Path, world_dir: Path | None, out: Path) -> dict[str, dict]:
+    """Train each requested baseline like the GReF stages (same scaling, storage, tracking, world)."""
+    from dataclasses import replace
+
+    from jobs.baseline import baseline_config, train
+
+    outcomes = {}
+    for kind in baseline_kinds(cfg.baselines):
+        bcfg = replace(baseline_config(kind, prep), scaling=replace(cfg.pretrain.scaling), tracking=cfg.tracking,
+                       eval=replace(cfg.pretrain.eval, world=str(world_dir or "")),
+                       run=replace(cfg.pretrain.run, name="", storage=str(out / "ray")))
+        bcfg = override(bcfg, cfg.baseline_overrides)
+        log("pipeline", f"baseline {kind}")
+        outcomes[kind] = train(bcfg)
+    return outcomes
 
 
 def _timed(timings: dict, step: str, fn, *args, **kwargs):
@@ -118,6 +153,12 @@ def run(cfg: PipelineConfig) -> dict:
         cfg.dpo.register = True
         dpo = _timed(timings, "dpo", run_training, "dpo", cfg.dpo, prep / "pairs" / "train", init=pretrained)
         models = {"GReF (pre-train only)": pretrained, "GReF (pre-train + DPO)": load_reranker(dpo["model_dir"])}
+        baselines = {}
+        if cfg.baselines:
+            from gref.baselines import LABELS
+
+            baselines = _timed(timings, "baselines", baselines_step, cfg, prep, world_dir, out)
+            models.update({LABELS[k]: load_reranker(o["model_dir"]) for k, o in baselines.items()})
 
         champion = current_champion(cfg.tracking.registered_model)
         if champion is not None and int(champion.version) != dpo["registered_version"]:
@@ -137,6 +178,8 @@ def run(cfg: PipelineConfig) -> dict:
                                                          "quarantined", "quarantined_by_reason")},
                    "pretrain": {k: pre[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best")},
                    "dpo": {k: dpo[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best")},
+                   "baselines": {kind: {k: o[k] for k in ("run_name", "model_dir", "mlflow_run_id", "registered_version")}
+                                 for kind, o in baselines.items()},
                    "test": rows, "registry": registry}
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         mlflow.log_artifact(str(out / "summary.json"))
@@ -148,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser("jobs.pipeline", __doc__)
     args = p.parse_args(argv)
     cfg = resolve_config(PipelineConfig, args)
+    baseline_kinds(cfg.baselines)  # a typo fails now, not after the GReF stages
     summary = run(cfg)
     from gref.evaluation import markdown_table
 

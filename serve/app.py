@@ -1,11 +1,12 @@
 """The GReF Ray Serve application: reranker replicas per A/B arm behind a FastAPI router.
 
-    serve run serve.app:build_app                  # defaults: champion vs challenger from the registry
+    serve run serve.app:build_app                  # defaults: GReF champion vs NAR4Rec (the paper's Table 4)
     serve deploy serve/config.yaml                 # on a running cluster; re-deploy to change weights
 
 - ``Reranker`` (one deployment per arm): a registered model version (``models:/name@alias``), a
-  run (``runs:/...``) or a model directory; on the GPU when the replica has one; requests are
-  batched with ``@serve.batch`` and decoded with OMTP (KV cache) in one padded batch.
+  run (``runs:/...``) or a model directory -- GReF or any baseline of gref.baselines; on the GPU
+  when the replica has one; requests are batched with ``@serve.batch`` and decoded (GReF: OMTP
+  with KV cache) in one padded batch per list length.
 - ``Router`` (FastAPI ingress): ``POST /rerank``, ``POST /feedback``, ``GET /healthz``,
   ``GET /metrics``. The arm is a sticky function of the user id (``gref.serving.ab``); weights and
   salt are the Router's ``user_config``, applied in place by ``reconfigure`` (no restart, no
@@ -41,7 +42,7 @@ class ServeConfig:
     """``args`` of the application (serve/config.yaml or ``serve run serve.app:build_app key=value``)."""
 
     arms: dict = field(default_factory=lambda: {  # arm name -> model URI (registry alias, run, directory)
-        "champion": "models:/gref-reranker@champion", "challenger": "models:/gref-reranker@challenger"})
+        "gref": "models:/gref-reranker@champion", "nar4rec": "models:/gref-nar4rec@champion"})  # Table 4
     weights: dict = field(default_factory=dict)  # arm -> traffic weight; {} = equal (user_config overrides)
     salt: str = "gref-ab"  # part of the user hash: a new salt reshuffles users over the arms
     tracking_uri: str = ""  # MLflow store of the registry; "" = $MLFLOW_TRACKING_URI or ./mlflow.db
@@ -82,7 +83,8 @@ class Reranker:
         self.model = load_reranker(directory, self.device)
         self.spec = FeatureSpec.load(directory / "features.json")
         self.info = {"arm": arm, "name": model_uri, "version": tracking.model_version(model_uri),
-                     "device": str(self.device), "heads": self.model.k}
+                     "device": str(self.device), "kind": getattr(self.model.cfg, "kind", "gref"),
+                     "heads": getattr(self.model, "k", None)}
         self.rerank.set_max_batch_size(max_batch_size)
         self.rerank.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
@@ -95,8 +97,6 @@ class Reranker:
         or {"error": message} for a request this model cannot serve."""
         import numpy as np
         import torch
-
-        from gref.model.decoding import decode
 
         limit_m, limit_n = self.model.cfg.max_candidates, self.model.cfg.max_length
         out: list[dict[str, Any] | None] = [None] * len(requests)
@@ -114,12 +114,16 @@ class Reranker:
             mask = np.zeros((len(ok), M), bool)
             for b, (x, c) in enumerate(encoded):
                 num[b, :len(x)], cat[b, :len(c)], mask[b, :len(x)] = x, c, True
-            n = max(requests[i]["n"] for i in ok)
-            placed = decode(self.model, torch.from_numpy(num).to(self.device), torch.from_numpy(cat).to(self.device),
-                            torch.from_numpy(mask).to(self.device), n).cpu().numpy()
-            for b, i in enumerate(ok):  # a shorter list is the prefix of the longer decode
-                order = [int(j) for j in placed[b, :requests[i]["n"]] if j >= 0]
-                out[i] = {"order": order}
+            num_t, cat_t, mask_t = (torch.from_numpy(a).to(self.device) for a in (num, cat, mask))
+            ns = np.array([requests[i]["n"] for i in ok])
+            # one decode per distinct n: a non-autoregressive model's list depends on its length
+            for n in np.unique(ns):
+                rows = np.flatnonzero(ns == n)
+                sel = torch.from_numpy(rows).to(self.device)
+                with torch.no_grad():  # any platform reranker: GReF's OMTP decoding or a baseline's
+                    placed = self.model.rerank(num_t[sel], cat_t[sel], mask_t[sel], int(n)).cpu().numpy()
+                for b, row in enumerate(rows):
+                    out[ok[row]] = {"order": [int(j) for j in placed[b] if j >= 0]}
         return out
 
 
@@ -207,7 +211,7 @@ class Router:
         latency = 1000.0 * (time.perf_counter() - started)
         stats.served(latency)
         return JSONResponse({"request_id": request_id, "items": items, "arm": arm,
-                             "model": {"name": model["name"], "version": model["version"]},
+                             "model": {k: model[k] for k in ("name", "version", "kind")},
                              "latency_ms": round(latency, 3)})
 
     @app.post("/feedback")

@@ -138,9 +138,18 @@ def test_pipeline_job_through_the_jobs_api(ray_head, tmp_path):
         "python -m jobs.pipeline --config configs/pipeline.yaml", f"out={tmp_path / 'pipe'}", "requests=1500",
         "world.n_users=300", "world.n_items=1500", "world.n_series=50", "world.n_creators=200", "world.days=5",
         "dataset.test_days=1", "dataset.valid_days=1", "pretrain.scaling.num_workers=0", "dpo.scaling.num_workers=0",
+        "baselines=[]",
         *[f"{stage}.{o}" for stage in ("pretrain", "dpo") for o in tiny]])
-    job = ray_head.submit_job(entrypoint=entrypoint, runtime_env={
-        "working_dir": str(REPO), "env_vars": {"MLFLOW_TRACKING_URI": uri}})  # the tracking URI travels
+    deadline = time.time() + 60
+    while True:  # a freshly started head's job agent can take a while on a loaded machine
+        try:
+            job = ray_head.submit_job(entrypoint=entrypoint, runtime_env={
+                "working_dir": str(REPO), "env_vars": {"MLFLOW_TRACKING_URI": uri}})  # the tracking URI travels
+            break
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.time() > deadline:
+                raise
+            time.sleep(2)
     deadline = time.time() + 480
     while not (status := ray_head.get_job_status(job)).is_terminal():
         assert time.time() < deadline, f"job still {status} after 8 min:\n{ray_head.get_job_logs(job)[-3000:]}"

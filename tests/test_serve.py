@@ -25,24 +25,29 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def registry(prep_dir, tmp_path_factory):
-    """An (untrained) tiny reranker registered twice: v1 = champion, v2 = challenger."""
+    """The default arms' models, untrained and tiny: a GenReranker as gref-reranker@champion and
+    a NAR4Rec baseline as gref-nar4rec@champion."""
     import mlflow
 
     from gref import tracking
+    from gref.baselines import BaselineConfig
     from gref.model.config import ModelConfig
     from gref.model.io import save_reranker
-    from gref.train.steps import build_model, data_meta
+    from gref.train.steps import build_baseline_model, build_model, data_meta
 
     root = tmp_path_factory.mktemp("serve")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    model = build_model(ModelConfig(d_model=32, enc_layers=1, dec_layers=1, omtp_heads=2), data_meta(prep_dir))
-    model_dir = save_reranker(root / "model", model, prep_dir / "features.json")
+    meta = data_meta(prep_dir)
+    gref_dir = save_reranker(root / "gref", build_model(ModelConfig(d_model=32, enc_layers=1, dec_layers=1, omtp_heads=2), meta),
+                             prep_dir / "features.json")
+    nar_dir = save_reranker(root / "nar4rec", build_baseline_model(BaselineConfig(kind="nar4rec", d_model=32, layers=1), meta),
+                            prep_dir / "features.json")
     cfg = tracking.TrackingConfig(uri=uri)
     tracking.setup(cfg)
     mlflow.set_experiment(cfg.experiment)
     with mlflow.start_run(run_name="serve-fixture"):
-        versions = [tracking.log_reranker(model_dir, cfg.registered_model)["version"] for _ in range(2)]
-    tracking.set_aliases(cfg.registered_model, {"champion": versions[0], "challenger": versions[1]})
+        for name, model_dir in (("gref-reranker", gref_dir), ("gref-nar4rec", nar_dir)):
+            tracking.set_aliases(name, {"champion": tracking.log_reranker(model_dir, name)["version"]})
     return {"uri": uri, "root": root}
 
 
@@ -55,7 +60,7 @@ def app(ray_cluster, registry):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"tracking_uri": registry["uri"], "feedback_db": str(registry["root"] / "feedback.db"),
-            "replicas": 2, "reranker_cpus": 0.1, "router_cpus": 0.05, "weights": {"champion": 1, "challenger": 1}}
+            "replicas": 2, "reranker_cpus": 0.1, "router_cpus": 0.05, "weights": {"gref": 1, "nar4rec": 1}}  # the default arms
     serve.run(build_app(args), name="gref", route_prefix="/", logging_config={"enable_access_log": False})
     yield {"url": f"http://127.0.0.1:{port}", "args": args}
     serve.delete("gref")
@@ -87,9 +92,11 @@ def test_rerank_answers_with_the_arm_and_its_model_version(app, candidates):
     out = r.json()
     assert len(out["items"]) == 5 and len(set(out["items"])) == 5
     assert set(out["items"]) <= {c["item_id"] for c in candidates}
-    assert out["arm"] in ("champion", "challenger")
-    assert out["model"]["version"] == {"champion": "1", "challenger": "2"}[out["arm"]]
-    assert out["model"]["name"] == f"models:/gref-reranker@{out['arm']}" and out["latency_ms"] > 0
+    assert out["arm"] in ("gref", "nar4rec")
+    assert out["model"]["version"] == "1" and out["model"]["kind"] == out["arm"]
+    assert out["model"]["name"] == {"gref": "models:/gref-reranker@champion",
+                                    "nar4rec": "models:/gref-nar4rec@champion"}[out["arm"]]
+    assert out["latency_ms"] > 0
     assert requests.get(f"{app['url']}/healthz", timeout=10).json()["status"] == "ok"
 
 
@@ -152,7 +159,7 @@ def test_routing_is_sticky_weighted_and_reweighted_without_dropping_requests(app
     users = [f"user-{i}" for i in range(160)]
     first = _split(app["url"], candidates, users)
     assert _split(app["url"], candidates, users[:50]) == {u: first[u] for u in users[:50]}  # sticky
-    share = sum(a == "champion" for a in first.values()) / len(users)
+    share = sum(a == "gref" for a in first.values()) / len(users)
     assert abs(share - 0.5) < 4 * math.sqrt(0.25 / len(users))
 
     failures, done = [], threading.Event()
@@ -168,18 +175,18 @@ def test_routing_is_sticky_weighted_and_reweighted_without_dropping_requests(app
     thread = threading.Thread(target=traffic)
     thread.start()
     try:
-        _redeploy(app, {"champion": 9, "challenger": 1})  # only user_config changes: reconfigure in place
+        _redeploy(app, {"gref": 9, "nar4rec": 1})  # only user_config changes: reconfigure in place
     finally:
         done.set()
         thread.join()
     assert failures == []
     after = _split(app["url"], candidates, users)
-    share = sum(a == "champion" for a in after.values()) / len(users)
+    share = sum(a == "gref" for a in after.values()) / len(users)
     assert abs(share - 0.9) < 4 * math.sqrt(0.09 / len(users))
-    assert all(after[u] == "champion" for u in users if first[u] == "champion")  # nobody leaves the growing arm
+    assert all(after[u] == "gref" for u in users if first[u] == "gref")  # nobody leaves the growing arm
     metrics = requests.get(f"{app['url']}/metrics", timeout=10).json()
-    assert metrics["arms"]["champion"]["weight"] == pytest.approx(0.9)
-    assert metrics["arms"]["champion"]["requests"] > 0 and metrics["arms"]["champion"]["latency_p99_ms"] > 0
+    assert metrics["arms"]["gref"]["weight"] == pytest.approx(0.9)
+    assert metrics["arms"]["gref"]["requests"] > 0 and metrics["arms"]["gref"]["latency_p99_ms"] > 0
 
 
 def _replicas(deployment: str) -> list:
@@ -201,9 +208,9 @@ def test_a_killed_replica_is_replaced_while_requests_keep_succeeding(app, candid
     import ray
 
     champion_users = [u for u, arm in _split(app["url"], candidates, [f"k-{i}" for i in range(40)]).items()
-                      if arm == "champion"]
-    assert _running("reranker-champion") == 2
-    victim = _replicas("reranker-champion")[0]
+                      if arm == "gref"]
+    assert _running("reranker-gref") == 2
+    victim = _replicas("reranker-gref")[0]
     codes, done = [], threading.Event()
 
     def traffic():
@@ -219,7 +226,7 @@ def test_a_killed_replica_is_replaced_while_requests_keep_succeeding(app, candid
         ray.kill(victim, no_restart=True)
         deadline = time.time() + 90
         time.sleep(2)
-        while _running("reranker-champion") < 2:
+        while _running("reranker-gref") < 2:
             assert time.time() < deadline, "the killed replica was not replaced"
             time.sleep(1)
         time.sleep(1)

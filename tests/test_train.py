@@ -145,10 +145,13 @@ def test_pipeline_end_to_end(ray_cluster, tmp_path, mlflow_uri):
             *[f"{stage}.{o}" for stage in ("pretrain", "dpo") for o in TINY],
             "pretrain.optim.epochs=1", "dpo.optim.epochs=1", "pretrain.scaling.num_workers=0",
             "dpo.scaling.num_workers=0"]
-    summary = pipeline.main(args)
+    baselines = ["baselines=[nar4rec]", "baseline_overrides={optim.epochs: 1, model.d_model: 16, model.layers: 1, "
+                 "optim.batch_size: 128, eval.max_requests: 300}"]
+    summary = pipeline.main(args + baselines)
     assert summary["data"]["requests_read"] == 1500
     rows = summary["test"]
-    assert {"logged exposure", "upstream order", "GReF (pre-train only)", "GReF (pre-train + DPO)"} <= set(rows)
+    assert {"logged exposure", "upstream order", "GReF (pre-train only)", "GReF (pre-train + DPO)", "NAR4Rec"} <= set(rows)
+    assert summary["baselines"]["nar4rec"]["registered_version"] == 1  # the A/B test's default B arm
     for r in rows.values():
         assert r["oracle_clicks"] > 0
     assert summary["registry"]["aliases"] == {"challenger": 1, "champion": 1}
@@ -164,7 +167,29 @@ def test_pipeline_end_to_end(ray_cluster, tmp_path, mlflow_uri):
     parent = client.get_run(summary["mlflow_run_id"])
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert len(children) == 2  # pretrain and dpo nested under the pipeline run
+    assert len(children) == 3  # pretrain, dpo and the baseline nested under the pipeline run
+    assert int(client.get_model_version_by_alias("gref-nar4rec", "champion").version) == 1
+
+
+def test_baseline_job_on_a_train_worker_registers_and_evaluates(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):
+    from gref import tracking
+    from jobs import baseline, evaluate
+
+    out = baseline.main(["--data", str(prep_dir), "--kind", "nar4rec", f"eval.world={sim_dir / 'world'}",
+                         f"run.storage={tmp_path / 'ray'}", f"tracking.uri={mlflow_uri}", "model.d_model=16",
+                         "model.layers=1", "optim.epochs=1", "optim.batch_size=128", "eval.max_requests=300",
+                         "scaling.num_workers=1", "scaling.cpus_per_worker=0.5"])
+    assert out["registered_version"] == 1
+    assert {"train_loss", "train_positive_fraction", "oracle_clicks", "diversity"} <= set(out["history"][0])
+    tracking.setup(tracking.TrackingConfig(uri=mlflow_uri))
+    served = tracking.load_reranker_uri("models:/gref-nar4rec@champion")
+    assert served.cfg.kind == "nar4rec" and served.cfg.num_features == data_meta(prep_dir)["num_features"]
+    rows = evaluate.main(["--data", str(prep_dir), "--model", f"nar4rec={out['model_dir']}",
+                          "--world", str(sim_dir / "world"), "--out", str(tmp_path / "eval"), f"uri={mlflow_uri}"])
+    r = rows["nar4rec"]
+    assert r["latency_ms_b1"] > 0 and r["latency_ms"] > 0 and 0 < r["diversity"] <= 1 and "val_nll" not in r
+    assert r["oracle_clicks"] > 0 and 0 <= r["auc_exposure"] <= 1
+    assert "| nar4rec |" in (tmp_path / "eval" / "report.md").read_text()
 
 
 def test_failed_job_ends_its_mlflow_run_as_failed(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):

@@ -4,6 +4,8 @@ Every row of a report -- a model or a reference order -- is judged the same way 
 things: the list it places (candidate indices) and a score per candidate (see gref.metrics
 for AUC / NDCG). With a simulated world, the oracle adds what no logged dataset can: the
 expected clicks / likes / long views of the placed list under the hidden user model.
+Diversity: distinct ``cat_category`` values among a list's items / its length. Latency: the
+wall time of the model's ``rerank`` alone (``rerank_latency``).
 
 Reference rows: ``logged`` (the exposure order the production policy showed) and
 ``upstream`` (the previous stage's top n, in its order).
@@ -12,27 +14,33 @@ Reference rows: ``logged`` (the exposure order the production policy showed) and
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
+from torch import nn
 
 from gref.data.batch import Batch, collate, iter_tables
 from gref.data.pairs import padded
 from gref.losses import multi_token_loss
 from gref.metrics import auc, ndcg
-from gref.model.decoding import decode, score_items
 from gref.model.reranker import GenReranker
+
+DIVERSITY_COLUMN = "cat_category"  # the categorical feature whose distinct values measure diversity
 
 # a ranker: Batch -> (placed [B, N] candidate indices (-1 = none), scores [B, M])
 Ranker = Callable[[Batch], tuple[np.ndarray, np.ndarray]]
 
 
-def model_ranker(model: GenReranker, heads: int | None = None) -> Ranker:
+def model_ranker(model: nn.Module) -> Ranker:
+    """Any reranker of the platform (GenReranker or a gref.baselines model): its ``rerank`` list
+    and ``item_scores``."""
+    @torch.no_grad()
     def rank(b: Batch):
-        placed = decode(model, b.num, b.cat, b.cand_mask, int(b.lengths.max()), heads=heads)
-        return placed.cpu().numpy(), score_items(model, b.num, b.cat, b.cand_mask, placed).cpu().numpy()
+        placed = model.rerank(b.num, b.cat, b.cand_mask, int(b.lengths.max()))
+        return placed.cpu().numpy(), model.item_scores(b.num, b.cat, b.cand_mask, placed).cpu().numpy()
     return rank
 
 
@@ -56,24 +64,23 @@ def upstream_ranker(b: Batch):
 
 def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=None,
                     batch_size: int = 512, device: str | torch.device = "cpu",
-                    model: GenReranker | None = None) -> dict[str, float]:
-    """AUC / NDCG (and oracle feedback with a ``world``) of ``rank`` on ``table``.
-    With ``model``, also its teacher-forced L_n on the exposure order (``val_nll``) and the
-    decoding latency per request (ms, in batches of ``batch_size``)."""
+                    nll_model: GenReranker | None = None) -> dict[str, float]:
+    """AUC / NDCG, diversity (and oracle feedback with a ``world``) of ``rank`` on ``table``.
+    With ``nll_model``, also its teacher-forced L_n on the exposure order (``val_nll``)."""
     from gref.sim.user_model import expected_feedback
 
-    acc: dict[str, list] = {k: [] for k in ("cs", "cl", "es", "el", "ns", "ng", "nv", "o_click", "o_like", "o_long")}
-    nll, seconds, n_req, width = 0.0, 0.0, 0, 0
+    acc: dict[str, list] = {k: [] for k in ("cs", "cl", "es", "el", "ns", "ng", "nv", "div",
+                                            "o_click", "o_like", "o_long")}
+    nll, n_req, width = 0.0, 0, 0
+    div_col = meta.get("cat_cols", []).index(DIVERSITY_COLUMN) if DIVERSITY_COLUMN in meta.get("cat_cols", []) else None
     for part in iter_tables(table, batch_size, shuffle=False):
         b = collate(part, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"])
         bd = b.to(device)
-        if model is not None:
+        if nll_model is not None:
             with torch.no_grad():
-                logits = model(bd.num, bd.cat, bd.cand_mask, bd.exposure[:, None])[:, 0]
+                logits = nll_model(bd.num, bd.cat, bd.cand_mask, bd.exposure[:, None])[:, 0]
                 nll += float(multi_token_loss(logits, bd.exposure, bd.lengths)) * b.size
-        t0 = time.perf_counter()
-        placed, scores = rank(bd if model is not None else b)
-        seconds += time.perf_counter() - t0
+        placed, scores = rank(bd)
         n_req += b.size
         exposure, lengths, click = b.exposure.numpy(), b.lengths.numpy(), b.click.numpy()
         slot = np.arange(exposure.shape[1])[None] < lengths[:, None]
@@ -85,6 +92,8 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
         acc["es"].append(scores[mask]); acc["el"].append(exposed[mask])
         acc["ns"].append(exp_scores); acc["ng"].append(click); acc["nv"].append(slot)
         width = max(width, exposure.shape[1])
+        if div_col is not None:
+            acc["div"].append(distinct_fraction(b.cat[..., div_col].numpy(), placed[:, : exposure.shape[1]], lengths))
         if world is not None:
             items = padded(part.column("item_id"), -1).astype(np.int64)
             placed = np.where((placed >= 0) & (np.arange(placed.shape[1])[None] < lengths[:, None]), placed, -1)
@@ -98,9 +107,10 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
     out = {"requests": n_req,
            "ndcg": ndcg(pad(acc["ns"], 0.0), pad(acc["ng"], 0.0), pad(acc["nv"], False)),
            "auc_click": auc(np.concatenate(acc["cs"]), np.concatenate(acc["cl"])),
-           "auc_exposure": auc(np.concatenate(acc["es"]), np.concatenate(acc["el"])),
-           "latency_ms": 1000.0 * seconds / max(n_req, 1)}
-    if model is not None:
+           "auc_exposure": auc(np.concatenate(acc["es"]), np.concatenate(acc["el"]))}
+    if div_col is not None:
+        out["diversity"] = float(np.concatenate(acc["div"]).mean())
+    if nll_model is not None:
         out["val_nll"] = nll / max(n_req, 1)
     if world is not None:
         out["oracle_clicks"] = float(np.concatenate(acc["o_click"]).mean())
@@ -109,22 +119,62 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
     return out
 
 
-def evaluate_model(model: GenReranker, table: pa.Table, meta: dict[str, Any], world=None,
+def distinct_fraction(categories: np.ndarray, placed: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Diversity of each list: distinct categories among its placed items / items placed.
+    categories [B, M] category id per candidate, placed [B, N] (-1 = none), lengths [B] -> [B]."""
+    valid = (placed >= 0) & (np.arange(placed.shape[1])[None] < lengths[:, None])
+    cats = np.where(valid, np.take_along_axis(categories, np.clip(placed, 0, None), axis=1), -1)
+    s = np.sort(cats, axis=1)
+    first = np.ones_like(valid)
+    first[:, 1:] = s[:, 1:] != s[:, :-1]
+    distinct = (first & (s >= 0)).sum(1)
+    return distinct / np.maximum(valid.sum(1), 1)
+
+
+def rerank_latency(model: nn.Module, table: pa.Table, meta: dict[str, Any], batch_size: int = 512,
+                   device: str | torch.device = "cpu", single: int = 100) -> dict[str, float]:
+    """Wall time of ``model.rerank`` alone, ms per request: over ``table`` in batches of
+    ``batch_size`` (offline throughput), and one request at a time over its first ``single``
+    requests (an online call; Table 2 quotes per-sample latency)."""
+    def timed(part: pa.Table) -> float:
+        b = collate(part, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"]).to(device)
+        n = int(b.lengths.max())
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.rerank(b.num, b.cat, b.cand_mask, n)
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    timed(table.slice(0, 1))  # warm-up
+    batched = sum(timed(part) for part in iter_tables(table, batch_size, shuffle=False))
+    k = min(single, table.num_rows)
+    one = sum(timed(table.slice(i, 1)) for i in range(k))
+    return {"latency_ms": 1000.0 * batched / max(table.num_rows, 1), "latency_ms_b1": 1000.0 * one / max(k, 1)}
+
+
+def evaluate_model(model: nn.Module, table: pa.Table, meta: dict[str, Any], world=None,
                    batch_size: int = 512, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Metrics of a model's generated lists (val_nll too for a GenReranker)."""
     model.eval()
-    return evaluate_ranker(model_ranker(model), table, meta, world, batch_size, device, model=model)
+    nll_model = model if isinstance(model, GenReranker) else None
+    return evaluate_ranker(model_ranker(model), table, meta, world, batch_size, device, nll_model=nll_model)
 
 
-def report_rows(models: dict[str, GenReranker], table: pa.Table, meta: dict[str, Any], world=None,
+def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, Any], world=None,
                 batch_size: int = 512, device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
-    """Reference orders + every model (decoded on ``device``), one dict of metrics per row; with
-    a world, each row gets ``click_lift`` = its expected clicks relative to the logged exposure order."""
+    """Reference orders + every model (decoded on ``device``, latency measured), one dict of
+    metrics per row; with a world, each row gets ``click_lift`` = its expected clicks relative to
+    the logged exposure order."""
     rows = {"logged exposure": evaluate_ranker(logged_ranker, table, meta, world, batch_size),
             "upstream order": evaluate_ranker(upstream_ranker, table, meta, world, batch_size)}
     rows["logged exposure"]["auc_exposure"] = float("nan")  # trivially 1: it defines the exposure
-    rows["logged exposure"]["latency_ms"] = rows["upstream order"]["latency_ms"] = float("nan")
     for name, model in models.items():
-        rows[name] = evaluate_model(model.to(device), table, meta, world, batch_size, device)
+        model = model.to(device)
+        rows[name] = evaluate_model(model, table, meta, world, batch_size, device)
+        rows[name].update(rerank_latency(model, table, meta, batch_size, device))
     if world is not None:
         base = rows["logged exposure"]["oracle_clicks"]
         for r in rows.values():
@@ -135,7 +185,8 @@ def report_rows(models: dict[str, GenReranker], table: pa.Table, meta: dict[str,
 COLUMNS = [("oracle_clicks", "E[clicks]", "{:.4f}"), ("click_lift", "vs logged", "{:+.2%}"),
            ("oracle_likes", "E[likes]", "{:.4f}"), ("oracle_long_views", "E[long views]", "{:.4f}"),
            ("ndcg", "NDCG", "{:.4f}"), ("auc_click", "AUC click", "{:.4f}"),
-           ("auc_exposure", "AUC exposure", "{:.4f}"), ("latency_ms", "ms/request", "{:.3f}")]
+           ("auc_exposure", "AUC exposure", "{:.4f}"), ("diversity", "diversity", "{:.3f}"),
+           ("latency_ms", "ms/req (batch)", "{:.3f}"), ("latency_ms_b1", "ms/req (1 by 1)", "{:.2f}")]
 
 
 def markdown_table(rows: dict[str, dict[str, float]]) -> str:

@@ -3,7 +3,7 @@
 Embedded default: ``sqlite:///<cwd>/mlflow.db`` (absolute, because Ray workers chdir).
 Any other store via $MLFLOW_TRACKING_URI or the job config's ``tracking.uri``.
 A registered model version is a pyfunc whose artifact ``reranker/`` holds model.pt +
-model.json + features.json; ``load_reranker_uri`` rebuilds it as GenReranker.
+model.json + features.json; ``load_reranker_uri`` rebuilds it (GenReranker or a baseline).
 """
 
 from __future__ import annotations
@@ -87,13 +87,13 @@ def _pyfunc_class():
         def predict(self, context, model_input, params=None):
             import torch
 
-            from gref.model.decoding import decode
 
             n = int((params or {}).get("n", 10))
             num = torch.tensor(model_input["num"], dtype=torch.float32)
             cat = torch.tensor(model_input["cat"], dtype=torch.long)
             mask = torch.tensor(model_input["cand_mask"], dtype=torch.bool)
-            return decode(self.model, num, cat, mask, n).tolist()
+            with torch.no_grad():
+                return self.model.rerank(num, cat, mask, n).tolist()
 
     return RerankerPyfunc
 
@@ -102,10 +102,20 @@ def log_reranker(model_dir: str | Path, registered_model: str | None = None) -> 
     """Log a saved reranker directory to the active run (as artifact ``reranker/`` and as a
     pyfunc model); optionally register it. Returns {"model_uri", "version"}."""
     import mlflow
+    import numpy
+    import pyarrow
+    import torch
+
+    import gref
 
     mlflow.log_artifacts(str(model_dir), artifact_path="reranker")
+    # explicit requirements: left to infer them, MLflow loads the model in a subprocess (5-15 s a
+    # model, measured); the gref package travels as code so the pyfunc loads without the repo
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={numpy.__version__}",
+                    f"pyarrow=={pyarrow.__version__}", f"mlflow=={mlflow.__version__}"]
     info = mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
-                                   artifacts={"reranker": str(model_dir)})
+                                   artifacts={"reranker": str(model_dir)}, pip_requirements=requirements,
+                                   code_paths=[str(Path(gref.__file__).parent)])
     out = {"model_uri": info.model_uri, "version": None}
     if registered_model:
         mv = mlflow.register_model(info.model_uri, registered_model)
@@ -131,7 +141,8 @@ def reranker_dir(uri: str) -> Path:
 
 
 def load_reranker_uri(uri: str, device: str = "cpu"):
-    """GenReranker from a directory, ``models:/name@alias``, ``models:/name/3`` or ``runs:/id/model``."""
+    """A reranker (GenReranker or baseline) from a directory, ``models:/name@alias``,
+    ``models:/name/3`` or ``runs:/id/model``."""
     from gref.model.io import load_reranker
 
     return load_reranker(reranker_dir(uri), device)

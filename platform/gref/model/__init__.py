@@ -4,4 +4,4 @@ from gref.model.config import ModelConfig
 from gref.model.decoding import beam_search, decode, score_items
 from gref.model.reranker import GenReranker
 
-__all__ = ["ModelConfig", "GenReranker", "decode", "beam_search", "score_items"]
+__all__ = ["GenReranker", "ModelConfig", "beam_search", "decode", "score_items"]

@@ -94,22 +94,27 @@ def beam_search(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor,
     return out
 
 
+def list_scores(placed: Tensor, item_scores: Tensor, cand_mask: Tensor) -> Tensor:
+    """Per-candidate score of a generated list, for AUC-style metrics: (n - r) + s for the item
+    at rank r (0-based), s alone for an item not placed, with s = sigmoid(item_scores) in (0, 1).
+    Placed items outrank unplaced ones, earlier ranks outrank later ones, and unplaced items are
+    ordered by the model's own item score. placed [B, n] (-1 = none), item_scores [B, M] ->
+    [B, M] (padding -inf)."""
+    s = torch.sigmoid(item_scores)
+    n = placed.shape[1]
+    valid = placed >= 0
+    bonus = (n - torch.arange(n, device=placed.device, dtype=s.dtype))[None].expand_as(placed)
+    # scatter_add: the -1 slots all land on index 0 with 0 and must not overwrite its bonus
+    rank_bonus = torch.zeros_like(s).scatter_add_(1, placed.clamp_min(0), torch.where(valid, bonus, 0.0))
+    return (s + rank_bonus).masked_fill(~cand_mask, float("-inf"))
+
+
 @torch.no_grad()
 def score_items(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, placed: Tensor) -> Tensor:
-    """Per-candidate score derived from a generated list, for AUC-style metrics. [B, M]
-
-    score_i = (n - r_i) + s_i for an item placed at rank r_i (0-based), and s_i alone for an
-    item not placed, where s_i = sigmoid of head 0's first-step logit (in (0, 1)). So placed
-    items outrank unplaced ones, earlier ranks outrank later ones, and unplaced items are
-    ordered by how much the model wanted them first. Padding gets -inf.
-    """
+    """Per-candidate score derived from a generated list (``list_scores``), the item score being
+    head 0's first-step logit: how much the model wanted the item first. [B, M]"""
     z = model.encode(num, cat, cand_mask)
     memory, memory_bias = model.memory(z, cand_mask)
     h, _ = model.decode_hidden(model.bos_input(z.shape[0], z.device), memory, memory_bias)
-    first = torch.sigmoid(model.head_logits(h, z, cand_mask, heads=1)[:, 0, 0])  # [B, M]
-    n = placed.shape[1]
-    rank_bonus = torch.zeros_like(first)
-    valid = placed >= 0
-    bonus = (n - torch.arange(n, device=placed.device, dtype=first.dtype))[None].expand_as(placed)
-    rank_bonus.scatter_(1, placed.clamp_min(0), torch.where(valid, bonus, 0.0))
-    return (first + rank_bonus).masked_fill(~cand_mask, float("-inf"))
+    first = model.head_logits(h, z, cand_mask, heads=1)[:, 0, 0]  # [B, M]
+    return list_scores(placed, first.masked_fill(~cand_mask, 0.0), cand_mask)

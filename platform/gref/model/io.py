@@ -1,6 +1,7 @@
 """A trained reranker on disk: ``model.pt`` (state_dict) + ``model.json`` (ModelConfig) +
-``features.json`` (the FeatureSpec serving needs to encode raw candidates). Rebuilds as
-GenReranker with its decode methods -- no pickled classes."""
+``features.json`` (the FeatureSpec serving needs to encode raw candidates). Rebuilds the model
+from its config -- a GenReranker, or a baseline when model.json names a ``kind`` -- no pickled
+classes."""
 
 from __future__ import annotations
 
@@ -10,12 +11,23 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from gref.model.config import ModelConfig
 from gref.model.reranker import GenReranker
 
 
-def save_reranker(directory: str | Path, model: GenReranker, features_json: str | Path | None = None,
+def model_from_config(cfg: dict) -> nn.Module:
+    """An untrained model from its saved config: a baseline (gref.baselines) when the config has
+    a ``kind``, else a GenReranker."""
+    if "kind" in cfg:
+        from gref.baselines import BaselineConfig, build_baseline
+
+        return build_baseline(BaselineConfig(**cfg))
+    return GenReranker(ModelConfig(**cfg))
+
+
+def save_reranker(directory: str | Path, model: nn.Module, features_json: str | Path | None = None,
                   extra: dict | None = None) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -28,11 +40,10 @@ def save_reranker(directory: str | Path, model: GenReranker, features_json: str 
     return out
 
 
-def load_reranker(directory: str | Path, device: str | torch.device = "cpu") -> GenReranker:
+def load_reranker(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     src = Path(directory)
     if not (src / "model.json").exists():
         raise FileNotFoundError(f"no reranker at {src} (expected model.json and model.pt)")
-    cfg = ModelConfig(**json.loads((src / "model.json").read_text()))
-    model = GenReranker(cfg)
+    model = model_from_config(json.loads((src / "model.json").read_text()))
     model.load_state_dict(torch.load(src / "model.pt", map_location=device, weights_only=True))
     return model.to(device).eval()

@@ -175,6 +175,20 @@ class GenReranker(nn.Module):
         logits = torch.einsum("bktd,bmd->bktm", hs, z) * self.scale
         return logits.masked_fill(~cand_mask[:, None, None, :], float("-inf"))
 
+    # ------------------------------------------------------------------ ranker interface
+    def rerank(self, num: Tensor, cat: Tensor, cand_mask: Tensor, n: int) -> Tensor:
+        """The list this model shows: greedy OMTP decoding, [B, n] candidate indices (-1 = none).
+        Every reranker of the platform (gref.baselines too) answers rerank and item_scores."""
+        from gref.model.decoding import decode
+
+        return decode(self, num, cat, cand_mask, n)
+
+    def item_scores(self, num: Tensor, cat: Tensor, cand_mask: Tensor, placed: Tensor) -> Tensor:
+        """Per-candidate scores [B, M] of a generated list, for AUC (decoding.score_items)."""
+        from gref.model.decoding import score_items
+
+        return score_items(self, num, cat, cand_mask, placed)
+
     def forward(self, num: Tensor, cat: Tensor, cand_mask: Tensor, sequences: Tensor) -> Tensor:
         """Teacher-forced logits of every head at every step.
 

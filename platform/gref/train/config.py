@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gref.baselines.config import BaselineConfig
 from gref.model.config import ModelConfig
 from gref.tracking import TrackingConfig
 
@@ -74,3 +75,19 @@ class DPOConfig:
     run: RunSettings = field(default_factory=RunSettings)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     register: bool = True  # register the final model in the MLflow registry
+
+
+@dataclass
+class BaselineTrainConfig:
+    data: str = ""  # prepared data dir; trains on sequences/train like pre-training
+    model: BaselineConfig = field(default_factory=BaselineConfig)  # model.kind picks the baseline
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=3))
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # best epoch by the same metric as GReF
+    run: RunSettings = field(default_factory=RunSettings)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    register: bool = True  # register the model, with alias champion, as registered_model
+    registered_model: str = ""  # "" = gref-<kind> (e.g. gref-nar4rec: the A/B test's B arm)
+
+    def registry_name(self) -> str:
+        return self.registered_model or f"gref-{self.model.kind.replace('_', '-')}"

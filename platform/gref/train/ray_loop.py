@@ -1,4 +1,5 @@
-"""The Ray Train worker loop shared by pre-training (L_omtp) and Rerank-DPO.
+"""The Ray Train worker loop shared by pre-training (L_omtp), Rerank-DPO and the baselines
+(each a gref.baselines model whose forward returns its own losses).
 
 Runs on every worker of a TorchTrainer (DDP via prepare_model; gloo on CPU, NCCL on GPU):
 reads its shard of the train dataset, trains an epoch, validates on rank 0, checkpoints
@@ -14,6 +15,7 @@ import copy
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,9 @@ import torch
 
 from gref.data.batch import collate, read_split
 from gref.losses import OMTPLoss, RerankDPOLoss
-from gref.model.config import ModelConfig
-from gref.model.reranker import GenReranker
+from gref.model.io import model_from_config
 from gref.train.steps import (
+    build_baseline_model,
     build_model,
     dpo_loss,
     evaluate,
@@ -72,8 +74,10 @@ def train_loop(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     if config.get("init_state") is not None:
-        model = GenReranker(ModelConfig(**config["init_model_cfg"]))
+        model = model_from_config(config["init_model_cfg"])
         model.load_state_dict(config["init_state"])
+    elif stage == "baseline":
+        model = build_baseline_model(cfg.model, meta)
     else:
         model = build_model(cfg.model, meta)
     reference = None
@@ -81,7 +85,7 @@ def train_loop(config: dict[str, Any]) -> None:
         reference = copy.deepcopy(model).to(device).eval().requires_grad_(False)
         dpo_fn = RerankDPOLoss(cfg.beta, cfg.sft_weight)
         heads = cfg.decode_heads or model.k
-    else:
+    elif stage == "pretrain":
         omtp_fn = OMTPLoss(model.k, cfg.lambda1, cfg.lambda2).to(device)
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -125,8 +129,12 @@ def train_loop(config: dict[str, Any]) -> None:
                                         local_shuffle_seed=cfg.run.seed + epoch):
             batch = collate(table, F, C, weights).to(device)
             with _autocast(device, cfg.scaling.mixed_precision):
-                out = (dpo_loss(model, reference, dpo_fn, batch, heads) if stage == "dpo"
-                       else pretrain_loss(model, omtp_fn, batch))
+                if stage == "dpo":
+                    out = dpo_loss(model, reference, dpo_fn, batch, heads)
+                elif stage == "pretrain":
+                    out = pretrain_loss(model, omtp_fn, batch)
+                else:  # a baseline's forward is its training loss
+                    out = model(batch)
             out = {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
             opt.zero_grad(set_to_none=True)
             scaler.scale(out["loss"]).backward()
@@ -168,7 +176,7 @@ def train_loop(config: dict[str, Any]) -> None:
             tmp = Path(tempfile.mkdtemp(prefix="gref-ckpt-"))
             torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                         "best": best, "best_model": best_state, "history": history,
-                        "model_cfg": net.cfg.__dict__, "metric": metric_name}, tmp / "state.pt")
+                        "model_cfg": asdict(net.cfg), "metric": metric_name}, tmp / "state.pt")
             checkpoint = ray.train.Checkpoint.from_directory(str(tmp))
         # the temp dir is removed once uploaded to storage (in-process mode keeps it: it is the checkpoint)
         ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)

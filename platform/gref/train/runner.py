@@ -16,9 +16,7 @@ import torch
 
 from gref import tracking
 from gref.config import flatten, to_dict
-from gref.model.config import ModelConfig
-from gref.model.io import save_reranker
-from gref.model.reranker import GenReranker
+from gref.model.io import model_from_config, save_reranker
 from gref.train.ray_loop import train_loop
 from gref.train.steps import data_meta, selection_metric
 
@@ -31,9 +29,10 @@ def _use_gpu(requested: bool | None) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def run_training(stage: str, cfg: Any, dataset_path: Path, init: GenReranker | None = None,
+def run_training(stage: str, cfg: Any, dataset_path: Path, init: torch.nn.Module | None = None,
                  callbacks: list | None = None) -> dict[str, Any]:
-    """Fit ``stage`` ("pretrain" | "dpo") and export/log the best model. Returns an outcome dict.
+    """Fit ``stage`` ("pretrain" | "dpo" | "baseline") and export/log the best model. Returns an
+    outcome dict.
 
     ``callbacks``: Ray Train ``UserCallback``s (a Tune sweep passes TuneReportCallback)."""
     import mlflow
@@ -48,7 +47,8 @@ def run_training(stage: str, cfg: Any, dataset_path: Path, init: GenReranker | N
     cfg.data = str(data)
     if cfg.eval.world:
         cfg.eval.world = str(Path(cfg.eval.world).resolve())
-    name = cfg.run.name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+    label = cfg.model.kind if stage == "baseline" else stage
+    name = cfg.run.name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = Path(cfg.run.storage).resolve()
     run_dir = storage / name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def run_training(stage: str, cfg: Any, dataset_path: Path, init: GenReranker | N
             raise RuntimeError(f"{stage} run {name} finished without a checkpoint")
         with result.checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
-        best = GenReranker(ModelConfig(**state["model_cfg"]))
+        best = model_from_config(state["model_cfg"])
         best.load_state_dict(state["best_model"])
         metric = selection_metric(cfg.eval.metric, bool(cfg.eval.world))
         best_epoch = max(state["history"], key=lambda h: h.get(metric, float("-inf")))
@@ -101,13 +101,17 @@ def run_training(stage: str, cfg: Any, dataset_path: Path, init: GenReranker | N
                                          "best_epoch": best_epoch})
         plot = tracking.plot_curves(state["history"], ["train_loss", "val_nll", "val_dpo_loss", "ndcg",
                                                        "oracle_clicks"], run_dir / "curves.png",
-                                    f"{stage} {name}")
+                                    f"{label} {name}")
         mlflow.log_artifact(str(plot))
         (run_dir / "history.json").write_text(json.dumps(state["history"], indent=2))
         mlflow.log_artifact(str(run_dir / "history.json"))
         register = getattr(cfg, "register", False)
-        logged = tracking.log_reranker(model_dir, cfg.tracking.registered_model if register else None)
-        mlflow.set_tags({"gref.stage": stage, "gref.best_epoch": best_epoch["epoch"]})
+        registry_name = cfg.registry_name() if stage == "baseline" else cfg.tracking.registered_model
+        logged = tracking.log_reranker(model_dir, registry_name if register else None)
+        if stage == "baseline" and logged["version"] is not None:  # the version baselines are compared against
+            tracking.set_aliases(registry_name, {"champion": logged["version"]})
+        mlflow.set_tags({"gref.stage": stage, "gref.best_epoch": best_epoch["epoch"],
+                         **({"gref.baseline": cfg.model.kind} if stage == "baseline" else {})})
         mlflow.end_run("FINISHED")
     except BaseException:
         mlflow.end_run("FAILED")

@@ -12,6 +12,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from gref.baselines import BaselineConfig, BaselineReranker, build_baseline
 from gref.data.batch import Batch
 from gref.data.features import FeatureSpec
 from gref.losses import OMTPLoss, RerankDPOLoss, sequence_log_prob
@@ -24,7 +25,7 @@ def data_meta(data_dir: str | Path) -> dict[str, Any]:
     data_dir = Path(data_dir)
     spec = FeatureSpec.load(data_dir / "features.json")
     summary = json.loads((data_dir / "summary.json").read_text())
-    return {"num_features": len(spec.num_cols), "cat_sizes": spec.cat_sizes,
+    return {"num_features": len(spec.num_cols), "cat_sizes": spec.cat_sizes, "cat_cols": spec.cat_cols,
             "feedback_weights": summary["config"]["feedback_weights"]}
 
 
@@ -33,7 +34,12 @@ def build_model(cfg: ModelConfig, meta: dict[str, Any]) -> GenReranker:
     return GenReranker(replace(cfg, num_features=meta["num_features"], cat_sizes=list(meta["cat_sizes"])))
 
 
-def unwrap(model: nn.Module) -> GenReranker:
+def build_baseline_model(cfg: BaselineConfig, meta: dict[str, Any]) -> BaselineReranker:
+    """A baseline (gref.baselines) with the data's feature sizes filled in."""
+    return build_baseline(replace(cfg, num_features=meta["num_features"], cat_sizes=list(meta["cat_sizes"])))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
@@ -54,7 +60,7 @@ def dpo_loss(policy: nn.Module, reference: GenReranker, loss_fn: RerankDPOLoss, 
     return loss_fn(lp[0], lp[1], ref[0], ref[1], batch.lengths)
 
 
-def evaluate(model: GenReranker, table: pa.Table, meta: dict[str, Any], batch_size: int = 512,
+def evaluate(model: nn.Module, table: pa.Table, meta: dict[str, Any], batch_size: int = 512,
              world=None, device: str | torch.device = "cpu",
              logged_clicks: float | None = None) -> dict[str, float]:
     """Validation metrics of greedy OMTP decoding (gref.evaluation); with ``logged_clicks`` (the

@@ -1,0 +1,38 @@
+"""Hyper-parameters of the baseline rerankers (paper Table 1 peers and the generator-evaluator).
+
+One dataclass for every kind, so a baseline is a YAML file with ``kind:`` and the knobs it
+reads; the fields a kind ignores are listed beside each knob.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gref.config import ConfigError
+
+KINDS = ("dnn", "dcn", "prm", "seq2slate", "nar4rec", "gen_eval")
+
+
+@dataclass
+class BaselineConfig:
+    kind: str = "nar4rec"  # dnn | dcn | prm | seq2slate | nar4rec | gen_eval
+    num_features: int = 11  # F (filled in from the prepared data)
+    cat_sizes: list[int] = field(default_factory=list)  # embedding rows per categorical column (from the data)
+    max_candidates: int = 200  # size of the upstream-rank embedding
+    max_length: int = 32  # longest list a model places (NAR4Rec: number of position queries)
+    d_model: int = 64  # embedding / transformer width
+    n_heads: int = 4  # attention heads (prm, seq2slate, nar4rec, gen_eval)
+    layers: int = 2  # transformer layers per encoder (prm, seq2slate, nar4rec, gen_eval)
+    emb_dim: int = 16  # per-field embedding size of the concatenated input (dnn, dcn)
+    hidden: list[int] = field(default_factory=lambda: [128, 64])  # MLP widths (dnn, dcn deep part)
+    cross_layers: int = 3  # DCN-V2 cross layers (dcn)
+    dropout: float = 0.0
+    positive_quantile: float = 0.5  # nar4rec: lists above this quantile of U(Y) in the batch are positives
+    contrastive_alpha: float = 0.3  # nar4rec: weight of the similarity penalty in contrastive decoding
+    contrastive_topk: int = 3  # nar4rec: candidates (most probable at the position) the penalty chooses among
+    num_lists: int = 16  # gen_eval: lists the generator proposes per request (1 greedy + samples)
+    temperature: float = 1.0  # gen_eval: Plackett-Luce sampling temperature of the generator
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown baseline kind '{self.kind}' (one of {', '.join(KINDS)})")
