@@ -99,13 +99,13 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
     from jobs.baseline import baseline_config, train
 
     storage = root / "ray"
-    common = {"data": str(prep), "tracking": cfg.tracking}
+    seed = int(root.name.removeprefix("seed"))  # training seed = the world's seed
 
     def stage_cfg(base, name: str):
-        return replace(base, **common, eval=replace(base.eval, world=str(world_dir)),
-                       run=replace(base.run, name=name, storage=str(storage), seed=root_seed))
+        """A job config on this seed's data, world, storage and tracking, as Train run ``name``."""
+        return replace(base, data=str(prep), tracking=cfg.tracking, eval=replace(base.eval, world=str(world_dir)),
+                       run=replace(base.run, name=name, storage=str(storage), seed=seed))
 
-    root_seed = int(root.name.removeprefix("seed"))
     dirs: dict[str, str] = {}
     for model_id, (family, spec) in recipes(cfg, world).items():
         if family == "baseline":
