@@ -18,6 +18,11 @@ from gref.cli import log, parser, print_json, resolve_config
 from gref.tracking import TrackingConfig
 
 
+def mlflow_key(name: str) -> str:
+    """A row / model name as an MLflow metric or param key (its charset: letters, digits, _ - .)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("+", "plus")).strip("_")
+
+
 def run(data: str | Path, models: dict[str, Any], out: str | Path, world_dir: str = "",
         split: str = "test", max_requests: int = 0, device: str = "auto") -> dict[str, dict[str, float]]:
     """Evaluate ``models`` ({name: GenReranker}) and the reference orders; write the report and
@@ -50,7 +55,7 @@ def run(data: str | Path, models: dict[str, Any], out: str | Path, world_dir: st
     if world is not None:
         bar_chart(rows, out / "expected_clicks.png")
     for name, r in rows.items():
-        key = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("+", "plus")).strip("_")  # MLflow metric-name charset
+        key = mlflow_key(name)
         mlflow.log_metrics({f"{key}.{k}": v for k, v in r.items() if v == v})
     for f in ("report.json", "report.md", "expected_clicks.png"):
         if (out / f).exists():
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         models[name] = tracking.load_reranker_uri(uri)
     with mlflow.start_run(run_name="evaluate"):
         mlflow.log_params({"data": str(Path(args.data).resolve()), "split": args.split,
-                           **{f"model.{k}": v for k, v in (s.partition("=")[::2] for s in args.model)}})
+                           **{f"model.{mlflow_key(k)}": v for k, v in (s.partition("=")[::2] for s in args.model)}})
         rows = run(args.data, models, args.out, args.world, args.split, args.max_requests, args.device)
     print_json({"report": str(Path(args.out).resolve() / "report.md")})
     return rows

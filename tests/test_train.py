@@ -184,12 +184,13 @@ def test_baseline_job_on_a_train_worker_registers_and_evaluates(ray_cluster, pre
     tracking.setup(tracking.TrackingConfig(uri=mlflow_uri))
     served = tracking.load_reranker_uri("models:/gref-nar4rec@champion")
     assert served.cfg.kind == "nar4rec" and served.cfg.num_features == data_meta(prep_dir)["num_features"]
-    rows = evaluate.main(["--data", str(prep_dir), "--model", f"nar4rec={out['model_dir']}",
+    # a row name with spaces, parentheses and "+" (not an MLflow key as it is)
+    rows = evaluate.main(["--data", str(prep_dir), "--model", f"NAR4Rec (tiny, +1 epoch)={out['model_dir']}",
                           "--world", str(sim_dir / "world"), "--out", str(tmp_path / "eval"), f"uri={mlflow_uri}"])
-    r = rows["nar4rec"]
+    r = rows["NAR4Rec (tiny, +1 epoch)"]
     assert r["latency_ms_b1"] > 0 and r["latency_ms"] > 0 and 0 < r["diversity"] <= 1 and "val_nll" not in r
     assert r["oracle_clicks"] > 0 and 0 <= r["auc_exposure"] <= 1
-    assert "| nar4rec |" in (tmp_path / "eval" / "report.md").read_text()
+    assert "| NAR4Rec (tiny, +1 epoch) |" in (tmp_path / "eval" / "report.md").read_text()
 
 
 def test_failed_job_ends_its_mlflow_run_as_failed(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):
