@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from gref.data.batch import collate, read_split
+from gref.evaluation import timed_rerank
 from gref.model.io import load_reranker
 from gref.train.steps import data_meta
 
@@ -42,14 +42,7 @@ def main() -> None:
                        meta["feedback_weights"]).to(device) for i in range(args.requests)]
 
     def timed(model, b) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            model.rerank(b.num, b.cat, b.cand_mask, 10)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return timed_rerank(model, b, 10)[1]
 
     one: dict[str, list[float]] = {name: [] for name in models}
     batch: dict[str, list[float]] = {name: [] for name in models}

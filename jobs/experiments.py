@@ -61,7 +61,7 @@ GREF_RECIPES: dict[str, tuple[dict | None, bool]] = {
 
 # table rows: (row label, model id) in display order; model ids resolve via ``recipes``
 TABLE_ROWS = {
-    "baselines": [("GReF (pre-train + DPO)", "gref"), ("GReF (pre-train only)", "pre")],  # + baselines
+    "baselines": [("GReF (pre-train + DPO)", "gref"), ("GReF (pre-train only)", "pre")],  # after the baselines
     "ablations": [("pre-train only", "pre"), ("DPO only", "dpo_only"), ("pre-train + DPO", "gref"),
                   ("L_n only (+ DPO)", "ln_only"), ("L_o only (+ DPO)", "lo_only"), ("L_n + L_o (+ DPO)", "gref")],
 }

@@ -5,7 +5,7 @@ things: the list it places (candidate indices) and a score per candidate (see gr
 for AUC / NDCG). With a simulated world, the oracle adds what no logged dataset can: the
 expected clicks / likes / long views of the placed list under the hidden user model.
 Diversity: distinct ``cat_category`` values among a list's items / its length. Latency: the
-wall time of the model's ``rerank`` alone (``rerank_latency``).
+wall time of the model's ``rerank`` alone (``timed_rerank``), in batches and one request at a time.
 
 Reference rows: ``logged`` (the exposure order the production policy showed) and
 ``upstream`` (the previous stage's top n, in its order).
@@ -34,13 +34,28 @@ DIVERSITY_COLUMN = "cat_category"  # the categorical feature whose distinct valu
 Ranker = Callable[[Batch], tuple[np.ndarray, np.ndarray]]
 
 
+@torch.no_grad()
+def timed_rerank(model: nn.Module, b: Batch, n: int) -> tuple[torch.Tensor, float]:
+    """``model.rerank`` of a batch and its wall time in seconds (the GPU synchronised around it)."""
+    cuda = b.num.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    placed = model.rerank(b.num, b.cat, b.cand_mask, n)
+    if cuda:
+        torch.cuda.synchronize()
+    return placed, time.perf_counter() - t0
+
+
 def model_ranker(model: nn.Module) -> Ranker:
     """Any reranker of the platform (GenReranker or a gref.baselines model): its ``rerank`` list
-    and ``item_scores``."""
+    and ``item_scores``. ``rank.seconds`` accumulates the time spent in ``rerank`` alone."""
     @torch.no_grad()
     def rank(b: Batch):
-        placed = model.rerank(b.num, b.cat, b.cand_mask, int(b.lengths.max()))
+        placed, seconds = timed_rerank(model, b, int(b.lengths.max()))
+        rank.seconds += seconds
         return placed.cpu().numpy(), model.item_scores(b.num, b.cat, b.cand_mask, placed).cpu().numpy()
+    rank.seconds = 0.0
     return rank
 
 
@@ -131,36 +146,27 @@ def distinct_fraction(categories: np.ndarray, placed: np.ndarray, lengths: np.nd
     return distinct / np.maximum(valid.sum(1), 1)
 
 
-def rerank_latency(model: nn.Module, table: pa.Table, meta: dict[str, Any], batch_size: int = 512,
-                   device: str | torch.device = "cpu", single: int = 100) -> dict[str, float]:
-    """Wall time of ``model.rerank`` alone, ms per request: over ``table`` in batches of
-    ``batch_size`` (offline throughput), and one request at a time over its first ``single``
-    requests (an online call; Table 2 quotes per-sample latency)."""
-    def timed(part: pa.Table) -> float:
-        b = collate(part, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"]).to(device)
-        n = int(b.lengths.max())
-        if str(device).startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            model.rerank(b.num, b.cat, b.cand_mask, n)
-        if str(device).startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    timed(table.slice(0, 1))  # warm-up
-    batched = sum(timed(part) for part in iter_tables(table, batch_size, shuffle=False))
-    k = min(single, table.num_rows)
-    one = sum(timed(table.slice(i, 1)) for i in range(k))
-    return {"latency_ms": 1000.0 * batched / max(table.num_rows, 1), "latency_ms_b1": 1000.0 * one / max(k, 1)}
+def single_request_latency(model: nn.Module, table: pa.Table, meta: dict[str, Any],
+                           device: str | torch.device = "cpu", requests: int = 100) -> float:
+    """ms per request of ``model.rerank`` called one request at a time over the first
+    ``requests`` of ``table`` (an online call; the paper's Table 2 quotes per-sample latency)."""
+    k = min(requests, table.num_rows)
+    batches = [collate(table.slice(i, 1), meta["num_features"], len(meta["cat_sizes"]),
+                       meta["feedback_weights"]).to(device) for i in range(k)]
+    timed_rerank(model, batches[0], int(batches[0].lengths.max()))  # warm-up
+    return 1000.0 * sum(timed_rerank(model, b, int(b.lengths.max()))[1] for b in batches) / max(k, 1)
 
 
 def evaluate_model(model: nn.Module, table: pa.Table, meta: dict[str, Any], world=None,
                    batch_size: int = 512, device: str | torch.device = "cpu") -> dict[str, float]:
-    """Metrics of a model's generated lists (val_nll too for a GenReranker)."""
+    """Metrics of a model's generated lists (val_nll too for a GenReranker), and ``latency_ms``:
+    the time of ``rerank`` alone per request, in batches of ``batch_size``."""
     model.eval()
     nll_model = model if isinstance(model, GenReranker) else None
-    return evaluate_ranker(model_ranker(model), table, meta, world, batch_size, device, nll_model=nll_model)
+    rank = model_ranker(model)
+    out = evaluate_ranker(rank, table, meta, world, batch_size, device, nll_model=nll_model)
+    out["latency_ms"] = 1000.0 * rank.seconds / max(table.num_rows, 1)
+    return out
 
 
 def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, Any], world=None,
@@ -174,7 +180,7 @@ def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, A
     for name, model in models.items():
         model = model.to(device)
         rows[name] = evaluate_model(model, table, meta, world, batch_size, device)
-        rows[name].update(rerank_latency(model, table, meta, batch_size, device))
+        rows[name]["latency_ms_b1"] = single_request_latency(model, table, meta, device)
     if world is not None:
         base = rows["logged exposure"]["oracle_clicks"]
         for r in rows.values():
