@@ -12,12 +12,15 @@ from gref.baselines.pointwise import DCN, DNN
 from gref.baselines.prm import PRM
 from gref.baselines.seq2slate import Seq2Slate
 
+from gref.clickmodel.reward import ListClickModel  # noqa: E402  (it builds on the baselines' pieces)
+
 MODELS: dict[str, type[BaselineReranker]] = {
     "dnn": DNN, "dcn": DCN, "prm": PRM, "seq2slate": Seq2Slate, "nar4rec": NAR4Rec, "gen_eval": GeneratorEvaluator,
+    "clickmodel": ListClickModel,
 }
 assert set(MODELS) == set(KINDS)
 LABELS = {"dnn": "DNN", "dcn": "DCN", "prm": "PRM", "seq2slate": "Seq2Slate", "nar4rec": "NAR4Rec",
-          "gen_eval": "generator-evaluator"}  # row names in reports
+          "gen_eval": "generator-evaluator", "clickmodel": "list click model + beam search"}  # row names in reports
 
 
 def build_baseline(cfg: BaselineConfig) -> BaselineReranker:

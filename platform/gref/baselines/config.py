@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 
 from gref.config import ConfigError
 
-KINDS = ("dnn", "dcn", "prm", "seq2slate", "nar4rec", "gen_eval")
+KINDS = ("dnn", "dcn", "prm", "seq2slate", "nar4rec", "gen_eval", "clickmodel")
 
 
 @dataclass
 class BaselineConfig:
-    kind: str = "nar4rec"  # dnn | dcn | prm | seq2slate | nar4rec | gen_eval
+    kind: str = "nar4rec"  # dnn | dcn | prm | seq2slate | nar4rec | gen_eval | clickmodel
     num_features: int = 11  # F (filled in from the prepared data)
     cat_sizes: list[int] = field(default_factory=list)  # embedding rows per categorical column (from the data)
     max_candidates: int = 200  # size of the upstream-rank embedding
@@ -32,6 +32,7 @@ class BaselineConfig:
     contrastive_topk: int = 3  # nar4rec: candidates (most probable at the position) the penalty chooses among
     num_lists: int = 16  # gen_eval: lists the generator proposes per request (1 greedy + samples)
     temperature: float = 1.0  # gen_eval: Plackett-Luce sampling temperature of the generator
+    beam_width: int = 4  # clickmodel: beam of its list search (1 = greedy)
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -113,6 +113,6 @@ def contrastive_decode(probs: Tensor, c: Tensor, cand_mask: Tensor, alpha: float
         score = ((1 - alpha) * p - (alpha * penalty if t else 0.0)).masked_fill(blocked | (p < kth), float("-inf"))
         item = score.argmax(-1)
         placed[:, t] = torch.where(blocked.all(1), -1, item)
-        blocked[rows, item] = True
+        blocked.scatter_(1, item[:, None], True)
         penalty = sim[rows, item] if t == 0 else torch.maximum(penalty, sim[rows, item])
     return placed

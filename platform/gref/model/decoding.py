@@ -17,13 +17,17 @@ from gref.model.reranker import GenReranker
 
 @torch.no_grad()
 def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: int,
-           heads: int | None = None, use_cache: bool = True) -> Tensor:
-    """Greedy OMTP decoding. num [B, M, F], cat [B, M, C], cand_mask [B, M] -> [B, n] candidate
-    indices in display order; -1 where a request has fewer than n candidates.
+           heads: int | None = None, use_cache: bool = True, temperature: float = 0.0,
+           generator: torch.Generator | None = None) -> Tensor:
+    """OMTP decoding, greedy or sampled. num [B, M, F], cat [B, M, C], cand_mask [B, M] -> [B, n]
+    candidate indices in display order; -1 where a request has fewer than n candidates.
 
     heads: OMTP heads used per pass (default all k of the model; 1 = next-item decoding).
     use_cache=False recomputes the decoder over the whole prefix (and the cross K/V) every pass:
     the paper's step-by-step baseline when heads=1.
+    temperature > 0 samples each placement from softmax(logits / temperature) over the items not
+    yet placed (Gumbel-max), i.e. from the policy whose log-probability ``sequence_log_prob``
+    gives at temperature 1 -- the lists on-policy post-training learns from.
     """
     heads = heads or model.k
     if not 1 <= heads <= model.k:
@@ -37,7 +41,6 @@ def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: i
     placed = torch.zeros((B, n), dtype=torch.long, device=z.device)
     x = model.bos_input(B, z.device)  # tokens the next pass feeds the decoder
     cache = None
-    rows = torch.arange(B, device=z.device)
     t = 0
     while t < n:
         if use_cache:
@@ -48,10 +51,13 @@ def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: i
         h_last = h[:, -1:]  # [B, 1, d]
         take = min(heads, n - t)
         logits = model.head_logits(h_last, z, cand_mask, heads=take)[:, :, 0]  # [B, take, M]
+        if temperature > 0:
+            u = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(1e-9, 1 - 1e-9)
+            logits = logits / temperature - torch.log(-torch.log(u))  # Gumbel-max sampling
         for j in range(take):
             choice = logits[:, j].masked_fill(blocked, float("-inf")).argmax(dim=-1)
             placed[:, t] = choice
-            blocked[rows, choice] = True
+            blocked.scatter_(1, choice[:, None], True)  # (not index_put: capturable in a CUDA graph)
             t += 1
         if t < n:  # the next pass reads this pass's items
             new = model.embed_placed(z, placed[:, t - take: t], t - take)
