@@ -10,7 +10,7 @@ JSON; needs only torch, numpy and pyarrow -- no Ray, no MLflow).
    named by --compile: compiling is slow) and CUDA graphs. Every mode's lists are checked equal
    to eager's on fresh random inputs. Median of interleaved rounds, CUDA-synchronised.
 2. Training throughput (samples/s) of the step functions the Ray Train loop runs
-   (gref.train.steps.pretrain_loss with L_omtp, k = 4; dpo_loss with winner + loser in one
+   (gref.train.objectives.pretrain_loss with L_omtp, k = 4; dpo_loss with winner + loser in one
    batched forward), batch 1024 (the paper's), fp32 and bf16 autocast, Adam, on synthetic batches.
 Paper Table 2 (T4, per request): GReF 12.97 ms, GReF w/o OMTP 24.29 ms, NAR4Rec 12.67 ms.
 """
@@ -34,7 +34,7 @@ from gref.data.batch import Batch  # noqa: E402
 from gref.losses import OMTPLoss, RerankDPOLoss  # noqa: E402
 from gref.model import GenReranker, ModelConfig, decode  # noqa: E402
 from gref.model.accel import accelerated_rerank  # noqa: E402
-from gref.train.steps import dpo_loss, pretrain_loss  # noqa: E402
+from gref.train.objectives import dpo_loss, pretrain_loss  # noqa: E402
 
 M, N, F, CATS = 30, 10, 19, [22, 2002, 26, 402, 10]  # the simulated world's feature shapes
 

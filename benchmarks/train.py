@@ -3,7 +3,7 @@
 
     python -m benchmarks.train --data runs/pipeline/prep [--epochs 2] [--threads 2]
 
-All three run the same step (gref.train.steps.pretrain_loss on collated Arrow batches,
+All three run the same step (gref.train.objectives.pretrain_loss on collated Arrow batches,
 batch 256, L_omtp with k=4). (a) and (b) use ``--threads`` torch threads; (c) gives each of
 its 2 workers threads/2. Samples/s is taken from the last epoch (warm), excluding
 validation; for (c) it is the sum over both workers (each reports its own shard's rate).
@@ -27,7 +27,8 @@ def plain_loop(data: Path, epochs: int, threads: int, batch_size: int) -> float:
     from gref.data.batch import collate, iter_tables, read_split
     from gref.losses import OMTPLoss
     from gref.model.config import ModelConfig
-    from gref.train.steps import build_model, data_meta, pretrain_loss
+    from gref.train.objectives import pretrain_loss
+    from gref.train.steps import build_model, data_meta
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -61,7 +62,7 @@ def ray_train(data: Path, epochs: int, workers: int, threads: int, batch_size: i
         f"scaling.num_workers={workers}", f"scaling.cpus_per_worker={1 if workers == 1 else 0.5}",
         f"scaling.threads_per_worker={threads}", "eval.max_requests=64", f"run.storage={storage}",
         f"run.name=bench-{workers}w-{uuid.uuid4().hex[:6]}", f"tracking.uri=sqlite:///{storage}/mlflow.db"])
-    out = run_training("pretrain", cfg, data / "sequences" / "train")
+    out = run_training("pretrain", cfg)
     return out["history"][-1]["samples_per_s"] * workers
 
 

@@ -32,7 +32,7 @@ def train(cfg: BaselineTrainConfig) -> dict:
     """Fit one baseline (``cfg.model.kind``) on ``cfg.data``; the runner's outcome dict."""
     from gref.train.runner import run_training
 
-    return run_training("baseline", cfg, Path(cfg.data).resolve() / "sequences" / "train")
+    return run_training("baseline", cfg)
 
 
 def main(argv: list[str] | None = None) -> dict:

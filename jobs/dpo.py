@@ -1,10 +1,20 @@
-"""Post-train Gen-Reranker with Rerank-DPO (Eq. 8) on Ray Train, against a frozen reference.
+"""Post-train Gen-Reranker on Ray Train, against a frozen copy of the initial model.
 
     python -m jobs.dpo --data OUT/prep --init <model dir | models:/gref-reranker@champion | runs:/...> [key=value ...]
 
-Without --init the policy starts from scratch (the paper's "post-training only" ablation;
-the reference is then the random initial model). The final model is registered in the
-MLflow registry as ``tracking.registered_model`` unless register=false.
+What it optimises (``objective``, ``pairs``; train.config.DPOConfig):
+  * the paper's Rerank-DPO (the default): Eq. 8 on the Eq. 7 pairs of jobs.prepare; variants:
+    loss_type=ipo, label_smoothing (conservative DPO), sft_weight (RPO), length_norm;
+  * objective=dpo pairs=onpolicy reward=<list click model>: Eq. 8 on the reward's best vs worst
+    of the policy's own sampled lists (and the reward's beam-search list), fresh every batch;
+  * objective=distill reward=<list click model>: the NLL of the reward's beam-search list -- the
+    list-level signal the pipeline's default recipe uses (README: Results);
+  * reward=oracle: the simulated world's exact user model in place of a learned reward (a
+    diagnostic reference, needs eval.world).
+The initial model is validated first and is a candidate for the exported model, so
+post-training never exports something worse on validation than what it started from.
+Without --init the policy starts from scratch (the paper's "post-training only" ablation).
+The exported model is registered as ``tracking.registered_model`` unless register=false.
 """
 
 from __future__ import annotations
@@ -25,9 +35,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.init:
         args.overrides = [f"init={args.init}", *args.overrides]
     cfg = resolve_config(DPOConfig, args)
-    if not cfg.data or not (Path(cfg.data) / "pairs" / "train").exists():
-        raise SystemExit(f"no prepared pairs at '{cfg.data}' (give --data OUT of jobs.prepare)")
+    if not cfg.data or not (Path(cfg.data) / "sequences" / "train").exists():
+        raise SystemExit(f"no prepared data at '{cfg.data}' (give --data OUT of jobs.prepare)")
     from gref import tracking
+    from gref.config import ConfigError
     from gref.train.runner import run_training
 
     init = None
@@ -37,8 +48,12 @@ def main(argv: list[str] | None = None) -> dict:
         log("dpo", f"policy and reference initialised from {cfg.init}")
     else:
         log("dpo", "no --init: post-training from scratch (ablation)")
-    outcome = run_training("dpo", cfg, Path(cfg.data).resolve() / "pairs" / "train", init=init)
-    log("dpo", f"best epoch {outcome['best']['epoch']}; registered version {outcome['registered_version']}")
+    try:
+        outcome = run_training("dpo", cfg, init=init)
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
+    log("dpo", f"best epoch {outcome['best']['epoch']} (-1 = the initial model); "
+               f"registered version {outcome['registered_version']}")
     print_json({k: outcome[k] for k in ("run_name", "model_dir", "mlflow_run_id", "registered_version", "best")})
     return outcome
 

@@ -48,7 +48,8 @@ def run(data: str | Path, models: dict[str, Any], out: str | Path, world_dir: st
         device = "cuda" if torch.cuda.is_available() else "cpu"
     log("evaluate", f"{table.num_rows} {split} requests, {len(models)} model(s) on {device}"
                     + (", oracle on" if world is not None else ""))
-    rows = report_rows(models, table, data_meta(data), world, device=device)
+    fit_table = read_split(data / "sequences" / "train") if world is not None else None  # features-only ceiling
+    rows = report_rows(models, table, data_meta(data), world, device=device, fit_table=fit_table)
     (out / "report.json").write_text(json.dumps(rows, indent=2))
     md = markdown_table(rows)
     (out / "report.md").write_text(f"# Offline evaluation ({split} split, {table.num_rows} requests)\n\n{md}\n")

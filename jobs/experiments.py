@@ -1,18 +1,22 @@
-"""The paper's tables on simulated worlds, over several seeds: Table 1 (GReF vs the baselines),
-Table 3 (training stages; L_n / L_o) and the OMTP head count k (quality and latency).
+"""The paper's tables on simulated worlds, over several seeds: Table 1 (GReF vs the baselines,
+beside the ceilings no model can reach), Table 3 and the options beyond the paper (training
+stages, the OMTP loss, post-training signals, reward models), and the OMTP head count k.
 
     python -m jobs.experiments [--config configs/experiments.yaml] [key=value ...]
-    python -m jobs.experiments tables=[ablations] worlds='{default: {}}'   # the ablations only
+    python -m jobs.experiments --config configs/ablations.yaml          # the ablation tables
 
 For every world (a named set of WorldConfig overrides) and seed: simulate ``requests`` with
 world seed = seed, prepare them (Ray Data), train every model a requested table needs through
-the same Ray Train runner as jobs.pretrain / jobs.dpo / jobs.baseline (one MLflow run each,
-nested under this job's run), evaluate all of them on the test split (jobs.evaluate's report),
-then aggregate over seeds: mean +- std per row and metric -> ``out/tables.md``,
-``out/tables.json`` and a bar chart of expected clicks per world, logged to MLflow.
+the same Ray Train runner as the jobs (pretrain -> reward -> post-train, and the baselines; one
+MLflow run each, nested under this job's run), evaluate all of them on the test split beside the
+reference rows (jobs.evaluate's report), then aggregate over seeds -> ``out/tables.md``,
+``out/tables.json`` and a bar chart per world, logged to MLflow. Cells are mean ± sample std over
+seeds; "vs logged" is the per-seed lift over the logged order, mean ± the half-width of its 95 %
+confidence interval (t distribution, seeds - 1 degrees of freedom).
 
 Re-running with the same ``out`` skips every model already trained and every seed already
-evaluated, so an interrupted run continues where it stopped.
+evaluated, so an interrupted run continues where it stopped and the ablation run reuses the main
+run's models.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from gref.cli import log, parser, resolve_config
 from gref.config import flatten, override, save_yaml, to_dict
 from gref.data.schema import DatasetConfig
 from gref.tracking import TrackingConfig
-from gref.train.config import DPOConfig, PretrainConfig
+from gref.train.config import DPOConfig, PretrainConfig, RewardConfig
 
 TABLES = ("baselines", "ablations", "heads")
 
@@ -40,50 +44,92 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # world + log seeds; >= 3 for a spread
     worlds: dict = field(default_factory=lambda: {  # name -> WorldConfig overrides (dotted keys)
         "default": {}, "strong": {"series_boost": 3.0, "category_fatigue": 0.7}})
-    tables: list[str] = field(default_factory=lambda: list(TABLES))  # baselines | ablations | heads
+    tables: list[str] = field(default_factory=lambda: ["baselines"])  # baselines | ablations | heads
     ablation_worlds: list[str] = field(default_factory=lambda: ["default"])  # worlds of the ablation / heads tables
-    requests: int = 15_000  # simulated requests per world and seed
+    requests: int = 40_000  # simulated requests per world and seed
     heads: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # k of the heads table
     baselines: list[str] = field(default_factory=lambda: ["all"])  # kinds of the baselines table
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # the GReF row; ablations change one knob
-    dpo: DPOConfig = field(default_factory=DPOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)  # the list-wise reward of post-training
+    dpo: DPOConfig = field(default_factory=DPOConfig)  # post-training of the GReF row
     baseline_overrides: dict = field(default_factory=dict)  # dotted keys for every baseline config
     eval_max_requests: int = 0  # test requests evaluated per seed (0 = all)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-# GReF training recipes: row id -> (pre-training overrides or None = no pre-training, with DPO?)
-GREF_RECIPES: dict[str, tuple[dict | None, bool]] = {
-    "pre": ({}, False), "gref": ({}, True), "dpo_only": (None, True),
-    "ln_only": ({"lambda2": 0.0}, True), "lo_only": ({"lambda1": 0.0}, True),
-}
+@dataclass(frozen=True)
+class Recipe:
+    """How one GReF row is trained: overrides of the experiment's pre-training and post-training
+    configs (None = the stage is skipped), and whether its reward anchors on the pre-trained GReF."""
 
-# table rows: (row label, model id) in display order; model ids resolve via ``recipes``
-TABLE_ROWS = {
-    "baselines": [("GReF (pre-train + DPO)", "gref"), ("GReF (pre-train only)", "pre")],  # after the baselines
-    "ablations": [("pre-train only", "pre"), ("DPO only", "dpo_only"), ("pre-train + DPO", "gref"),
-                  ("L_n only (+ DPO)", "ln_only"), ("L_o only (+ DPO)", "lo_only"), ("L_n + L_o (+ DPO)", "gref")],
+    pretrain: dict | None = field(default_factory=dict)
+    post: dict | None = field(default_factory=dict)
+    anchored_reward: bool = True
+
+
+# The paper's Rerank-DPO (Eq. 7 pairs, Eq. 8) at the learning rate the DPO stage measured best here
+PAPER_POST = {"objective": "dpo", "pairs": "logged", "optim.lr": 2e-5, "optim.epochs": 1, "optim.schedule": "constant"}
+RECIPES: dict[str, Recipe] = {
+    "gref": Recipe(),  # the default recipe: pre-train, fit the reward, distil its best lists
+    "pre": Recipe(post=None),
+    "paper": Recipe(pretrain={"lambda2": 1.0, "model.list_bias": False}, post=PAPER_POST),
+    "post_only": Recipe(pretrain=None),
+    "no_list_bias": Recipe(pretrain={"model.list_bias": False}),
+    "ln_lo": Recipe(pretrain={"lambda2": 1.0}),
+    "lo_single": Recipe(pretrain={"model.omtp_heads": 1, "lambda2": 1.0, "lo_window": 4}),
+    "onpolicy": Recipe(post={"objective": "dpo", "pairs": "onpolicy", "optim.lr": 3e-4, "optim.epochs": 2}),
+    "oracle_teacher": Recipe(post={"reward": "oracle"}),
+    "dcn_reward": Recipe(anchored_reward=False),
+    "dpo": Recipe(post=PAPER_POST),
+    "ipo": Recipe(post={**PAPER_POST, "loss_type": "ipo"}),
+    "cdpo": Recipe(post={**PAPER_POST, "label_smoothing": 0.1}),
+    "rpo": Recipe(post={**PAPER_POST, "sft_weight": 1.0}),
+    "dpo_lnorm": Recipe(post={**PAPER_POST, "length_norm": True}),
 }
-REFERENCES = ("logged exposure", "upstream order")
+LABELS = {
+    "gref": "GReF", "pre": "GReF (pre-train only)",
+    "paper": "GReF, paper recipe (L_n + L_o; Rerank-DPO on Eq. 7 pairs)",
+    "post_only": "GReF (post-train only: distillation from scratch)",
+    "no_list_bias": "GReF without list-context logits", "ln_lo": "GReF with L_n + L_o (lambda2 = 1)",
+    "lo_single": "GReF with L_o on one head (k = 1, Eq. 6 + Eq. 10)",
+    "onpolicy": "GReF, on-policy DPO on the reward (instead of distillation)",
+    "oracle_teacher": "GReF distilled from the oracle's best lists (diagnostic)",
+    "dcn_reward": "GReF distilled from a reward without the GReF anchor (DCN appeal)",
+    "dpo": "GReF, Rerank-DPO on Eq. 7 pairs (instead of distillation)",
+    "ipo": "GReF, Rerank-DPO with the IPO loss", "cdpo": "GReF, conservative Rerank-DPO (label smoothing 0.1)",
+    "rpo": "GReF, Rerank-DPO + the winner's NLL (RPO, weight 1)",
+    "dpo_lnorm": "GReF, Rerank-DPO on length-normalised log-probs",
+    "reward": "list click model + beam search (GReF's teacher)",
+}
+TEACHER = "reward"  # the default recipe's reward model, evaluated as a reranker of its own
+
+TABLE_ROWS = {
+    "baselines": ["gref", "pre", "paper", TEACHER],  # after the references and the baselines
+    "post": ["gref", "pre", "post_only", "onpolicy", "dcn_reward", "oracle_teacher", "dpo", "ipo", "cdpo", "rpo",
+             "dpo_lnorm"],
+    "pretraining": ["gref", "no_list_bias", "ln_lo", "lo_single"],
+}
+REFERENCES = ("logged exposure", "upstream order", "oracle best list", "oracle pointwise sort",
+              "features-only best list", "features-only pointwise sort")
 
 
 def recipes(cfg: ExperimentConfig, world: str) -> dict[str, tuple[str, Any]]:
-    """Models this world needs: id -> ("gref", (pretrain overrides | None, dpo)) or ("baseline", kind)."""
+    """Models this world needs: id -> ("gref", Recipe) or ("baseline", kind)."""
     from jobs.pipeline import baseline_kinds
 
     need: dict[str, tuple[str, Any]] = {}
     if "baselines" in cfg.tables:
-        need.update({i: ("gref", GREF_RECIPES[i]) for _, i in TABLE_ROWS["baselines"]})
+        need.update({i: ("gref", RECIPES[i]) for i in TABLE_ROWS["baselines"] if i != TEACHER})
         need.update({k: ("baseline", k) for k in baseline_kinds(cfg.baselines)})
     if world in cfg.ablation_worlds:
         if "ablations" in cfg.tables:
-            need.update({i: ("gref", GREF_RECIPES[i]) for _, i in TABLE_ROWS["ablations"]})
+            need.update({i: ("gref", RECIPES[i]) for i in TABLE_ROWS["post"] + TABLE_ROWS["pretraining"]})
         if "heads" in cfg.tables:
-            k4 = cfg.pretrain.model.omtp_heads  # the GReF row itself is the k = k4 entry
-            need.update({f"k{k}": ("gref", ({"model.omtp_heads": k}, True)) for k in cfg.heads if k != k4})
-            if k4 in cfg.heads:
-                need["gref"] = ("gref", GREF_RECIPES["gref"])
+            k0 = cfg.pretrain.model.omtp_heads  # the GReF row itself is the k = k0 entry
+            need.update({f"k{k}": ("gref", Recipe(pretrain={"model.omtp_heads": k})) for k in cfg.heads if k != k0})
+            if k0 in cfg.heads:
+                need["gref"] = ("gref", RECIPES["gref"])
     return need
 
 
@@ -92,10 +138,19 @@ def _trained(storage: Path, name: str) -> str | None:
     return str(model) if (model / "model.json").exists() else None
 
 
+def _name(prefix: str, overrides: dict) -> str:
+    """A Train run name per distinct config: ``prefix`` alone for the experiment's own config."""
+    if not overrides:
+        return prefix
+    return prefix + "-" + "-".join(f"{k.split('.')[-1]}{v}" for k, v in sorted(overrides.items()))
+
+
 def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path, root: Path) -> dict[str, str]:
-    """Train (or find) every model of ``recipes``; -> id -> model dir."""
+    """Train (or find) every model of ``recipes``; -> id -> model dir (and TEACHER: the default
+    recipe's reward model)."""
     from gref.model.io import load_reranker
     from gref.train.runner import run_training
+    from jobs import reward as reward_job
     from jobs.baseline import baseline_config, train
 
     storage = root / "ray"
@@ -106,33 +161,43 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
         return replace(base, data=str(prep), tracking=cfg.tracking, eval=replace(base.eval, world=str(world_dir)),
                        run=replace(base.run, name=name, storage=str(storage), seed=seed))
 
+    def pretrained(overrides: dict) -> str:
+        name = _name("pre", overrides)
+        return _trained(storage, name) or run_training("pretrain", stage_cfg(override(cfg.pretrain, overrides), name))["model_dir"]
+
+    def reward(pre_name: str, pre_dir: str | None, anchored: bool) -> str:
+        name = f"reward-{pre_name}" if anchored else "reward-dcn"
+        if found := _trained(storage, name):
+            return found
+        rcfg = stage_cfg(replace(cfg.reward, init=pre_dir if anchored else ""), name)
+        return reward_job.train(rcfg)["model_dir"]
+
     dirs: dict[str, str] = {}
     for model_id, (family, spec) in recipes(cfg, world).items():
         if family == "baseline":
-            name = model_id
-            if not (found := _trained(storage, name)):
+            if not (found := _trained(storage, model_id)):
                 bcfg = override(replace(baseline_config(spec, prep), scaling=replace(cfg.pretrain.scaling)),
                                 cfg.baseline_overrides)
-                found = train(stage_cfg(bcfg, name))["model_dir"]
+                found = train(stage_cfg(bcfg, model_id))["model_dir"]
             dirs[model_id] = found
             continue
-        pre_overrides, with_dpo = spec
-        init = None
-        if pre_overrides is not None:
-            pre_name = "pre" if not pre_overrides else f"pre-{model_id}"
-            if not (pre_dir := _trained(storage, pre_name)):
-                pre_dir = run_training("pretrain", stage_cfg(override(cfg.pretrain, pre_overrides), pre_name),
-                                       prep / "sequences" / "train")["model_dir"]
-            init = load_reranker(pre_dir)
-            if not with_dpo:
-                dirs[model_id] = pre_dir
-                continue
-        name = f"dpo-{model_id}"
+        recipe: Recipe = spec
+        pre_dir = None if recipe.pretrain is None else pretrained(recipe.pretrain)
+        if recipe.post is None:
+            dirs[model_id] = pre_dir
+            continue
+        name = f"post-{model_id}"
         if not (found := _trained(storage, name)):
-            # DPO only starts from a random model of the GReF row's architecture
-            dcfg = stage_cfg(replace(cfg.dpo, register=False, model=cfg.pretrain.model), name)
-            found = run_training("dpo", dcfg, prep / "pairs" / "train", init=init)["model_dir"]
+            post = override(replace(cfg.dpo, register=False, model=cfg.pretrain.model), recipe.post)
+            if (post.objective == "distill" or post.pairs == "onpolicy") and not post.reward:
+                # the reward anchors on the default pre-trained GReF (a post-only row has no other)
+                pre_name = _name("pre", recipe.pretrain or {})
+                anchor = pre_dir or pretrained({})
+                post = replace(post, reward=reward(pre_name if pre_dir else "pre", anchor, recipe.anchored_reward))
+            found = run_training("dpo", stage_cfg(post, name), init=load_reranker(pre_dir) if pre_dir else None)["model_dir"]
         dirs[model_id] = found
+    if "gref" in dirs:
+        dirs[TEACHER] = reward("pre", pretrained({}), True)
     return dirs
 
 
@@ -144,9 +209,9 @@ def run_seed(cfg: ExperimentConfig, world: str, seed: int) -> dict[str, dict[str
     from jobs import evaluate, prepare
 
     root = Path(cfg.out).resolve() / world / f"seed{seed}"
-    report = root / "report" / "report.json"
-    if report.exists():
-        return json.loads(report.read_text())
+    report_dir = root / ("report-" + "+".join(sorted(cfg.tables)))  # the models are shared, the reports per table set
+    if (report_dir / "report.json").exists():
+        return json.loads((report_dir / "report.json").read_text())
     world_dir, prep = root / "sim" / "world", root / "prep"
     if not (prep / "summary.json").exists():
         w = World.generate(override(WorldConfig(seed=seed), cfg.worlds[world]))
@@ -156,27 +221,29 @@ def run_seed(cfg: ExperimentConfig, world: str, seed: int) -> dict[str, dict[str
         prepare.run(str(root / "sim" / "logs"), str(prep), cfg.dataset)
     dirs = train_models(cfg, world, prep, world_dir, root)
     models = {_label(i): load_reranker(d) for i, d in dirs.items()}
-    return evaluate.run(prep, models, root / "report", str(world_dir), "test", cfg.eval_max_requests)
-
-
-GREF_LABELS = {"pre": "GReF (pre-train only)", "gref": "GReF (pre-train + DPO)", "dpo_only": "GReF (DPO only)",
-               "ln_only": "GReF (L_n only + DPO)", "lo_only": "GReF (L_o only + DPO)"}
+    return evaluate.run(prep, models, report_dir, str(world_dir), "test", cfg.eval_max_requests)
 
 
 def _label(model_id: str) -> str:
     """Report row name of a model id."""
-    from gref.baselines import LABELS
+    from gref.baselines import LABELS as BASELINE_LABELS
 
-    if model_id in LABELS:
-        return LABELS[model_id]
+    if model_id in BASELINE_LABELS:
+        return BASELINE_LABELS[model_id]
     if model_id.startswith("k") and model_id[1:].isdigit():
-        return f"GReF (k={model_id[1:]}, + DPO)"
-    return GREF_LABELS[model_id]
+        return f"GReF (k = {model_id[1:]})"
+    return LABELS[model_id]
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom (df >= 1)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+    return table.get(df, 1.96 + 2.5 / df)  # within 0.5 % of the exact value beyond 10
 
 
 def aggregate(reports: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per row and metric over seeds: {"mean", "std" (sample, ddof=1), "n"}; NaN (undefined) and
-    missing values are left out."""
+    """Per row and metric over seeds: {"mean", "std" (sample, ddof=1), "ci95" (half-width of the
+    mean's 95 % t interval), "n"}; NaN (undefined) and missing values are left out."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for row in dict.fromkeys(r for report in reports for r in report):
         metrics = dict.fromkeys(m for report in reports for m in report.get(row, {}))
@@ -185,19 +252,34 @@ def aggregate(reports: list[dict[str, dict[str, float]]]) -> dict[str, dict[str,
             values = np.array([v for report in reports
                                if (v := report.get(row, {}).get(metric)) is not None and v == v], dtype=float)
             if len(values):
-                out[row][metric] = {"mean": float(values.mean()),
-                                    "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0, "n": len(values)}
+                n = len(values)
+                std = float(values.std(ddof=1)) if n > 1 else 0.0
+                out[row][metric] = {"mean": float(values.mean()), "std": std, "n": n,
+                                    "ci95": t_quantile_975(n - 1) * std / np.sqrt(n) if n > 1 else 0.0}
     return out
 
 
-COLUMNS = [("oracle_clicks", "E[clicks]", "{:.4f}"), ("click_lift", "vs logged", "{:+.2%}"),
-           ("oracle_likes", "E[likes]", "{:.4f}"), ("oracle_long_views", "E[long views]", "{:.4f}"),
+def paired_lift(reports: list[dict], row: str, other: str) -> dict[str, float] | None:
+    """Per-seed relative lift of ``row`` over ``other`` in expected clicks: mean, 95 % CI
+    half-width, and on how many seeds it is positive."""
+    lifts = np.array([r[row]["oracle_clicks"] / r[other]["oracle_clicks"] - 1.0 for r in reports
+                      if row in r and other in r])
+    if not len(lifts):
+        return None
+    n = len(lifts)
+    ci = t_quantile_975(n - 1) * lifts.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0
+    return {"mean": float(lifts.mean()), "ci95": float(ci), "positive": int((lifts > 0).sum()), "n": n}
+
+
+COLUMNS = [("oracle_clicks", "E[clicks]", "{:.4f}"), ("click_lift", "vs logged (95% CI)", "{:+.2%}"),
+           ("headroom_share", "headroom share", "{:.0%}"), ("oracle_likes", "E[likes]", "{:.4f}"),
            ("ndcg", "NDCG", "{:.4f}"), ("auc_click", "AUC click", "{:.4f}"), ("auc_exposure", "AUC exposure", "{:.4f}"),
            ("diversity", "diversity", "{:.3f}"), ("latency_ms_b1", "ms/request", "{:.2f}")]
 
 
 def table_md(agg: dict, rows: list[tuple[str, str]], columns=COLUMNS) -> str:
-    """Markdown: one line per (label, report row), cells "mean ± std" over seeds."""
+    """Markdown: one line per (label, report row); cells mean ± std over seeds, the lift column
+    mean ± its 95 % CI half-width."""
     lines = ["| model | " + " | ".join(c[1] for c in columns) + " |", "|---|" + "---:|" * len(columns)]
     for label, key in rows:
         if key not in agg:
@@ -208,43 +290,72 @@ def table_md(agg: dict, rows: list[tuple[str, str]], columns=COLUMNS) -> str:
             if v is None:
                 cells.append("–")
             else:  # one seed has no spread to show
-                spread = f" ± {fmt.format(v['std']).lstrip('+')}" if v["n"] > 1 else ""
-                cells.append(fmt.format(v["mean"]) + spread)
+                spread = v["ci95"] if metric == "click_lift" else v["std"]
+                cells.append(fmt.format(v["mean"]) + (f" ± {fmt.format(spread).lstrip('+')}" if v["n"] > 1 else ""))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def write_tables(cfg: ExperimentConfig, aggs: dict[str, dict], out: Path) -> str:
-    from gref.baselines import LABELS
+def verdicts(reports: list[dict], baseline_labels: list[str]) -> list[str]:
+    """The comparisons the issue's targets are stated in, per seed and paired."""
+    gref = _label("gref")
+    if not reports or gref not in reports[0]:
+        return []
+    lines = []
+    rivals = ["logged exposure", *[b for b in baseline_labels if b in reports[0]]]
+    top = sum(all(r[gref]["oracle_clicks"] > r[x]["oracle_clicks"] for x in rivals) for r in reports)
+    lines.append(f"GReF is the top row (above the logged order and every baseline) on {top} of {len(reports)} seeds.")
+    if baseline_labels:
+        best = max((b for b in baseline_labels if b in reports[0]),
+                   key=lambda b: np.mean([r[b]["oracle_clicks"] for r in reports]))
+        d = paired_lift(reports, gref, best)
+        gap = np.mean([r[gref]["click_lift"] - r[best]["click_lift"] for r in reports])
+        lines.append(f"GReF vs the best baseline ({best}): {d['mean']:+.2%} ± {d['ci95']:.2%} relative, "
+                     f"{gap * 100:+.2f} points of lift over the logged order; positive on {d['positive']}/{d['n']} seeds.")
+    shares = [r[gref].get("headroom_share") for r in reports if r[gref].get("headroom_share") is not None]
+    if shares:
+        lines.append(f"GReF captures {np.mean(shares):.0%} of the features-only list-aware headroom "
+                     f"(per seed: {', '.join(f'{s:.0%}' for s in shares)}).")
+    div = {row: np.mean([r[row]["diversity"] for r in reports]) for row in reports[0]
+           if "diversity" in reports[0][row] and row not in REFERENCES[2:]}
+    if gref in div:
+        lines.append(f"Diversity: GReF {div[gref]:.3f}; least diverse row: {min(div, key=div.get)} ({min(div.values()):.3f}).")
+    return lines
+
+
+def write_tables(cfg: ExperimentConfig, aggs: dict[str, dict], per_seed: dict[str, list], out: Path) -> str:
     from jobs.pipeline import baseline_kinds
 
     seeds = len(cfg.seeds)
     parts = [f"# GReF on simulated worlds: mean ± std over {seeds} seeds ({', '.join(map(str, cfg.seeds))})\n",
              (f"{cfg.requests:,} simulated requests per world and seed; test split = the last "
-             f"{cfg.dataset.test_days} days. E[·] = expected feedback of the generated list under the world's "
-             "hidden user model; NDCG / AUC on logged clicks (README: evaluation protocol); ms/request = "
-             "`rerank` one request at a time on this machine's CPU.\n")]
+              f"{cfg.dataset.test_days} days. E[·] = expected feedback of the generated list under the world's "
+              "hidden user model; vs logged = per-seed lift over the logged order, mean ± 95 % CI; headroom share = "
+              "(row - logged) / (features-only best list - logged); NDCG / AUC on logged clicks (README: "
+              "evaluation protocol); ms/request = `rerank` one request at a time on this machine's CPU. The "
+              "oracle and features-only rows are ceilings no model can reach (gref.sim.reference).\n")]
+    kinds = baseline_kinds(cfg.baselines)
     for world, agg in aggs.items():
         overrides = ", ".join(f"{k}={v}" for k, v in cfg.worlds[world].items()) or "WorldConfig defaults"
         parts.append(f"## World `{world}` ({overrides})\n")
         if "baselines" in cfg.tables:
             rows = [(r, r) for r in REFERENCES]
-            rows += [(LABELS[k], LABELS[k]) for k in baseline_kinds(cfg.baselines)]
-            rows += [(label, _label(i)) for label, i in TABLE_ROWS["baselines"]]
+            rows += [(_label(k), _label(k)) for k in kinds]
+            rows += [(_label(i), _label(i)) for i in TABLE_ROWS["baselines"]]
             parts.append(f"### Table 1 analogue: GReF vs the baselines\n\n{table_md(agg, rows)}\n")
+            parts.append("\n".join(f"- {line}" for line in verdicts(per_seed[world], [_label(k) for k in kinds])) + "\n")
         if world in cfg.ablation_worlds and "ablations" in cfg.tables:
-            stages, omtp = TABLE_ROWS["ablations"][:3], TABLE_ROWS["ablations"][3:]
-            parts.append("### Table 3 analogue: training stages\n\n"
-                         f"{table_md(agg, [(label, _label(i)) for label, i in stages])}\n")
-            parts.append("### Table 3 analogue: OMTP loss (k = "
-                         f"{cfg.pretrain.model.omtp_heads}, every row post-trained)\n\n"
-                         f"{table_md(agg, [(label, _label(i)) for label, i in omtp])}\n")
+            refs = [("logged exposure", "logged exposure"), ("features-only best list", "features-only best list")]
+            for title, key in (("post-training signal (every row pre-trained as GReF)", "post"),
+                               ("pre-training (every row post-trained as GReF)", "pretraining")):
+                rows = refs + [(_label(i), _label(i)) for i in TABLE_ROWS[key]]
+                parts.append(f"### Ablations: {title}\n\n{table_md(agg, rows)}\n")
         if world in cfg.ablation_worlds and "heads" in cfg.tables:
-            k4 = cfg.pretrain.model.omtp_heads
-            rows = [(f"k = {k}", _label("gref" if k == k4 else f"k{k}")) for k in cfg.heads]
+            k0 = cfg.pretrain.model.omtp_heads
+            rows = [(f"k = {k}", _label("gref" if k == k0 else f"k{k}")) for k in cfg.heads]
             cols = [c for c in COLUMNS if c[0] in ("oracle_clicks", "click_lift", "ndcg", "auc_exposure")]
             cols += [("latency_ms", "ms/req (batch)", "{:.3f}"), ("latency_ms_b1", "ms/request", "{:.2f}")]
-            parts.append(f"### OMTP heads k (pre-train + DPO): quality and latency\n\n{table_md(agg, rows, cols)}\n")
+            parts.append(f"### OMTP heads k (the default recipe): quality and latency\n\n{table_md(agg, rows, cols)}\n")
     text = "\n".join(parts)
     (out / "tables.md").write_text(text)
     (out / "tables.json").write_text(json.dumps(aggs, indent=2))
@@ -252,22 +363,24 @@ def write_tables(cfg: ExperimentConfig, aggs: dict[str, dict], out: Path) -> str
 
 
 def chart(aggs: dict[str, dict], path: Path) -> Path:
-    """Expected clicks per row (mean ± std over seeds), one panel per world; GReF variants orange."""
+    """Expected clicks per row (mean ± std over seeds), one panel per world; ceilings hatched."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(aggs), figsize=(7 * len(aggs), 4.2), squeeze=False)
-    for ax, (world, agg) in zip(axes[0], aggs.items()):
+    from gref.evaluation import CEILINGS, bar_color
+
+    fig, axes = plt.subplots(len(aggs), 1, figsize=(13, 4.6 * len(aggs)), squeeze=False)
+    for ax, (world, agg) in zip(axes[:, 0], aggs.items()):
         names = [n for n in agg if "oracle_clicks" in agg[n]]
         means = [agg[n]["oracle_clicks"]["mean"] for n in names]
         stds = [agg[n]["oracle_clicks"]["std"] for n in names]
-        colors = ["#999999" if n in REFERENCES else "#d8703b" if n.startswith("GReF") else "#3b7dd8" for n in names]
-        ax.bar(names, means, yerr=stds, capsize=3, color=colors)
+        ax.bar(names, means, yerr=stds, capsize=3, color=[bar_color(n) for n in names],
+               hatch=["//" if n in CEILINGS else "" for n in names])
         ax.set_ylim(min(means) * 0.93, max(means) * 1.03)
-        ax.set_title(f"world '{world}': E[clicks] / request (mean ± std over seeds)")
-        plt.setp(ax.get_xticklabels(), rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"world '{world}': E[clicks] / request (mean ± std over seeds; hatched: ceilings)")
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -293,7 +406,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     tracking.setup(cfg.tracking)
     mlflow.set_experiment(cfg.tracking.experiment)
     started = time.time()
-    aggs = {}
+    aggs, per_seed = {}, {}
     with mlflow.start_run(run_name=f"experiments-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()})
         for world in cfg.worlds:
@@ -301,8 +414,8 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             for seed in cfg.seeds:
                 log("experiments", f"--- world {world}, seed {seed} ({time.time() - started:.0f}s so far)")
                 reports.append(run_seed(cfg, world, seed))
-            aggs[world] = aggregate(reports)
-        text = write_tables(cfg, aggs, out)
+            aggs[world], per_seed[world] = aggregate(reports), reports
+        text = write_tables(cfg, aggs, per_seed, out)
         chart(aggs, out / "expected_clicks.png")
         for f in ("tables.md", "tables.json", "expected_clicks.png", "experiments.yaml"):
             mlflow.log_artifact(str(out / f))

@@ -1,9 +1,13 @@
-"""The whole story in one command: simulate -> prepare -> pretrain -> dpo [-> baselines] -> evaluate -> register.
+"""The whole story in one command: simulate -> prepare -> pretrain -> reward -> post-train
+[-> baselines] -> evaluate -> register.
 
     python -m jobs.pipeline [--config configs/pipeline.yaml] [key=value ...]
 
 Everything lands under ``out`` (data, Ray Train runs, the report) and in MLflow (one parent
-run with each job's run nested under it). The DPO model is registered as
+run with each job's run nested under it). Post-training is the ``dpo`` section: the default
+recipe (configs/pipeline.yaml) fits a list click model to the logged clicks (``reward``,
+anchored on the pre-trained GReF; jobs.reward) and distils its beam-search lists into GReF;
+configs/paper.yaml is the paper's Rerank-DPO on Eq. 7 pairs. The post-trained model is registered as
 ``tracking.registered_model``; the new version gets the alias ``challenger``, and also
 ``champion`` when it beats the current champion on this run's test split (or there is none).
 ``baselines`` (kinds of gref.baselines, or ``all``) are trained on the same data by the same
@@ -26,7 +30,7 @@ from gref.config import flatten, override, save_yaml, to_dict
 from gref.data.schema import DatasetConfig
 from gref.sim.world import WorldConfig
 from gref.tracking import TrackingConfig
-from gref.train.config import DPOConfig, PretrainConfig
+from gref.train.config import DPOConfig, PretrainConfig, RewardConfig
 
 
 @dataclass
@@ -37,11 +41,16 @@ class PipelineConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    dpo: DPOConfig = field(default_factory=DPOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)  # trained when post-training needs a learned reward
+    dpo: DPOConfig = field(default_factory=DPOConfig)  # post-training (the paper's Rerank-DPO by default)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval_max_requests: int = 0  # test requests evaluated (0 = all)
     baselines: list[str] = field(default_factory=list)  # baseline kinds to train + evaluate too; [all] = every one
     baseline_overrides: dict = field(default_factory=dict)  # dotted keys for every baseline config, e.g. {optim.epochs: 2}
+
+
+GREF_ROW = "GReF (pre-train + post-train)"  # the model this pipeline registers
+TEACHER_ROW = "list click model + beam search (GReF's teacher)"  # the reward model as a reranker of its own
 
 
 def baseline_kinds(requested: list[str]) -> list[str]:
@@ -98,7 +107,7 @@ def register_step(cfg: PipelineConfig, version: int, rows: dict, champion_rows: 
 
     name = cfg.tracking.registered_model
     aliases = {"challenger": version}
-    new_score = rows["GReF (pre-train + DPO)"][metric]
+    new_score = rows[GREF_ROW][metric]
     promote = champion_rows is None or new_score >= champion_rows["score"]
     if promote:
         aliases["champion"] = version
@@ -123,6 +132,7 @@ def run(cfg: PipelineConfig) -> dict:
     from gref import tracking
     from gref.train.runner import run_training
     from jobs import evaluate, prepare
+    from jobs import reward as reward_job
 
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -141,18 +151,25 @@ def run(cfg: PipelineConfig) -> dict:
         data_summary = _timed(timings, "prepare", prepare.run, str(logs), str(prep), cfg.dataset)
         mlflow.log_artifact(str(prep / "summary.json"), artifact_path="data")
 
-        for stage_cfg in (cfg.pretrain, cfg.dpo):
+        for stage_cfg in (cfg.pretrain, cfg.reward, cfg.dpo):
             stage_cfg.data = str(prep)
             stage_cfg.tracking = cfg.tracking
             stage_cfg.eval.world = str(world_dir) if world_dir else ""
             stage_cfg.run.storage = str(out / "ray")
-        pre = _timed(timings, "pretrain", run_training, "pretrain", cfg.pretrain, prep / "sequences" / "train")
+        pre = _timed(timings, "pretrain", run_training, "pretrain", cfg.pretrain)
         from gref.model.io import load_reranker
 
         pretrained = load_reranker(pre["model_dir"])
+        models = {"GReF (pre-train only)": pretrained}
+        reward = None
+        if (cfg.dpo.objective == "distill" or cfg.dpo.pairs == "onpolicy") and not cfg.dpo.reward:
+            cfg.reward.init = pre["model_dir"]
+            reward = _timed(timings, "reward", reward_job.train, cfg.reward)
+            cfg.dpo.reward = reward["model_dir"]
+            models[TEACHER_ROW] = load_reranker(reward["model_dir"])
         cfg.dpo.register = True
-        dpo = _timed(timings, "dpo", run_training, "dpo", cfg.dpo, prep / "pairs" / "train", init=pretrained)
-        models = {"GReF (pre-train only)": pretrained, "GReF (pre-train + DPO)": load_reranker(dpo["model_dir"])}
+        dpo = _timed(timings, "post-train", run_training, "dpo", cfg.dpo, init=pretrained)
+        models[GREF_ROW] = load_reranker(dpo["model_dir"])
         baselines = {}
         if cfg.baselines:
             from gref.baselines import LABELS
@@ -177,6 +194,8 @@ def run(cfg: PipelineConfig) -> dict:
                    "data": {k: data_summary[k] for k in ("requests_read", "sequences", "pairs",
                                                          "quarantined", "quarantined_by_reason")},
                    "pretrain": {k: pre[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best")},
+                   **({"reward": {k: reward[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best")}}
+                      if reward else {}),
                    "dpo": {k: dpo[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best")},
                    "baselines": {kind: {k: o[k] for k in ("run_name", "model_dir", "mlflow_run_id", "registered_version")}
                                  for kind, o in baselines.items()},

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"no prepared data at '{cfg.data}' (give --data OUT of jobs.prepare)")
     from gref.train.runner import run_training
 
-    outcome = run_training("pretrain", cfg, Path(cfg.data).resolve() / "sequences" / "train")
+    outcome = run_training("pretrain", cfg)
     log("pretrain", f"best epoch {outcome['best']['epoch']} by {outcome['selection_metric']}; "
                     f"model in {outcome['model_dir']}")
     print_json({k: outcome[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best")})

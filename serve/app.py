@@ -55,6 +55,7 @@ class ServeConfig:
     router_resources: dict = field(default_factory=dict)  # custom resources, e.g. {gref_head: 0.01} pins the
     #                                                       Router and its sqlite file to the head (cluster.yaml)
     max_batch_size: int = 16  # @serve.batch: requests decoded together
+    decode_mode: str = "auto"  # eager | compile | cuda_graphs (gref.model.accel); auto = cuda_graphs on a GPU, else eager
     batch_wait_timeout_s: float = 0.005  # @serve.batch: how long a batch waits to fill
     max_candidates: int = 200  # per request
     max_n: int = 32  # longest list a request may ask for (the model's max_length caps it too)
@@ -69,7 +70,8 @@ def _device():
 
 @serve.deployment(max_ongoing_requests=32)
 class Reranker:
-    def __init__(self, arm: str, model_uri: str, tracking_uri: str, max_batch_size: int, batch_wait_timeout_s: float):
+    def __init__(self, arm: str, model_uri: str, tracking_uri: str, max_batch_size: int, batch_wait_timeout_s: float,
+                 decode_mode: str = "auto"):
         import mlflow
 
         from gref import tracking
@@ -81,10 +83,15 @@ class Reranker:
         directory = tracking.reranker_dir(model_uri)
         self.device = _device()
         self.model = load_reranker(directory, self.device)
+        from gref.model.accel import accelerated_rerank
+
+        if decode_mode == "auto":
+            decode_mode = "cuda_graphs" if self.device.type == "cuda" else "eager"
+        self.decode = accelerated_rerank(self.model, decode_mode)  # the same lists as model.rerank, tested
         self.spec = FeatureSpec.load(directory / "features.json")
         self.info = {"arm": arm, "name": model_uri, "version": tracking.model_version(model_uri),
                      "device": str(self.device), "kind": getattr(self.model.cfg, "kind", "gref"),
-                     "heads": getattr(self.model, "k", None)}
+                     "heads": getattr(self.model, "k", None), "decode_mode": decode_mode}
         self.rerank.set_max_batch_size(max_batch_size)
         self.rerank.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
@@ -121,7 +128,7 @@ class Reranker:
                 rows = np.flatnonzero(ns == n)
                 sel = torch.from_numpy(rows).to(self.device)
                 with torch.no_grad():  # any platform reranker: GReF's OMTP decoding or a baseline's
-                    placed = self.model.rerank(num_t[sel], cat_t[sel], mask_t[sel], int(n)).cpu().numpy()
+                    placed = self.decode(num_t[sel], cat_t[sel], mask_t[sel], int(n)).cpu().numpy()
                 for b, row in enumerate(rows):
                     out[ok[row]] = {"order": [int(j) for j in placed[b] if j >= 0]}
         return out
@@ -268,6 +275,10 @@ def _gpus(requested: float) -> float:
 def build_app(args: dict[str, Any] | None = None):
     """Serve application builder (``import_path: serve.app:build_app``; ``args`` = ServeConfig)."""
     cfg = from_dict(ServeConfig, dict(args or {}))
+    from gref.model.accel import MODES
+
+    if cfg.decode_mode not in ("auto", *MODES):
+        raise ValueError(f"decode_mode must be auto or one of {', '.join(MODES)}, got '{cfg.decode_mode}'")
     cfg.feedback_db = str(Path(cfg.feedback_db).resolve())  # replicas run in other directories
     from gref import tracking
 
@@ -277,7 +288,7 @@ def build_app(args: dict[str, Any] | None = None):
     gpus = _gpus(cfg.reranker_gpus)
     arms = {arm: Reranker.options(name=f"reranker-{arm}", max_ongoing_requests=max(32, 2 * cfg.max_batch_size),
                                   ray_actor_options={"num_cpus": cfg.reranker_cpus, "num_gpus": gpus}, **scale)
-            .bind(arm, uri, cfg.tracking_uri, cfg.max_batch_size, cfg.batch_wait_timeout_s)
+            .bind(arm, uri, cfg.tracking_uri, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.decode_mode)
             for arm, uri in cfg.arms.items()}
     return Router.options(ray_actor_options={"num_cpus": cfg.router_cpus, "resources": cfg.router_resources},
                           user_config={"weights": cfg.weights, "salt": cfg.salt}).bind(arms, cfg)

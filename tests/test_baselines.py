@@ -194,3 +194,15 @@ def test_distinct_fraction_by_hand():
     placed = np.array([[0, 1, 2], [0, 3, -1]])
     # list 0: categories 3, 3, 4 -> 2 / 3; list 1: 1, 2 (the -1 slot is no item) -> 2 / 2
     assert distinct_fraction(cats, placed, np.array([3, 3])).tolist() == pytest.approx([2 / 3, 1.0])
+
+
+def test_nar4rec_scores_candidates_from_the_pass_that_made_the_list():
+    # review defect: scores came from a 1-position pass, the list from the n-position pass
+    model = tiny("nar4rec").eval()
+    b = batch(3)
+    placed = model.rerank(b.num, b.cat, b.cand_mask, 4)
+    first = model.matrix(b.num, b.cat, b.cand_mask, 4)[0][:, 0]
+    expect = list_scores(placed, first.masked_fill(~b.cand_mask, 0.0), b.cand_mask)
+    assert torch.allclose(model.item_scores(b.num, b.cat, b.cand_mask, placed), expect)
+    # the list's first item is position 1's most probable candidate of that pass (no penalty at t = 0)
+    assert torch.equal(placed[:, 0], first.argmax(1))

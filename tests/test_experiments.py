@@ -8,28 +8,40 @@ import json
 import numpy as np
 import pytest
 
-from jobs.experiments import ExperimentConfig, aggregate, recipes, table_md
+from jobs.experiments import ExperimentConfig, Recipe, aggregate, paired_lift, recipes, t_quantile_975, table_md
 
 TINY = ["model.d_model=32", "model.enc_layers=1", "model.dec_layers=1", "model.omtp_heads=2",
         "optim.batch_size=128", "eval.max_requests=200", "optim.epochs=1", "scaling.num_workers=0"]
 
 
-def test_aggregate_is_mean_and_sample_std_over_seeds():
+def test_aggregate_is_mean_sample_std_and_a_t_interval_over_seeds():
     reports = [{"A": {"oracle_clicks": 1.0, "auc_exposure": float("nan")}}, {"A": {"oracle_clicks": 2.0}},
                {"A": {"oracle_clicks": 4.0}}]
     agg = aggregate(reports)
-    assert agg["A"]["oracle_clicks"] == {"mean": pytest.approx(7 / 3), "std": pytest.approx(np.std([1, 2, 4], ddof=1)),
-                                         "n": 3}
+    sd = np.std([1, 2, 4], ddof=1)
+    assert agg["A"]["oracle_clicks"] == {"mean": pytest.approx(7 / 3), "std": pytest.approx(sd), "n": 3,
+                                         "ci95": pytest.approx(4.303 * sd / np.sqrt(3))}
     assert "auc_exposure" not in agg["A"]  # NaN (undefined) is not averaged in
     md = table_md(agg, [("row A", "A")], [("oracle_clicks", "E[clicks]", "{:.2f}")])
     assert "| row A | 2.33 ± 1.53 |" in md
+    assert t_quantile_975(1) == 12.706 and abs(t_quantile_975(30) - 2.042) < 0.01
+
+
+def test_paired_lift_by_hand():
+    reports = [{"G": {"oracle_clicks": 2.2}, "B": {"oracle_clicks": 2.0}},
+               {"G": {"oracle_clicks": 2.1}, "B": {"oracle_clicks": 2.1}}]
+    out = paired_lift(reports, "G", "B")
+    lifts = np.array([0.1, 0.0])
+    assert out["mean"] == pytest.approx(0.05) and out["positive"] == 1 and out["n"] == 2
+    assert out["ci95"] == pytest.approx(12.706 * lifts.std(ddof=1) / np.sqrt(2))
 
 
 def test_recipes_per_table():
     cfg = ExperimentConfig(tables=["ablations", "heads"], heads=[1, 4], ablation_worlds=["default"])
     need = recipes(cfg, "default")
-    assert set(need) == {"pre", "gref", "dpo_only", "ln_only", "lo_only", "k1"}
-    assert need["dpo_only"] == ("gref", (None, True)) and need["ln_only"] == ("gref", ({"lambda2": 0.0}, True))
+    assert {"gref", "pre", "post_only", "ln_lo", "lo_single", "onpolicy", "ipo", "k1"} <= set(need)
+    assert need["post_only"] == ("gref", Recipe(pretrain=None))
+    assert need["k1"] == ("gref", Recipe(pretrain={"model.omtp_heads": 1}))
     assert recipes(cfg, "strong") == {}  # ablations run on ablation_worlds only
 
 
@@ -42,26 +54,32 @@ def test_two_seeds_end_to_end_then_resume(ray_cluster, tmp_path):
     args = [f"out={tmp_path / 'exp'}", "seeds=[0, 1]", "requests=600", f"tracking.uri={uri}",
             "worlds={tiny: {n_users: 200, n_items: 1000, n_series: 40, n_creators: 150, days: 4}}",
             "tables=[baselines]", "baselines=[dnn]", "dataset.valid_days=1", "dataset.test_days=1",
-            *[f"{stage}.{o}" for stage in ("pretrain", "dpo") for o in TINY],
+            *[f"{stage}.{o}" for stage in ("pretrain", "dpo") for o in TINY], "dpo.objective=distill",
+            "reward.optim.epochs=1", "reward.scaling.num_workers=0", "reward.eval.max_requests=200",
             "baseline_overrides={optim.epochs: 1, model.hidden: [16], scaling.num_workers: 0}"]
     result = experiments.main(args)
     agg = result["tables"]["tiny"]
-    per_seed = [json.loads((tmp_path / "exp" / "tiny" / f"seed{s}" / "report" / "report.json").read_text())
+    per_seed = [json.loads((tmp_path / "exp" / "tiny" / f"seed{s}" / "report-baselines" / "report.json").read_text())
                 for s in (0, 1)]
-    for row in ("logged exposure", "upstream order", "DNN", "GReF (pre-train only)", "GReF (pre-train + DPO)"):
+    rows = ("logged exposure", "upstream order", "oracle best list", "features-only best list", "DNN", "GReF",
+            "GReF (pre-train only)", "GReF, paper recipe (L_n + L_o; Rerank-DPO on Eq. 7 pairs)",
+            "list click model + beam search (GReF's teacher)")
+    for row in rows:
         values = [r[row]["oracle_clicks"] for r in per_seed]
         assert agg[row]["oracle_clicks"]["n"] == 2
         assert agg[row]["oracle_clicks"]["mean"] == pytest.approx(np.mean(values))
         assert agg[row]["oracle_clicks"]["std"] == pytest.approx(np.std(values, ddof=1))
     assert per_seed[0]["logged exposure"]["oracle_clicks"] != per_seed[1]["logged exposure"]["oracle_clicks"]
     text = (tmp_path / "exp" / "tables.md").read_text()
-    assert "| DNN |" in text and "| GReF (pre-train + DPO) |" in text and " ± " in text
+    assert "| DNN |" in text and "| GReF |" in text and " ± " in text
+    assert "GReF is the top row" in text and "GReF vs the best baseline (DNN)" in text
     assert (tmp_path / "exp" / "expected_clicks.png").stat().st_size > 0
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("gref")
     runs_before = len(client.search_runs([experiment.experiment_id]))
-    assert runs_before == 1 + 2 * 3  # the parent + per seed: pretrain, dpo, dnn
+    # the parent + per seed: pretrain (GReF, paper), reward, post-train (GReF, paper), dnn
+    assert runs_before == 1 + 2 * 6
     again = experiments.main(args)  # every seed is cached: nothing trains again
     assert len(client.search_runs([experiment.experiment_id])) == runs_before + 1
     assert again["tables"] == result["tables"]

@@ -25,24 +25,34 @@ def inputs(B=5, M=12, seed=1):
 
 
 def naive_decode(model, num, cat, mask, n, heads):
-    """Reference: each pass re-runs the full teacher-forced forward on the prefix."""
+    """Reference: every placement re-runs the full teacher-forced forward on the items placed so
+    far (the pass's start t fixes the decoder state; head j reads the prefix y_<t+j)."""
     B, M = mask.shape
     placed = torch.zeros(B, 0, dtype=torch.long)
     blocked = ~mask.clone()
     while placed.shape[1] < n:
         t = placed.shape[1]
-        seq = torch.cat([placed, torch.zeros(B, 1, dtype=torch.long)], 1)  # last slot: any index
-        logits = model(num, cat, mask, seq[:, None])[:, 0, :, t]  # [B, k, M] at step t
         for j in range(min(heads, n - t)):
-            choice = logits[:, j].masked_fill(blocked, float("-inf")).argmax(-1)
+            seq = torch.cat([placed, torch.zeros(B, 1, dtype=torch.long)], 1)  # last slot: any index
+            logits = model(num, cat, mask, seq[:, None])[:, 0, j, t]  # head j at step t, [B, M]
+            choice = logits.masked_fill(blocked, float("-inf")).argmax(-1)
             blocked[torch.arange(B), choice] = True
             placed = torch.cat([placed, choice[:, None]], 1)
     return placed
 
 
+def with_list_bias(seed=0, k=4):
+    """A model whose list-context terms are non-zero (they start at 0)."""
+    model = make(k=k, seed=seed, list_bias=True)
+    with torch.no_grad():
+        model.list_bias.weight.copy_(torch.tensor([[-0.7, 0.4], [1.1, -0.9]]))
+    return model
+
+
 @pytest.mark.parametrize("heads", [1, 2, 4])
-def test_decoding_matches_the_teacher_forced_model(heads):
-    model = make()
+@pytest.mark.parametrize("factory", [make, with_list_bias])
+def test_decoding_matches_the_teacher_forced_model(heads, factory):
+    model = factory()
     num, cat, mask = inputs()
     got = decode(model, num, cat, mask, 6, heads=heads)
     ref = naive_decode(model, num, cat, mask, 6, heads)
@@ -50,8 +60,9 @@ def test_decoding_matches_the_teacher_forced_model(heads):
 
 
 @pytest.mark.parametrize("heads", [1, 3, 4])
-def test_kv_cache_equals_no_cache(heads):
-    model = make()
+@pytest.mark.parametrize("factory", [make, with_list_bias])
+def test_kv_cache_equals_no_cache(heads, factory):
+    model = factory()
     num, cat, mask = inputs()
     assert torch.equal(decode(model, num, cat, mask, 8, heads=heads, use_cache=True),
                        decode(model, num, cat, mask, 8, heads=heads, use_cache=False))
@@ -140,3 +151,29 @@ def test_rejects_too_long_lists():
     num, cat, mask = inputs()
     with pytest.raises(ValueError, match="max_length"):
         decode(model, num, cat, mask, 9)
+
+
+def test_list_bias_by_hand():
+    from gref.model.reranker import ListBias
+
+    bias = ListBias(2)
+    with torch.no_grad():
+        bias.weight.copy_(torch.tensor([[-0.5, 0.2], [1.0, 3.0]]))  # rows: redundancy, adjacency
+    # 4 candidates; column 0 values 2, 2, 3, 2; column 1 values 5, 6, 6, 1 (1 = OOV: equals nothing)
+    cat = torch.tensor([[[2, 5], [2, 6], [3, 6], [2, 1]]])
+    seq = torch.tensor([[0, 2, 1]])  # shown: cand 0, then 2, then 1
+    got = bias.teacher_forced(cat, seq)[0]  # [N=3, M=4]
+    # q = 0: no prefix
+    assert got[0].tolist() == [0.0] * 4
+    # q = 1: prefix (0). redundancy: col0 same as cand 0 -> cands 0, 1, 3 (-0.5); col1 same -> cand 0 (+0.2)
+    #        adjacency to cand 0: col0 -> 0, 1, 3 (+1.0); col1 -> cand 0 (+3.0)
+    assert got[1].tolist() == pytest.approx([-0.5 + 0.2 + 1.0 + 3.0, -0.5 + 1.0, 0.0, -0.5 + 1.0])
+    # q = 2: prefix (0, 2). redundancy from 0 as above, from 2: col0 -> cand 2 (-0.5), col1 -> cands 1, 2 (+0.2)
+    #        adjacency to cand 2: col0 -> cand 2 (+1.0), col1 -> cands 1, 2 (+3.0)
+    assert got[2].tolist() == pytest.approx([-0.5 + 0.2, -0.5 + 0.2 + 3.0, -0.5 + 0.2 + 1.0 + 3.0, -0.5])
+
+
+def test_beam_search_with_list_bias_is_greedy_at_width_1():
+    model = with_list_bias(k=1)
+    num, cat, mask = inputs(B=4, M=8)
+    assert torch.equal(beam_search(model, num, cat, mask, 5, beam=1), decode(model, num, cat, mask, 5))

@@ -35,7 +35,7 @@ def test_pretrain_in_process_learns_and_checkpoints(ray_cluster, prep_dir, sim_d
     from gref.train.runner import run_training
 
     cfg = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=0", "optim.epochs=3")
-    out = run_training("pretrain", cfg, prep_dir / "sequences" / "train")
+    out = run_training("pretrain", cfg)
     losses = [h["train_loss"] for h in out["history"]]
     assert [h["epoch"] for h in out["history"]] == [0, 1, 2]
     assert losses[-1] < losses[0] * 0.98, losses
@@ -68,27 +68,30 @@ def test_dpo_with_vanishing_beta_stays_at_the_reference(ray_cluster, prep_dir, s
         f"data={prep_dir}", f"run.storage={tmp_path / 'ray'}", f"run.name=dpo-{uuid.uuid4().hex[:8]}",
         f"tracking.uri={mlflow_uri}", "beta=1e-12", "optim.epochs=1", "scaling.num_workers=0",
         "register=false", *TINY])
-    out = run_training("dpo", cfg, prep_dir / "pairs" / "train", init=init)
+    out = run_training("dpo", cfg, init=init)
     after = load_reranker(out["model_dir"])
     for (name, p0), p1 in zip(init.state_dict().items(), after.state_dict().values()):
         assert torch.allclose(p0, p1, atol=1e-6), name
-    assert out["history"][0]["train_loss"] == pytest.approx(0.693147, abs=1e-4)  # log 2
+    assert out["history"][0]["epoch"] == -1  # the initial model is validated first
+    assert out["history"][-1]["train_loss"] == pytest.approx(0.693147, abs=1e-4)  # log 2
 
 
 def test_dpo_moves_towards_winners(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):
     from gref.train.runner import run_training
 
     pre = run_training("pretrain", pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri,
-                                                "scaling.num_workers=0", "optim.epochs=1"),
-                       prep_dir / "sequences" / "train")
+                                                "scaling.num_workers=0", "optim.epochs=1"))
     cfg = load_config(DPOConfig, None, [
         f"data={prep_dir}", f"run.storage={tmp_path / 'ray'}", f"run.name=dpo-{uuid.uuid4().hex[:8]}",
         f"tracking.uri={mlflow_uri}", "optim.epochs=2", "optim.lr=1e-3", "scaling.num_workers=0",
         f"eval.world={sim_dir / 'world'}", *TINY])
-    out = run_training("dpo", cfg, prep_dir / "pairs" / "train", init=load_reranker(pre["model_dir"]))
+    out = run_training("dpo", cfg, init=load_reranker(pre["model_dir"]))
     h = out["history"]
     assert h[-1]["train_accuracy"] > 0.5 and h[-1]["train_reward_margin"] > 0
-    assert h[-1]["val_dpo_loss"] < 0.693
+    assert h[-1]["val_dpo_loss"] < h[0]["val_dpo_loss"] == pytest.approx(0.693147, abs=1e-4)  # init: log 2
+    # the instrumentation: the winners' log-prob rises relative to the losers', the KL leaves 0
+    assert h[-1]["val_chosen_logp"] - h[-1]["val_rejected_logp"] > h[0]["val_chosen_logp"] - h[0]["val_rejected_logp"]
+    assert h[0]["val_kl"] == pytest.approx(0.0, abs=1e-5) and h[-1]["val_kl"] > 0
     assert out["registered_version"] >= 1
     # MLflow: params, per-epoch metrics, artifacts, and the registered model loads and decodes
     from mlflow import MlflowClient
@@ -102,6 +105,7 @@ def test_dpo_moves_towards_winners(ray_cluster, prep_dir, sim_dir, tmp_path, mlf
     assert run.data.params["data.path"] == str(prep_dir.resolve())
     assert len(run.data.params["data.summary_sha256"]) == 16
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_dpo_loss")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "init.val_dpo_loss")] == [0]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"curves.png", "history.json", "reranker", "data"} <= artifacts
     tracking.setup(tracking.TrackingConfig(uri=mlflow_uri))
@@ -116,20 +120,20 @@ def test_resume_after_worker_failure(ray_cluster, prep_dir, sim_dir, tmp_path, m
 
     cfg = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=1", "optim.epochs=3",
                        "run.fail_once_at_epoch=1", "run.max_failures=1")
-    out = run_training("pretrain", cfg, prep_dir / "sequences" / "train")
+    out = run_training("pretrain", cfg)
     assert [h["epoch"] for h in out["history"]] == [0, 1, 2]
     assert "resumed from the checkpoint of epoch 1" in capfd.readouterr().out
     from mlflow import MlflowClient
 
     steps = [m.step for m in MlflowClient(mlflow_uri).get_metric_history(out["mlflow_run_id"], "train_loss")]
-    assert steps == [0, 1, 2]  # each epoch logged once: nothing redone
+    assert steps == [0, 1, 2]  # each epoch logged once: epoch 1 (checkpointed, not yet logged) by the resume
 
 
 def test_two_worker_ddp(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):
     from gref.train.runner import run_training
 
     cfg = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=2", "optim.epochs=1")
-    out = run_training("pretrain", cfg, prep_dir / "sequences" / "train")
+    out = run_training("pretrain", cfg)
     n_train = json.loads((prep_dir / "summary.json").read_text())["sequences"]["train"]
     h = out["history"][0]
     assert 0.4 * n_train <= h["train_samples"] <= 0.6 * n_train  # rank 0 trained on its half
@@ -144,13 +148,19 @@ def test_pipeline_end_to_end(ray_cluster, tmp_path, mlflow_uri):
             "world.days=5", "dataset.test_days=1", "dataset.valid_days=1",
             *[f"{stage}.{o}" for stage in ("pretrain", "dpo") for o in TINY],
             "pretrain.optim.epochs=1", "dpo.optim.epochs=1", "pretrain.scaling.num_workers=0",
-            "dpo.scaling.num_workers=0"]
+            "dpo.scaling.num_workers=0", "dpo.objective=distill", "reward.optim.epochs=1",
+            "reward.scaling.num_workers=0", "reward.eval.max_requests=300"]
     baselines = ["baselines=[nar4rec]", "baseline_overrides={optim.epochs: 1, model.d_model: 16, model.layers: 1, "
                  "optim.batch_size: 128, eval.max_requests: 300}"]
     summary = pipeline.main(args + baselines)
     assert summary["data"]["requests_read"] == 1500
     rows = summary["test"]
-    assert {"logged exposure", "upstream order", "GReF (pre-train only)", "GReF (pre-train + DPO)", "NAR4Rec"} <= set(rows)
+    assert {"logged exposure", "upstream order", "GReF (pre-train only)", pipeline.GREF_ROW, pipeline.TEACHER_ROW,
+            "NAR4Rec", "oracle best list", "features-only best list"} <= set(rows)
+    headroom = rows["features-only best list"]["oracle_clicks"] - rows["logged exposure"]["oracle_clicks"]
+    for r in rows.values():  # the share of the headroom each row captures (undefined when there is none)
+        share = (r["oracle_clicks"] - rows["logged exposure"]["oracle_clicks"]) / headroom if headroom > 0 else None
+        assert r["headroom_share"] == pytest.approx(share, abs=1e-9) if share is not None else r["headroom_share"] != r["headroom_share"]
     assert summary["baselines"]["nar4rec"]["registered_version"] == 1  # the A/B test's default B arm
     for r in rows.values():
         assert r["oracle_clicks"] > 0
@@ -167,7 +177,7 @@ def test_pipeline_end_to_end(ray_cluster, tmp_path, mlflow_uri):
     parent = client.get_run(summary["mlflow_run_id"])
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert len(children) == 3  # pretrain, dpo and the baseline nested under the pipeline run
+    assert len(children) == 4  # pretrain, reward, post-train and the baseline nested under the pipeline run
     assert int(client.get_model_version_by_alias("gref-nar4rec", "champion").version) == 1
 
 
@@ -201,6 +211,84 @@ def test_failed_job_ends_its_mlflow_run_as_failed(ray_cluster, prep_dir, sim_dir
     cfg = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=0", "optim.epochs=2",
                        "run.fail_once_at_epoch=0", "run.max_failures=0")
     with pytest.raises(Exception, match="injected failure"):
-        run_training("pretrain", cfg, prep_dir / "sequences" / "train")
+        run_training("pretrain", cfg)
     run_id = (tmp_path / "ray" / cfg.run.name / "mlflow_run_id").read_text()
     assert MlflowClient(mlflow_uri).get_run(run_id).info.status == "FAILED"
+
+
+def test_post_training_never_exports_a_model_worse_than_its_start(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):
+    """Review defect: the best epoch was chosen among DPO epochs only. With a learning rate that
+    wrecks the policy, the exported model is the initial one (history epoch -1)."""
+    from gref.train.runner import run_training
+
+    pre = run_training("pretrain", pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=0",
+                                                "optim.epochs=1"))
+    init = load_reranker(pre["model_dir"])
+    cfg = load_config(DPOConfig, None, [
+        f"data={prep_dir}", f"run.storage={tmp_path / 'ray'}", f"run.name=dpo-{uuid.uuid4().hex[:8]}",
+        f"tracking.uri={mlflow_uri}", "optim.epochs=1", "optim.lr=3.0", "optim.grad_clip=0", "beta=5",
+        "scaling.num_workers=0", f"eval.world={sim_dir / 'world'}", "register=false", *TINY])
+    out = run_training("dpo", cfg, init=init)
+    assert [h["epoch"] for h in out["history"]] == [-1, 0]
+    assert out["history"][1]["oracle_clicks"] < out["history"][0]["oracle_clicks"]
+    assert out["best"]["epoch"] == -1
+    exported = load_reranker(out["model_dir"])
+    for (name, p0), p1 in zip(init.state_dict().items(), exported.state_dict().values()):
+        assert torch.equal(p0, p1), name
+
+
+def test_selection_minimises_losses_and_refuses_a_metric_never_produced(ray_cluster, prep_dir, sim_dir, tmp_path,
+                                                                        mlflow_uri):
+    from gref.config import ConfigError
+    from gref.train.runner import run_training
+
+    cfg = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=0", "optim.epochs=3",
+                       "eval.metric=val_nll", "optim.lr=3e-2")
+    out = run_training("pretrain", cfg)
+    nll = [h["val_nll"] for h in out["history"]]
+    assert out["best"]["val_nll"] == min(nll) and out["history"][-1]["best_val_nll"] == min(nll)
+    bad = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=0", "eval.metric=val_dpo_loss")
+    with pytest.raises(ConfigError, match="val_dpo_loss"):
+        run_training("pretrain", bad)
+    assert not (tmp_path / "ray" / bad.run.name / "mlflow_run_id").exists()  # refused before any work
+
+
+def test_rerunning_a_finished_job_trains_and_registers_nothing(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):
+    from mlflow import MlflowClient
+
+    from jobs import baseline
+
+    args = ["--data", str(prep_dir), "--kind", "dnn", f"run.storage={tmp_path / 'ray'}", "run.name=dnn-once",
+            f"tracking.uri={mlflow_uri}", "optim.epochs=1", "model.hidden=[16]", "scaling.num_workers=0",
+            "eval.max_requests=200"]
+    first = baseline.main(args)
+    again = baseline.main(args)
+    assert again["registered_version"] == first["registered_version"] == 1
+    client = MlflowClient(mlflow_uri)
+    assert len(client.search_model_versions("name='gref-dnn'")) == 1
+    assert len(client.search_runs([client.get_experiment_by_name("gref").experiment_id])) == 1
+
+
+def test_a_terminated_driver_ends_its_mlflow_run_as_killed(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    name = f"pre-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.pretrain", "--data", str(prep_dir), f"run.name={name}",
+                             f"run.storage={tmp_path / 'ray'}", f"tracking.uri={mlflow_uri}", "optim.epochs=50",
+                             "scaling.num_workers=0", *TINY], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    id_file = tmp_path / "ray" / name / "mlflow_run_id"
+    client = MlflowClient(mlflow_uri)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (id_file.exists() and client.get_metric_history(id_file.read_text(), "train_loss")):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert client.get_run(id_file.read_text()).info.status == "KILLED"

@@ -150,8 +150,7 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
             else:
                 callbacks = [TuneReportCallback(), _mirror_callback(uri, run.info.run_id, name, offset, setup.metric)]
                 init = load_reranker(outcomes["pretrain"]["model_dir"]) if name == "dpo" else None
-                data_path = data / ("pairs" if name == "dpo" else "sequences") / "train"
-                out = run_training(name, stage, data_path, init=init, callbacks=callbacks)
+                out = run_training(name, stage, init=init, callbacks=callbacks)
                 outcomes[name] = {k: out[k] for k in ("model_dir", "best", "mlflow_run_id")}
                 done.write_text(json.dumps(outcomes[name]))
             offset += stage.optim.epochs

@@ -8,7 +8,10 @@ Diversity: distinct ``cat_category`` values among a list's items / its length. L
 wall time of the model's ``rerank`` alone (``timed_rerank``), in batches and one request at a time.
 
 Reference rows: ``logged`` (the exposure order the production policy showed) and
-``upstream`` (the previous stage's top n, in its order).
+``upstream`` (the previous stage's top n, in its order); with a simulated world, the ceilings of
+gref.sim.reference (the oracle's best list and pointwise sort, and the same two from the
+observable features only) and each row's share of the headroom (features-only best list over
+the logged order) it captures.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from gref.data.pairs import padded
 from gref.losses import multi_token_loss
 from gref.metrics import auc, ndcg
 from gref.model.reranker import GenReranker
+from gref.sim.reference import HEADROOM_ROW
+from gref.sim.reference import REFERENCE_ROWS as CEILINGS
 
 DIVERSITY_COLUMN = "cat_category"  # the categorical feature whose distinct values measure diversity
 
@@ -64,7 +69,8 @@ def logged_ranker(b: Batch):
     exposure, lengths = b.exposure.numpy(), b.lengths.numpy()
     valid = np.arange(exposure.shape[1])[None] < lengths[:, None]
     scores = np.where(b.cand_mask.numpy(), -1.0 - np.arange(b.cand_mask.shape[1])[None] / 1e3, -np.inf)
-    np.put_along_axis(scores, exposure, np.where(valid, exposure.shape[1] - np.arange(exposure.shape[1])[None], -1.0), axis=1)
+    rows, slots = np.nonzero(valid)  # padded slots hold candidate 0: never write through them
+    scores[rows, exposure[rows, slots]] = exposure.shape[1] - slots
     return np.where(valid, exposure, -1), scores
 
 
@@ -103,7 +109,8 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
         acc["cs"].append(exp_scores[slot]); acc["cl"].append(click[slot])
         mask = b.cand_mask.numpy()
         exposed = np.zeros_like(mask)
-        np.put_along_axis(exposed, exposure, slot, axis=1)
+        rows, slots = np.nonzero(slot)
+        exposed[rows, exposure[rows, slots]] = True
         acc["es"].append(scores[mask]); acc["el"].append(exposed[mask])
         acc["ns"].append(exp_scores); acc["ng"].append(click); acc["nv"].append(slot)
         width = max(width, exposure.shape[1])
@@ -169,14 +176,36 @@ def evaluate_model(model: nn.Module, table: pa.Table, meta: dict[str, Any], worl
     return out
 
 
+def reference_ranker(name: str, world, features_only) -> Ranker:
+    """A reference row of gref.sim.reference as a ranker (its lists; scores = list order only)."""
+    from gref.model.decoding import list_scores
+    from gref.sim.reference import reference_list
+
+    def rank(b: Batch):
+        placed = reference_list(name, world, features_only, b, int(b.lengths.max()))
+        return placed.numpy(), list_scores(placed, torch.zeros(b.cand_mask.shape), b.cand_mask).numpy()
+    return rank
+
+
 def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, Any], world=None,
-                batch_size: int = 512, device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+                batch_size: int = 512, device: str | torch.device = "cpu",
+                fit_table: pa.Table | None = None) -> dict[str, dict[str, float]]:
     """Reference orders + every model (decoded on ``device``, latency measured), one dict of
-    metrics per row; with a world, each row gets ``click_lift`` = its expected clicks relative to
-    the logged exposure order."""
+    metrics per row. With a world, each row gets ``click_lift`` = its expected clicks relative to
+    the logged exposure order, and -- given ``fit_table`` (the train split, where the features-only
+    reference is fitted) -- the ceilings of gref.sim.reference as rows and every row's
+    ``headroom_share`` = (row - logged) / (features-only best list - logged)."""
     rows = {"logged exposure": evaluate_ranker(logged_ranker, table, meta, world, batch_size),
             "upstream order": evaluate_ranker(upstream_ranker, table, meta, world, batch_size)}
     rows["logged exposure"]["auc_exposure"] = float("nan")  # trivially 1: it defines the exposure
+    if world is not None and fit_table is not None:
+        from gref.sim.reference import fit_features_only
+
+        features_only = fit_features_only(world, fit_table, meta)
+        for name in CEILINGS:
+            rows[name] = evaluate_ranker(reference_ranker(name, world, features_only), table, meta, world, batch_size)
+            for key in ("auc_click", "auc_exposure", "ndcg"):  # its scores are its list order alone
+                rows[name][key] = float("nan")
     for name, model in models.items():
         model = model.to(device)
         rows[name] = evaluate_model(model, table, meta, world, batch_size, device)
@@ -185,11 +214,15 @@ def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, A
         base = rows["logged exposure"]["oracle_clicks"]
         for r in rows.values():
             r["click_lift"] = r["oracle_clicks"] / base - 1.0
+        if fit_table is not None:
+            headroom = rows[HEADROOM_ROW]["oracle_clicks"] - base
+            for r in rows.values():
+                r["headroom_share"] = (r["oracle_clicks"] - base) / headroom if headroom > 0 else float("nan")
     return rows
 
 
 COLUMNS = [("oracle_clicks", "E[clicks]", "{:.4f}"), ("click_lift", "vs logged", "{:+.2%}"),
-           ("oracle_likes", "E[likes]", "{:.4f}"), ("oracle_long_views", "E[long views]", "{:.4f}"),
+           ("headroom_share", "headroom share", "{:.0%}"), ("oracle_likes", "E[likes]", "{:.4f}"), ("oracle_long_views", "E[long views]", "{:.4f}"),
            ("ndcg", "NDCG", "{:.4f}"), ("auc_click", "AUC click", "{:.4f}"),
            ("auc_exposure", "AUC exposure", "{:.4f}"), ("diversity", "diversity", "{:.3f}"),
            ("latency_ms", "ms/req (batch)", "{:.3f}"), ("latency_ms_b1", "ms/req (1 by 1)", "{:.2f}")]
@@ -208,6 +241,9 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+LOGGED_ROWS = ("logged exposure", "upstream order")  # what production and the previous stage showed
+
+
 def bar_chart(rows: dict[str, dict[str, float]], path, title: str = "Expected clicks per request (oracle)"):
     import matplotlib
 
@@ -216,13 +252,21 @@ def bar_chart(rows: dict[str, dict[str, float]], path, title: str = "Expected cl
 
     names = [n for n in rows if "oracle_clicks" in rows[n]]
     values = [rows[n]["oracle_clicks"] for n in names]
-    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.6))
-    bars = ax.bar(names, values, color=["#999999" if n in ("logged exposure", "upstream order") else "#3b7dd8" for n in names])
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.8))
+    bars = ax.bar(names, values, color=[bar_color(n) for n in names],
+                  hatch=["//" if n in CEILINGS else "" for n in names])
     ax.bar_label(bars, fmt="%.3f")
     ax.set_ylim(min(values) * 0.9, max(values) * 1.05)
     ax.set_ylabel("E[clicks] / request")
-    ax.set_title(title)
+    ax.set_title(title + " -- hatched: ceilings no model can reach")
     plt.setp(ax.get_xticklabels(), rotation=15, ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def bar_color(name: str) -> str:
+    """Grey: what was shown and the ceilings; orange: GReF; blue: the other models."""
+    if name in LOGGED_ROWS or name in CEILINGS:
+        return "#999999"
+    return "#d8703b" if name.startswith("GReF") else "#3b7dd8"

@@ -117,10 +117,13 @@ def ordered_loss(logits: Tensor, seq: Tensor, lengths: Tensor, relevance: Tensor
         E[:, j].scatter_(1, perms[:, :j].to(seq.device), 1.0)
     slot_onehot = F.one_hot(window, M).float()  # [B, W, k(slot), M]
     earlier = torch.einsum("pjs,bwsm->bwpjm", E, slot_onehot) > 0  # [B, W, P, k, M]
-    mask = earlier | before[:, :, None, None, :]
+    # a window past the request's length holds padding (repeated items): its permutations would
+    # be -inf and -inf - -inf = NaN, so it is neither masked nor scored (nor, below, paired)
+    mask = (earlier | before[:, :, None, None, :]) & valid[:, :, None, None, None]
     masked = head_logits[:, :, None].expand(B, W, P, k, M).masked_fill(mask, NEG_INF)
     logp = torch.log_softmax(masked, dim=-1)
     perm_logp = torch.gather(logp, 4, perm_items[..., None]).squeeze(-1).sum(-1)  # [B, W, P]
+    perm_logp = perm_logp.masked_fill(~valid[..., None], 0.0)
     gains = rel[:, :, perms] * dcg_weights(k, seq.device)  # [B, W, P, k]
     ideal = (torch.sort(rel, dim=-1, descending=True).values * dcg_weights(k, seq.device)).sum(-1)
     ndcg = gains.sum(-1) / ideal.clamp_min(1e-9)[..., None]  # [B, W, P]
@@ -133,40 +136,73 @@ def ordered_loss(logits: Tensor, seq: Tensor, lengths: Tensor, relevance: Tensor
 
 
 class OMTPLoss(nn.Module):
-    """L_omtp = lambda1 * L_n + lambda2 * L_o (Eq. 11)."""
+    """L_omtp = lambda1 * L_n + lambda2 * L_o (Eq. 11).
 
-    def __init__(self, k: int, lambda1: float = 1.0, lambda2: float = 1.0, max_perms: int = 120):
+    ``window`` > k (used with k = 1): L_o over windows of ``window`` items scored by the single
+    head's step-t distribution, each permutation's log-probability that of drawing it from that
+    distribution without replacement (Plackett-Luce) -- the paper's "L_o alone corresponds to
+    single-head autoregressive pre-training (Eq. 6)" (Table 3), read as Eq. 6 plus Eq. 10 on a
+    single head (README: the L_o ablation)."""
+
+    def __init__(self, k: int, lambda1: float = 1.0, lambda2: float = 1.0, max_perms: int = 120, window: int = 0):
         super().__init__()
-        self.lambda1, self.lambda2 = lambda1, lambda2
-        self.register_buffer("perms", permutations(k, max_perms), persistent=False)
+        self.lambda1, self.lambda2, self.k = lambda1, lambda2, k
+        self.window = max(window, k)
+        self.register_buffer("perms", permutations(self.window, max_perms), persistent=False)
 
     def forward(self, logits: Tensor, seq: Tensor, lengths: Tensor, relevance: Tensor) -> dict[str, Tensor]:
         """logits [B, k, N, M], seq [B, N], lengths [B], relevance [B, N] -> {"loss", "l_n", "l_o"}"""
         l_n = multi_token_loss(logits, seq, lengths)
-        l_o = ordered_loss(logits, seq, lengths, relevance, self.perms) if self.lambda2 else logits.new_zeros(())
+        if self.window > self.k:  # one head scores every slot of the window
+            lo_logits = logits[:, :1].expand(-1, self.window, -1, -1)
+        else:
+            lo_logits = logits
+        l_o = ordered_loss(lo_logits, seq, lengths, relevance, self.perms) if self.lambda2 else logits.new_zeros(())
         return {"loss": self.lambda1 * l_n + self.lambda2 * l_o, "l_n": l_n.detach(), "l_o": l_o.detach()}
 
 
 class RerankDPOLoss(nn.Module):
-    """Rerank-DPO (Eq. 8): -log sigmoid(beta * [(log pi(Y_w) - log ref(Y_w)) - (log pi(Y_l) - log ref(Y_l))]).
+    """Rerank-DPO (Eq. 8) and the well-known variants, on summed sequence log-probs.
 
-    Inputs are summed sequence log-probs, each [B]; ``lengths`` [B] (needed only with
-    sft_weight > 0). Optional, off by default (the paper has no such term): ``sft_weight`` adds
-    the winner's per-item negative log-likelihood, -log pi(Y_w) / n (as in RPO, Pang et al.
-    2024), which keeps DPO from lowering the likelihood of both sequences.
-    Returns {"loss", "dpo", "reward_margin", "accuracy"}.
+    With h = (log pi(Y_w) - log ref(Y_w)) - (log pi(Y_l) - log ref(Y_l)):
+      * ``sigmoid`` (the paper, Eq. 8): -log sigmoid(beta * h);
+        ``label_smoothing`` eps > 0: conservative DPO, -(1 - eps) log s(beta h) - eps log s(-beta h)
+        (the preference label is wrong with probability eps);
+      * ``ipo`` (Azar et al. 2023): (h - 1 / (2 beta))^2 -- a bounded target margin instead of an
+        ever-growing one, so a deterministic preference does not drive the margin to infinity;
+      * ``sft_weight`` > 0 (RPO, Pang et al. 2024): + weight * (-log pi(Y_w) / n), the winner's
+        per-item NLL, which keeps DPO from lowering the likelihood of both sequences;
+      * ``length_norm``: every log-prob divided by its list length n before h (lists of one request
+        have one length; across requests it evens out long and short lists).
+    Inputs: policy / reference log-probs of winner and loser, each [B]; ``lengths`` [B].
+    Returns {"loss", "pref" (the preference term), "reward_margin" (beta h), "accuracy" (h > 0),
+    "chosen_logp", "rejected_logp" (policy, per item), "chosen_reward", "rejected_reward"}.
     """
 
-    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0):
+    LOSSES = ("sigmoid", "ipo")
+
+    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0, loss_type: str = "sigmoid",
+                 label_smoothing: float = 0.0, length_norm: bool = False):
         super().__init__()
-        self.beta, self.sft_weight = beta, sft_weight
+        if loss_type not in self.LOSSES:
+            raise ValueError(f"unknown DPO loss '{loss_type}' (one of {', '.join(self.LOSSES)})")
+        self.beta, self.sft_weight, self.loss_type = beta, sft_weight, loss_type
+        self.label_smoothing, self.length_norm = label_smoothing, length_norm
 
     def forward(self, policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: Tensor,
-                lengths: Tensor | None = None) -> dict[str, Tensor]:
-        margin = self.beta * ((policy_w - ref_w) - (policy_l - ref_l))
-        dpo = -F.logsigmoid(margin).mean()
-        loss = dpo
-        if self.sft_weight:
-            loss = loss + self.sft_weight * (-policy_w / lengths).mean()
-        return {"loss": loss, "dpo": dpo.detach(), "reward_margin": margin.detach().mean(),
-                "accuracy": (margin > 0).float().detach().mean()}
+                lengths: Tensor) -> dict[str, Tensor]:
+        n = lengths.to(policy_w.dtype).clamp_min(1)
+        scale = n if self.length_norm else torch.ones_like(n)
+        chosen, rejected = (policy_w - ref_w) / scale, (policy_l - ref_l) / scale
+        h = chosen - rejected
+        if self.loss_type == "ipo":
+            pref = ((h - 1.0 / (2.0 * self.beta)) ** 2).mean()
+        else:
+            eps = self.label_smoothing
+            pref = (-(1 - eps) * F.logsigmoid(self.beta * h) - eps * F.logsigmoid(-self.beta * h)).mean()
+        loss = pref + self.sft_weight * (-policy_w / n).mean() if self.sft_weight else pref
+        return {"loss": loss, "pref": pref.detach(), "reward_margin": (self.beta * h).detach().mean(),
+                "accuracy": (h > 0).float().detach().mean(),
+                "chosen_logp": (policy_w / n).detach().mean(), "rejected_logp": (policy_l / n).detach().mean(),
+                "chosen_reward": (self.beta * chosen).detach().mean(),
+                "rejected_reward": (self.beta * rejected).detach().mean()}

@@ -4,6 +4,7 @@ docstring for what it keeps of its paper and what it simplifies."""
 
 from __future__ import annotations
 
+from gref.baselines.clickmodel import ListClickModel
 from gref.baselines.common import BaselineReranker
 from gref.baselines.config import KINDS, BaselineConfig
 from gref.baselines.gen_eval import GeneratorEvaluator
@@ -11,8 +12,6 @@ from gref.baselines.nar4rec import NAR4Rec
 from gref.baselines.pointwise import DCN, DNN
 from gref.baselines.prm import PRM
 from gref.baselines.seq2slate import Seq2Slate
-
-from gref.clickmodel.reward import ListClickModel  # noqa: E402  (it builds on the baselines' pieces)
 
 MODELS: dict[str, type[BaselineReranker]] = {
     "dnn": DNN, "dcn": DCN, "prm": PRM, "seq2slate": Seq2Slate, "nar4rec": NAR4Rec, "gen_eval": GeneratorEvaluator,

@@ -75,7 +75,8 @@ class NAR4Rec(BaselineReranker):
     def item_scores(self, num: Tensor, cat: Tensor, cand_mask: Tensor, placed: Tensor) -> Tensor:
         from gref.model.decoding import list_scores
 
-        first = self.matrix(num, cat, cand_mask, 1)[0][:, 0]
+        # position 1 of the same n-position pass that made the list (the queries attend to each other)
+        first = self.matrix(num, cat, cand_mask, placed.shape[1])[0][:, 0]
         return list_scores(placed, first.masked_fill(~cand_mask, 0.0), cand_mask)
 
 

@@ -2,7 +2,7 @@
 
 Used three ways: as the simulated world's oracle in a searchable form (gref.sim.reference), as
 the "features-only" reference fitted on logs, and as the platform's learned list-wise reward
-(gref.clickmodel.reward). One family, so one search (gref.clickmodel.search) serves all three.
+(gref.baselines.clickmodel). One family, so one search (gref.clickmodel.search) serves all three.
 
 For a list y_1..y_L of candidates of one request, with categorical attribute columns c = 1..C
 (e.g. category, series, creator; ids equal = same value):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gref.model.reranker import GenReranker
+from gref.model.reranker import GenReranker, ListBiasState
 
 
 @torch.no_grad()
@@ -40,6 +40,7 @@ def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: i
     blocked = ~cand_mask  # a new tensor: placed items are marked in it
     placed = torch.zeros((B, n), dtype=torch.long, device=z.device)
     x = model.bos_input(B, z.device)  # tokens the next pass feeds the decoder
+    bias = ListBiasState(model.list_bias, cat) if model.list_bias is not None else None
     cache = None
     t = 0
     while t < n:
@@ -51,13 +52,16 @@ def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: i
         h_last = h[:, -1:]  # [B, 1, d]
         take = min(heads, n - t)
         logits = model.head_logits(h_last, z, cand_mask, heads=take)[:, :, 0]  # [B, take, M]
-        if temperature > 0:
-            u = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(1e-9, 1 - 1e-9)
-            logits = logits / temperature - torch.log(-torch.log(u))  # Gumbel-max sampling
         for j in range(take):
-            choice = logits[:, j].masked_fill(blocked, float("-inf")).argmax(dim=-1)
+            head = logits[:, j] if bias is None else logits[:, j] + bias.current()
+            if temperature > 0:  # Gumbel-max: a sample of softmax(head / temperature) over the unblocked
+                u = torch.rand(head.shape, device=head.device, generator=generator).clamp_(1e-9, 1 - 1e-9)
+                head = head / temperature - torch.log(-torch.log(u))
+            choice = head.masked_fill(blocked, float("-inf")).argmax(dim=-1)
             placed[:, t] = choice
             blocked.scatter_(1, choice[:, None], True)  # (not index_put: capturable in a CUDA graph)
+            if bias is not None:
+                bias.place(choice)
             t += 1
         if t < n:  # the next pass reads this pass's items
             new = model.embed_placed(z, placed[:, t - take: t], t - take)
@@ -81,10 +85,13 @@ def beam_search(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor,
     score[:, 1:] = float("-inf")  # all beams start identical: keep one alive at step 0
     seqs = torch.zeros(B * beam, 0, dtype=torch.long, device=z.device)
     x, cache = model.bos_input(B * beam, z.device), None
+    bias = ListBiasState(model.list_bias, cat.repeat_interleave(beam, 0)) if model.list_bias is not None else None
     for t in range(n):
         h, cache = model.decode_hidden(x, memory, memory_bias, cache)
-        logp = torch.log_softmax(model.head_logits(h[:, -1:], zb, maskb, heads=1)[:, 0, 0]
-                                 .masked_fill(blocked, float("-inf")), dim=-1)  # [B*beam, M]
+        logits = model.head_logits(h[:, -1:], zb, maskb, heads=1)[:, 0, 0]
+        if bias is not None:
+            logits = logits + bias.current()
+        logp = torch.log_softmax(logits.masked_fill(blocked, float("-inf")), dim=-1)  # [B*beam, M]
         total = (score.view(-1, 1) + logp).view(B, beam * M)
         score, flat = total.topk(beam, dim=1)
         src = (flat // M + torch.arange(B, device=z.device)[:, None] * beam).view(-1)
@@ -93,6 +100,9 @@ def beam_search(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor,
         blocked = blocked[src]
         blocked[torch.arange(B * beam), item] = True
         cache = [(k[src], v[src]) for k, v in cache]
+        if bias is not None:
+            bias.select(src)
+            bias.place(item)
         x = model.embed_placed(zb, item[:, None], t)
     best = seqs.view(B, beam, n)[:, 0]
     out = torch.full((B, n if n else 0), -1, dtype=torch.long, device=z.device)
@@ -119,8 +129,12 @@ def list_scores(placed: Tensor, item_scores: Tensor, cand_mask: Tensor) -> Tenso
 def score_items(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, placed: Tensor) -> Tensor:
     """Per-candidate score derived from a generated list (``list_scores``), the item score being
     head 0's first-step logit: how much the model wanted the item first. [B, M]"""
+    return list_scores(placed, first_step_logits(model, num, cat, cand_mask), cand_mask)
+
+
+def first_step_logits(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor) -> Tensor:
+    """Head 0's logits at step 0: how much the model wants each candidate first. [B, M] (padding 0)"""
     z = model.encode(num, cat, cand_mask)
     memory, memory_bias = model.memory(z, cand_mask)
     h, _ = model.decode_hidden(model.bos_input(z.shape[0], z.device), memory, memory_bias)
-    first = model.head_logits(h, z, cand_mask, heads=1)[:, 0, 0]  # [B, M]
-    return list_scores(placed, first.masked_fill(~cand_mask, 0.0), cand_mask)
+    return model.head_logits(h, z, cand_mask, heads=1)[:, 0, 0].masked_fill(~cand_mask, 0.0)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gref.clickmodel.structured import same_attribute
 from gref.model.config import ModelConfig
 
 KVCache = list[tuple[Tensor, Tensor]]  # per decoder layer: self-attention (K, V) [B, H, L, dh]
@@ -102,6 +103,60 @@ class OMTPHeads(nn.Module):
         return h[:, None] + torch.einsum("bktd,kde->bkte", x, self.w2[:heads]) + self.b2[:heads, None]
 
 
+class ListBias(nn.Module):
+    """List-context terms added to the logits of Eq. 5 (our addition, ``ModelConfig.list_bias``):
+    the logit of candidate j as the item at list position q gets, per categorical column c,
+        w_red[c] * #{r < q : same_c(y_r, j)}  +  w_adj[c] * same_c(y_{q-1}, j).
+    The decoder could learn such effects through h_t . z_j, but with OMTP a head places its item
+    without re-running the decoder on the items the earlier heads of its pass placed; these terms
+    read that prefix directly (the ordered mask does the same for duplicates), so a list-level
+    effect -- fatigue with repeated categories, affinity for series continuations -- is one weight.
+    Zero-initialised: a fresh model is Eq. 5 exactly."""
+
+    def __init__(self, num_columns: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(2, num_columns))  # [redundancy, adjacency] x column
+
+    def pairwise(self, cat: Tensor) -> tuple[Tensor, Tensor]:
+        """cat [B, M, C] -> (redundancy, adjacency) [B, M, M]: entry (i, j) = the term candidate i,
+        once placed, adds to candidate j."""
+        same = same_attribute(cat, list(range(cat.shape[-1]))).to(self.weight.dtype)  # [B, C, M, M]
+        return torch.einsum("bcij,c->bij", same, self.weight[0]), torch.einsum("bcij,c->bij", same, self.weight[1])
+
+    def teacher_forced(self, cat: Tensor, seq: Tensor) -> Tensor:
+        """cat [B, M, C], seq [B, N] -> bias [B, N, M]: row q is every candidate's term as the item
+        at position q after y_0..y_{q-1}."""
+        red, adj = self.pairwise(cat)
+        idx = seq[..., None].expand(-1, -1, red.shape[-1])  # [B, N, M]
+        red_rows, adj_rows = torch.gather(red, 1, idx), torch.gather(adj, 1, idx)  # row r: y_r's terms
+        before = torch.cumsum(red_rows, dim=1) - red_rows  # sum over r < q
+        prev = torch.cat([torch.zeros_like(adj_rows[:, :1]), adj_rows[:, :-1]], dim=1)  # y_{q-1}
+        return before + prev
+
+
+class ListBiasState:
+    """The list-context terms of ``ListBias`` for partial lists being decoded (one per row)."""
+
+    def __init__(self, bias: ListBias, cat: Tensor):
+        self.red, self.adj = bias.pairwise(cat)
+        self.acc = torch.zeros(self.red.shape[:2], dtype=self.red.dtype, device=cat.device)  # [B, M]
+        self.last = None  # [B, M] adjacency row of the last placed item
+
+    def current(self) -> Tensor:
+        return self.acc if self.last is None else self.acc + self.last
+
+    def place(self, item: Tensor) -> None:
+        """item [B] candidate index placed next."""
+        idx = item[:, None, None].expand(-1, 1, self.red.shape[-1])
+        self.acc = self.acc + torch.gather(self.red, 1, idx)[:, 0]
+        self.last = torch.gather(self.adj, 1, idx)[:, 0]
+
+    def select(self, rows: Tensor) -> None:
+        """Keep the states of ``rows`` (beam search reorders its beams)."""
+        self.red, self.adj, self.acc = self.red[rows], self.adj[rows], self.acc[rows]
+        self.last = None if self.last is None else self.last[rows]
+
+
 class GenReranker(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -119,6 +174,8 @@ class GenReranker(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
         self.dec_norm = nn.LayerNorm(d)
         self.heads = OMTPHeads(cfg.omtp_heads, d)
+        self.list_bias = ListBias(len(cfg.cat_sizes)) if cfg.list_bias else None
+        self.input_dropout = nn.Dropout(cfg.input_dropout)
         self.scale = 1.0 / math.sqrt(d)
 
     @property
@@ -136,7 +193,7 @@ class GenReranker(nn.Module):
             x = x + self.num_proj(num)
         for j, emb in enumerate(self.cat_emb):
             x = x + emb(cat[..., j])
-        z = self.encoder(x, src_key_padding_mask=~cand_mask)
+        z = self.encoder(self.input_dropout(x), src_key_padding_mask=~cand_mask)
         return self.enc_norm(z)
 
     def memory(self, z: Tensor, cand_mask: Tensor) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
@@ -194,7 +251,8 @@ class GenReranker(nn.Module):
 
         sequences [B, S, N]: S orderings per request (e.g. DPO winner and loser), candidate
         indices, padding may hold any valid index (it is ignored by the losses).
-        Returns logits [B, S, k, N, M]: head j at step t scores y_{t+j} given y_<t (Eq. 5, 9).
+        Returns logits [B, S, k, N, M]: head j at step t scores y_{t+j} given y_<t (Eq. 5, 9)
+        (with ``list_bias``, plus the list-context terms of its prefix y_<t+j).
         The candidates are encoded once per request, however many orderings it has.
         """
         B, S, N = sequences.shape
@@ -202,8 +260,12 @@ class GenReranker(nn.Module):
         zs = z.repeat_interleave(S, dim=0)  # [B*S, M, d]
         mask_s = cand_mask.repeat_interleave(S, dim=0)
         seq = sequences.reshape(B * S, N)
-        x = torch.cat([self.bos_input(B * S, z.device), self.embed_placed(zs, seq[:, :-1], 0)], dim=1)
+        x = self.input_dropout(torch.cat([self.bos_input(B * S, z.device), self.embed_placed(zs, seq[:, :-1], 0)], dim=1))
         memory, memory_bias = self.memory(zs, mask_s)
         h, _ = self.decode_hidden(x, memory, memory_bias)
         logits = self.head_logits(h, zs, mask_s)
+        if self.list_bias is not None:  # head j at step t places y_{t+j}: its prefix is y_<t+j
+            bias = self.list_bias.teacher_forced(cat.repeat_interleave(S, dim=0), seq)  # [B*S, N, M]
+            q = (torch.arange(N, device=seq.device)[None] + torch.arange(self.k, device=seq.device)[:, None]).clamp(max=N - 1)
+            logits = logits + bias[:, q]
         return logits.view(B, S, self.k, N, -1)

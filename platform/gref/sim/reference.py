@@ -5,7 +5,7 @@
 * ``features-only (list-aware / pointwise)`` -- the same two searches under a click model of the
   simulator's form fitted by maximum likelihood on the *logged* clicks of the train split, whose
   item logit sees only the observable features (a bilinear user x item form, as the hidden
-  affinity is; gref.clickmodel.reward.ListClickModel with ``FormAttractiveness``). It tells how
+  affinity is; gref.baselines.clickmodel.ListClickModel with ``FormAttractiveness``). It tells how
   much a model that learns from these logs could gain at best, and how much of that needs list
   awareness.
 Every reference list is scored by the exact oracle.
@@ -61,12 +61,12 @@ class FormAttractiveness(nn.Module):
         self.cat_emb = nn.Embedding(cat_sizes[category], rank, padding_idx=0)
         nn.init.zeros_(self.series_emb.weight)
         nn.init.zeros_(self.cat_emb.weight)
-        self.linear = nn.Linear(len(item_num), 1)
+        self.linear = nn.Linear(len(item_num), 1)  # its bias is b
 
     def forward(self, num: Tensor, cat: Tensor, cand_mask: Tensor) -> Tensor:
         u = self.P(num[..., self.user_num])  # [B, M, r]
         v = self.Q(num[..., self.item_num]) + self.series_emb(cat[..., self.series]) + self.cat_emb(cat[..., self.category])
-        return (u * v).sum(-1) + self.linear(num[..., self.item_num]).squeeze(-1)
+        return ((u * v).sum(-1) + self.linear(num[..., self.item_num]).squeeze(-1)).masked_fill(~cand_mask, 0.0)
 
 
 def form_attractiveness(num_cols: list[str], cat_cols: list[str], cat_sizes: list[int]) -> FormAttractiveness:
@@ -74,3 +74,44 @@ def form_attractiveness(num_cols: list[str], cat_cols: list[str], cat_sizes: lis
     user = [i for i, c in enumerate(num_cols) if c.startswith("num_user_")]
     item = [i for i, c in enumerate(num_cols) if not c.startswith("num_user_")]
     return FormAttractiveness(user, item, cat_cols.index("cat_series"), cat_cols.index("cat_category"), cat_sizes)
+
+
+REFERENCE_ROWS = ("oracle best list", "oracle pointwise sort", "features-only best list", "features-only pointwise sort")
+HEADROOM_ROW = "features-only best list"  # the headroom share's denominator: the best a model of these features could do
+
+
+def fit_features_only(world: World, table, meta: dict, steps: int = 400, batch_size: int = 512,
+                      max_requests: int = 10_000, seed: int = 0) -> FormAttractiveness:
+    """E[hidden click logit | observable features]: FormAttractiveness regressed (squared error)
+    on the hidden logit of every candidate of ``table``'s first ``max_requests`` requests -- the
+    limit of what infinitely many logs could teach a model of these features. At least ``steps``
+    Adam steps (whole epochs), however small the table."""
+    from gref.data.batch import collate, iter_tables
+
+    torch.manual_seed(seed)
+    model = form_attractiveness(meta["num_cols"], meta["cat_cols"], meta["cat_sizes"])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    table = table.slice(0, min(max_requests, table.num_rows))
+    for epoch in range(-(-steps // -(-table.num_rows // batch_size))):
+        for part in iter_tables(table, batch_size, shuffle=True, seed=seed + epoch):
+            b = collate(part, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"])
+            truth = oracle_effects(world, b.user_id.numpy(), b.item_id.numpy()).logit
+            loss = ((model(b.num, b.cat, b.cand_mask) - truth) ** 2)[b.cand_mask].mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def reference_list(name: str, world: World, features_only: FormAttractiveness, b, n: int, width: int = 8) -> Tensor:
+    """The reference row ``name``'s list [B, n] (candidate indices, -1 = none) for a batch ``b``
+    (gref.data.batch.Batch with the raw ids of simulated data)."""
+    from gref.clickmodel.search import beam_search, pointwise_order
+
+    fx = oracle_effects(world, b.user_id.numpy(), b.item_id.numpy())
+    if name.startswith("features-only"):
+        with torch.no_grad():
+            estimate = features_only(b.num, b.cat, b.cand_mask)
+        fx = ListEffects(estimate, fx.same, fx.redundancy, fx.adjacency, fx.click_adjacency, fx.examination,
+                         fx.cand_mask)
+    return beam_search(fx, n, width)[0] if name.endswith("best list") else pointwise_order(fx, n)

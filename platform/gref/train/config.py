@@ -11,8 +11,10 @@ from gref.tracking import TrackingConfig
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3  # Adam learning rate (paper: 5e-6 at batch 1024 on 252M requests)
-    weight_decay: float = 0.0
+    lr: float = 1e-3  # AdamW learning rate (paper: Adam 5e-6 at batch 1024 on 252M requests)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay (0 = Adam)
+    schedule: str = "constant"  # constant | cosine (linear warm-up, then cosine decay to 0 over all epochs)
+    warmup: float = 0.05  # cosine: share of the steps spent warming up
     batch_size: int = 256  # per worker (paper: 1024)
     epochs: int = 6
     grad_clip: float = 1.0  # max grad norm; 0 = off
@@ -34,7 +36,8 @@ class ScalingConfig:
 class EvalConfig:
     world: str = ""  # simulated world dir (DIR/world) for the oracle; "" = no oracle metrics
     max_requests: int = 2000  # validation requests evaluated each epoch
-    metric: str = "auto"  # model-selection metric: auto = oracle_clicks with a world, else ndcg
+    metric: str = "auto"  # model-selection metric: auto = oracle_clicks with a world, else ndcg; losses and
+    #                       NLLs (val_nll, val_loss, val_dpo_loss) are minimised, every other metric maximised
     batch_size: int = 512
 
 
@@ -45,7 +48,7 @@ class RunSettings:
     max_failures: int = 1  # worker failures tolerated; training resumes from the last checkpoint
     seed: int = 0
     log_every_steps: int = 50  # progress line every N steps on rank 0 (0 = per epoch only)
-    fail_once_at_epoch: int = -1  # fault injection for tests: raise once after this epoch's checkpoint
+    fail_once_at_epoch: int = -1  # fault injection for tests: raise once after this epoch's checkpoint, before its MLflow log
 
 
 @dataclass
@@ -55,6 +58,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     lambda1: float = 1.0  # weight of L_n (Eq. 11)
     lambda2: float = 1.0  # weight of L_o (Eq. 11); 0 with model.omtp_heads=1 = plain Eq. 6
+    lo_window: int = 0  # items per L_o window; 0 = the k heads; > k with k = 1: Eq. 10 on a single head
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSettings = field(default_factory=RunSettings)
@@ -62,10 +66,30 @@ class PretrainConfig:
 
 
 @dataclass
+class OnPolicySettings:
+    samples: int = 8  # lists sampled from the policy per request (besides its greedy list)
+    temperature: float = 1.0  # sampling temperature (1 = the policy's own distribution)
+    search_list: bool = True  # add the reward's own beam-search list as a candidate
+    min_gap: float = 0.0  # skip a request whose best and worst lists differ by less (reward units)
+
+
+@dataclass
 class DPOConfig:
-    data: str = ""  # prepared data dir; trains on pairs/train
+    """Post-training (the paper's Rerank-DPO stage and the list-level options beyond it)."""
+
+    data: str = ""  # prepared data dir
     init: str = ""  # pre-trained model: directory, models:/name@alias or runs:/...; "" = from scratch
+    objective: str = "dpo"  # dpo: a preference loss on pairs | distill: the NLL of the reward's best list
+    pairs: str = "logged"  # dpo: logged = Eq. 7 pairs of jobs.prepare (the paper) | onpolicy = the
+    #                        reward's best vs worst of lists the policy produces (train.onpolicy)
+    reward: str = ""  # distill / onpolicy: a list click model (jobs.reward; dir or URI), or "oracle" =
+    #                   the simulated world's exact user model (a diagnostic reference, needs eval.world)
+    search_width: int = 4  # beam width of the reward's list search (distill targets, onpolicy search list)
+    onpolicy: OnPolicySettings = field(default_factory=OnPolicySettings)
     beta: float = 0.1  # Eq. 8 temperature (paper: 0.1)
+    loss_type: str = "sigmoid"  # sigmoid = Eq. 8 | ipo
+    label_smoothing: float = 0.0  # conservative DPO: the probability a preference label is wrong
+    length_norm: bool = False  # log-probs per item (divided by the list length) before the margin
     sft_weight: float = 0.0  # + weight * NLL(winner) per item (RPO); 0 = the paper's pure DPO
     decode_heads: int = 0  # heads per pass in log pi(Y); 0 = all the model's heads (its decoding)
     model: ModelConfig = field(default_factory=ModelConfig)  # used only when init = ""
@@ -91,3 +115,16 @@ class BaselineTrainConfig:
 
     def registry_name(self) -> str:
         return self.registered_model or f"gref-{self.model.kind.replace('_', '-')}"
+
+
+@dataclass
+class RewardConfig(BaselineTrainConfig):
+    """The list-wise reward of post-training (jobs.reward): a list click model
+    (gref.baselines.clickmodel) fitted to the logged clicks, anchored on a pre-trained GReF."""
+
+    init: str = ""  # the pre-trained GReF whose first-step logits anchor a(i) (dir or URI); "" = a DCN over the features
+    model: BaselineConfig = field(default_factory=lambda: BaselineConfig(kind="clickmodel"))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, epochs=2))
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(metric="val_loss"))  # held-out click NLL
+    register: bool = False  # a training artifact of post-training, not a serving candidate
+    registered_model: str = "gref-clickmodel"

@@ -5,7 +5,7 @@ Per request: the policy's greedy list, ``samples`` lists sampled from it (temper
 optionally the reward model's own beam-search list -- a list that can bring candidates in that
 the policy would not place yet. A list-level reward scores every one; the pair is (best, worst).
 Rewards:
-  * ``ListClickModel`` (gref.clickmodel.reward): the learned list-wise click model -- what a
+  * ``ListClickModel`` (gref.baselines.clickmodel): the learned list-wise click model -- what a
     team without a simulator has;
   * ``OracleReward``: the simulated world's exact expected clicks -- a diagnostic reference only
     (it is what a perfect reward model would say).
@@ -44,7 +44,7 @@ class ListReward(Protocol):
 
 
 class ModelReward:
-    """A learned list-wise reward (gref.clickmodel.reward.ListClickModel), frozen."""
+    """A learned list-wise reward (gref.baselines.clickmodel.ListClickModel), frozen."""
 
     def __init__(self, model, beam_width: int | None = None):
         self.model = model.eval().requires_grad_(False)

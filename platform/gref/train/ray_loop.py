@@ -1,17 +1,23 @@
-"""The Ray Train worker loop shared by pre-training (L_omtp), Rerank-DPO and the baselines
-(each a gref.baselines model whose forward returns its own losses).
+"""The Ray Train worker loop shared by pre-training (L_omtp), post-training (the DPO stage:
+Rerank-DPO on logged or on-policy pairs, or distillation of a list-wise reward's best lists) and
+the baselines (each a gref.baselines model whose forward returns its own losses).
 
 Runs on every worker of a TorchTrainer (DDP via prepare_model; gloo on CPU, NCCL on GPU):
 reads its shard of the train dataset, trains an epoch, validates on rank 0, checkpoints
-(model, optimizer, epoch, best-so-far weights, metric history) and reports on every rank.
-Resuming (worker failure, or the job re-run with the same run name) continues after the
-last reported epoch.
+(model, optimizer, schedule, epoch, best-so-far weights, metric history) and reports on every
+rank; the epoch's MLflow metrics are logged once the checkpoint is reported, so a crash in
+between re-runs the epoch without logging it twice (a resumed run logs whatever epochs of its
+history MLflow lacks). Post-training first validates the initial model (history epoch -1): the
+exported model is never worse on validation than the one post-training started from.
+Resuming (worker failure, or the job re-run with the same run name) continues after the last
+reported epoch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import sys
 import tempfile
 import time
@@ -24,15 +30,8 @@ import torch
 from gref.data.batch import collate, read_split
 from gref.losses import OMTPLoss, RerankDPOLoss
 from gref.model.io import model_from_config
-from gref.train.steps import (
-    build_baseline_model,
-    build_model,
-    dpo_loss,
-    evaluate,
-    pretrain_loss,
-    selection_metric,
-    unwrap,
-)
+from gref.train import objectives as obj
+from gref.train.steps import better, build_baseline_model, build_model, evaluate, selection_metric
 
 
 def _autocast(device: torch.device, mode: str):
@@ -54,6 +53,30 @@ def log_mlflow(tracking: dict | None, metrics: dict[str, float], step: int) -> N
     MlflowClient(tracking["uri"]).log_batch(tracking["run_id"], metrics=batch)
 
 
+def _log_epoch(tracking: dict | None, entry: dict[str, Any]) -> None:
+    """One history entry to MLflow: epoch e at step e; the initial model's validation (epoch -1)
+    as ``init.<metric>``."""
+    metrics = {k: v for k, v in entry.items() if k != "epoch"}
+    if entry["epoch"] < 0:
+        metrics = {f"init.{k}": v for k, v in metrics.items()}
+    log_mlflow(tracking, metrics, max(entry["epoch"], 0))
+
+
+def _relog_missing(tracking: dict | None, history: list[dict[str, Any]]) -> None:
+    """After a resume: log the history entries MLflow does not have yet (a crash after the
+    checkpoint was reported but before the metrics were logged)."""
+    if not tracking:
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking["uri"])
+    logged = {m.step for m in client.get_metric_history(tracking["run_id"], "train_samples")}
+    has_init = bool(client.get_metric_history(tracking["run_id"], "init.requests"))
+    for entry in history:
+        if (entry["epoch"] < 0 and not has_init) or (entry["epoch"] >= 0 and entry["epoch"] not in logged):
+            _log_epoch(tracking, entry)
+
+
 def _say(message: str) -> None:
     """Progress line. Not print(): Train V2 patches print in workers to tee it into its logger,
     and with Ray's wrapped stdout every line reached the driver twice."""
@@ -61,11 +84,107 @@ def _say(message: str) -> None:
     sys.stdout.flush()
 
 
+def _schedule(opt: torch.optim.Optimizer, optim, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """constant, or linear warm-up then cosine decay to 0 over all epochs' steps."""
+    total = max(1, optim.epochs * steps_per_epoch)
+    warm = max(1, int(optim.warmup * total))
+
+    def factor(step: int) -> float:
+        if optim.schedule != "cosine":
+            return 1.0
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _initial_model(stage: str, cfg, meta: dict, config: dict[str, Any]) -> torch.nn.Module:
+    if config.get("init_state") is not None:
+        model = model_from_config(config["init_model_cfg"])
+        model.load_state_dict(config["init_state"])
+        return model
+    return build_baseline_model(cfg.model, meta) if stage == "baseline" else build_model(cfg.model, meta)
+
+
+def _reward(cfg, config: dict[str, Any], device: torch.device):
+    """The list-level reward of post-training: a frozen list click model, or the simulated oracle."""
+    from gref.train.onpolicy import ModelReward, OracleReward
+
+    if cfg.reward == "oracle":
+        from gref.sim.world import World
+
+        return OracleReward(World.load(cfg.eval.world), cfg.search_width)
+    model = model_from_config(config["reward_model_cfg"])
+    model.load_state_dict(config["reward_state"])
+    return ModelReward(model.to(device), cfg.search_width)
+
+
+def _objective(stage: str, cfg, model, reference, config: dict[str, Any], device: torch.device,
+               seed: int) -> obj.Objective:
+    if stage == "baseline":
+        return obj.BaselineLoss()
+    if stage == "pretrain":
+        return obj.Pretrain(OMTPLoss(model.k, cfg.lambda1, cfg.lambda2, window=cfg.lo_window).to(device))
+    heads = cfg.decode_heads or model.k
+    if cfg.objective == "distill":
+        return obj.Distill(_reward(cfg, config, device))
+    loss_fn = RerankDPOLoss(cfg.beta, cfg.sft_weight, cfg.loss_type, cfg.label_smoothing, cfg.length_norm)
+    if cfg.pairs == "onpolicy":
+        from gref.train.onpolicy import OnPolicyConfig
+
+        return obj.OnPolicyDPO(reference, loss_fn, heads, _reward(cfg, config, device),
+                               OnPolicyConfig(**asdict(cfg.onpolicy)),
+                               torch.Generator(device=device).manual_seed(seed))
+    return obj.LoggedDPO(reference, loss_fn, heads)
+
+
+class _Validation:
+    """Rank 0's validation: metrics of the decoded lists (oracle ones with a world) and, for
+    post-training, the instrumentation of its loss (gref.train.objectives.post_validation)."""
+
+    def __init__(self, stage: str, cfg, meta: dict, device: torch.device):
+        self.stage, self.cfg, self.meta, self.device = stage, cfg, meta, device
+        data = Path(cfg.data)
+        valid = read_split(data / "sequences" / "valid")
+        self.valid = valid.slice(0, min(cfg.eval.max_requests, valid.num_rows))
+        self.world = self.logged_clicks = None
+        if cfg.eval.world:
+            from gref.evaluation import evaluate_ranker, logged_ranker
+            from gref.sim.world import World
+
+            self.world = World.load(cfg.eval.world)
+            # the logged order does not change between epochs: score it once
+            self.logged_clicks = evaluate_ranker(logged_ranker, self.valid, meta, self.world,
+                                                 cfg.eval.batch_size)["oracle_clicks"]
+        self.pairs = self.sequences = None
+        if stage == "dpo":
+            F, C, w = meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"]
+            self.sequences = collate(self.valid.slice(0, 512), F, C, w).to(device)
+            if (data / "pairs" / "valid").exists():
+                pairs = read_split(data / "pairs" / "valid")
+                self.pairs = collate(pairs.slice(0, min(512, pairs.num_rows)), F, C, w).to(device)
+
+    def __call__(self, net, reference, objective) -> dict[str, Any]:
+        net.eval()
+        out = evaluate(net, self.valid, self.meta, self.cfg.eval.batch_size, self.world, self.device,
+                       self.logged_clicks)
+        if self.stage == "dpo":
+            heads = self.cfg.decode_heads or net.k
+            out.update(obj.post_validation(net, reference, objective, self.pairs, self.sequences, heads))
+        return out
+
+
+SHOWN = ("train_loss", "val_nll", "val_loss", "val_dpo_loss", "val_distill_nll", "val_kl", "ndcg",
+         "oracle_clicks", "oracle_click_lift")
+
+
 def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
     stage, cfg, meta = config["stage"], config["cfg"], config["meta"]
+    tracking = config.get("tracking")
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.manual_seed(cfg.run.seed + rank)
@@ -73,54 +192,41 @@ def train_loop(config: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.scaling.threads_per_worker)
     device = ray.train.torch.get_device()
 
-    if config.get("init_state") is not None:
-        model = model_from_config(config["init_model_cfg"])
-        model.load_state_dict(config["init_state"])
-    elif stage == "baseline":
-        model = build_baseline_model(cfg.model, meta)
-    else:
-        model = build_model(cfg.model, meta)
-    reference = None
-    if stage == "dpo":  # pi_ref: frozen copy of the initial model
-        reference = copy.deepcopy(model).to(device).eval().requires_grad_(False)
-        dpo_fn = RerankDPOLoss(cfg.beta, cfg.sft_weight)
-        heads = cfg.decode_heads or model.k
-    elif stage == "pretrain":
-        omtp_fn = OMTPLoss(model.k, cfg.lambda1, cfg.lambda2).to(device)
+    model = _initial_model(stage, cfg, meta, config)
+    # pi_ref: frozen copy of the initial model
+    reference = copy.deepcopy(model).to(device).eval().requires_grad_(False) if stage == "dpo" else None
+    objective = _objective(stage, cfg, model, reference, config, device, cfg.run.seed + rank)
     model = ray.train.torch.prepare_model(model)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
+                            weight_decay=cfg.optim.weight_decay)
+    schedule = _schedule(opt, cfg.optim, config.get("steps_per_epoch", 1))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.scaling.mixed_precision == "fp16")
+    metric_name = selection_metric(cfg.eval.metric, bool(cfg.eval.world))
 
     start_epoch, best, best_state, history = 0, None, None, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
-        unwrap(model).load_state_dict(state["model"])
+        obj.unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
         start_epoch, best, best_state, history = state["epoch"] + 1, state["best"], state["best_model"], state["history"]
         if rank == 0:
             _say(f"[{stage}] resumed from the checkpoint of epoch {state['epoch']}")
+            _relog_missing(tracking, history)
 
-    valid = valid_pairs = world = logged_clicks = None
-    if rank == 0:
-        data = Path(cfg.data)
-        valid = read_split(data / "sequences" / "valid")
-        valid = valid.slice(0, min(cfg.eval.max_requests, valid.num_rows))
-        if stage == "dpo" and (data / "pairs" / "valid").exists():
-            valid_pairs = read_split(data / "pairs" / "valid")
-            valid_pairs = valid_pairs.slice(0, min(cfg.eval.max_requests, valid_pairs.num_rows))
-        if cfg.eval.world:
-            from gref.evaluation import evaluate_ranker, logged_ranker
-            from gref.sim.world import World
+    validate = _Validation(stage, cfg, meta, device) if rank == 0 else None
+    if rank == 0 and stage == "dpo" and start_epoch == 0:  # the initial model is a candidate too
+        net = obj.unwrap(model)
+        init = {"epoch": -1, **validate(net, reference, objective)}
+        best, best_state = init[metric_name], {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        history.append({k: v for k, v in init.items() if isinstance(v, (int, float))})
+        _log_epoch(tracking, history[-1])
+        _say(f"[{stage}] initial model: " + ", ".join(f"{k}={v:.4f}" for k, v in init.items() if k in SHOWN))
 
-            world = World.load(cfg.eval.world)
-            # the logged order does not change between epochs: score it once
-            logged_clicks = evaluate_ranker(logged_ranker, valid, meta, world, cfg.eval.batch_size)["oracle_clicks"]
-    metric_name = selection_metric(cfg.eval.metric, bool(cfg.eval.world))
     shard = ray.train.get_dataset_shard("train")
     F, C, weights = meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"]
-
     for epoch in range(start_epoch, cfg.optim.epochs):
         model.train()
         t0, seen, sums, steps = time.time(), 0, {}, 0
@@ -129,13 +235,7 @@ def train_loop(config: dict[str, Any]) -> None:
                                         local_shuffle_seed=cfg.run.seed + epoch):
             batch = collate(table, F, C, weights).to(device)
             with _autocast(device, cfg.scaling.mixed_precision):
-                if stage == "dpo":
-                    out = dpo_loss(model, reference, dpo_fn, batch, heads)
-                elif stage == "pretrain":
-                    out = pretrain_loss(model, omtp_fn, batch)
-                else:  # a baseline's forward is its training loss
-                    out = model(batch)
-            out = {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
+                out = objective(model, batch)
             opt.zero_grad(set_to_none=True)
             scaler.scale(out["loss"]).backward()
             if cfg.optim.grad_clip:
@@ -143,6 +243,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             scaler.step(opt)
             scaler.update()
+            schedule.step()
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().item() * batch.size
             seen += batch.size
@@ -150,35 +251,33 @@ def train_loop(config: dict[str, Any]) -> None:
             if rank == 0 and cfg.run.log_every_steps and steps % cfg.run.log_every_steps == 0:
                 _say(f"[{stage}] epoch {epoch + 1} step {steps}: loss {sums['loss'] / seen:.4f}, "
                      f"{seen / (time.time() - t0):.0f} samples/s")
-        metrics: dict[str, Any] = {"epoch": epoch, "train_samples": seen,
+        metrics: dict[str, Any] = {"epoch": epoch, "train_samples": seen, "lr": schedule.get_last_lr()[0],
                                    "samples_per_s": seen / max(time.time() - t0, 1e-9)}
         metrics.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items()})
 
         checkpoint = None
         if rank == 0:
-            net = unwrap(model)
-            metrics.update(evaluate(net, valid, meta, cfg.eval.batch_size, world, device, logged_clicks))
-            if valid_pairs is not None and valid_pairs.num_rows:
-                with torch.no_grad():
-                    vb = collate(valid_pairs, F, C, weights).to(device)
-                    metrics["val_dpo_loss"] = float(dpo_loss(net, reference, dpo_fn, vb, heads)["loss"])
-            if best is None or metrics[metric_name] > best:
+            net = obj.unwrap(model)
+            metrics.update(validate(net, reference, objective))
+            if metric_name not in metrics:
+                raise KeyError(f"eval.metric '{metric_name}' is not a validation metric of this stage "
+                               f"(it has: {', '.join(sorted(k for k in metrics if k != 'epoch'))})")
+            if better(metrics[metric_name], best, metric_name):
                 best = metrics[metric_name]
                 best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             metrics["best_" + metric_name] = best
             history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-            log_mlflow(config.get("tracking"), {k: v for k, v in metrics.items() if k != "epoch"}, epoch)
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                              if k in ("train_loss", "val_nll", "val_dpo_loss", "ndcg", "auc_exposure",
-                                       "oracle_clicks", "oracle_click_lift"))
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in SHOWN)
             _say(f"[{stage}] epoch {epoch + 1}/{cfg.optim.epochs} ({seen} samples, "
                  f"{metrics['samples_per_s']:.0f}/s): {shown}")
             tmp = Path(tempfile.mkdtemp(prefix="gref-ckpt-"))
-            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                        "best": best, "best_model": best_state, "history": history,
+            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
+                        "epoch": epoch, "best": best, "best_model": best_state, "history": history,
                         "model_cfg": asdict(net.cfg), "metric": metric_name}, tmp / "state.pt")
             checkpoint = ray.train.Checkpoint.from_directory(str(tmp))
         # the temp dir is removed once uploaded to storage (in-process mode keeps it: it is the checkpoint)
         ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
-        if epoch == cfg.run.fail_once_at_epoch and start_epoch == 0:
+        if epoch == cfg.run.fail_once_at_epoch and start_epoch == 0:  # after the checkpoint, before MLflow hears
             raise RuntimeError(f"injected failure after epoch {epoch} (run.fail_once_at_epoch)")
+        if rank == 0:
+            _log_epoch(tracking, history[-1])

@@ -1,12 +1,18 @@
 """Driver side of a training job: one MLflow run, one TorchTrainer.fit, the best model exported.
 
 The MLflow run id is stored beside the Ray Train run (``<storage>/<name>/mlflow_run_id``),
-so re-running a job with the same run name resumes both the training and its MLflow run.
+so re-running a job with the same run name resumes both the training and its MLflow run; a run
+that already finished with the same config is not trained, logged or registered again
+(``outcome.json`` beside it holds what it produced). A driver stopped by SIGTERM / Ctrl-C ends
+its MLflow run as KILLED (a SIGKILLed one stays RUNNING until the same command resumes it).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -15,10 +21,11 @@ from typing import Any
 import torch
 
 from gref import tracking
-from gref.config import flatten, to_dict
+from gref.cli import log
+from gref.config import ConfigError, flatten, to_dict
 from gref.model.io import model_from_config, save_reranker
 from gref.train.ray_loop import train_loop
-from gref.train.steps import data_meta, selection_metric
+from gref.train.steps import data_meta, metric_mode, selection_metric, validation_metrics
 
 
 def _use_gpu(requested: bool | None) -> bool:
@@ -29,12 +36,56 @@ def _use_gpu(requested: bool | None) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def run_training(stage: str, cfg: Any, dataset_path: Path, init: torch.nn.Module | None = None,
-                 callbacks: list | None = None) -> dict[str, Any]:
-    """Fit ``stage`` ("pretrain" | "dpo" | "baseline") and export/log the best model. Returns an
-    outcome dict.
+def train_split(stage: str, cfg: Any) -> Path:
+    """What ``stage`` trains on: the prepared sequences, or for Rerank-DPO on logged pairs the
+    Eq. 7 pairs."""
+    data = Path(cfg.data).resolve()
+    if stage == "dpo" and cfg.objective == "dpo" and cfg.pairs == "logged":
+        return data / "pairs" / "train"
+    return data / "sequences" / "train"
 
-    ``callbacks``: Ray Train ``UserCallback``s (a Tune sweep passes TuneReportCallback)."""
+
+def check_config(stage: str, cfg: Any, gref_model: bool) -> str:
+    """Fail before any work on a setting the loop could only trip over later. -> selection metric."""
+    metric = selection_metric(cfg.eval.metric, bool(cfg.eval.world))
+    post = {"objective": cfg.objective, "pairs": cfg.pairs} if stage == "dpo" else None
+    known = validation_metrics(stage, gref_model, bool(cfg.eval.world), post)
+    if metric not in known:
+        raise ConfigError(f"eval.metric '{metric}' is not produced by {stage} validation "
+                          f"(one of: {', '.join(sorted(known))})")
+    if stage == "dpo":
+        if cfg.objective not in ("dpo", "distill") or cfg.pairs not in ("logged", "onpolicy"):
+            raise ConfigError(f"objective must be dpo | distill and pairs logged | onpolicy "
+                              f"(got objective={cfg.objective}, pairs={cfg.pairs})")
+        needs_reward = cfg.objective == "distill" or cfg.pairs == "onpolicy"
+        if needs_reward and not cfg.reward:
+            raise ConfigError(f"objective={cfg.objective} pairs={cfg.pairs} needs a list-level reward: "
+                              "reward=<list click model dir or URI (jobs.reward)> or reward=oracle")
+        if cfg.reward == "oracle" and not cfg.eval.world:
+            raise ConfigError("reward=oracle needs the simulated world (eval.world=DIR/world)")
+    return metric
+
+
+def _best_entry(history: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    sign = -1.0 if metric_mode(metric) == "min" else 1.0
+    return max(history, key=lambda h: sign * h.get(metric, -sign * float("inf")))
+
+
+class _Stopped(Exception):
+    """SIGTERM reached the driver."""
+
+
+def _raise_stopped(signum, frame):
+    raise _Stopped(f"signal {signum}")
+
+
+def run_training(stage: str, cfg: Any, init: torch.nn.Module | None = None,
+                 callbacks: list | None = None) -> dict[str, Any]:
+    """Fit ``stage`` ("pretrain" | "dpo" | "baseline") on ``train_split(stage, cfg)`` and
+    export/log the best model. Returns an outcome dict.
+
+    ``init``: the initial model (post-training's policy and reference; a reward model with its
+    anchor loaded). ``callbacks``: Ray Train ``UserCallback``s (a Tune sweep passes TuneReportCallback)."""
     import mlflow
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -42,40 +93,52 @@ def run_training(stage: str, cfg: Any, dataset_path: Path, init: torch.nn.Module
 
     from gref.ray_utils import init_ray
 
-    init_ray()
     data = Path(cfg.data).resolve()
     cfg.data = str(data)
     if cfg.eval.world:
         cfg.eval.world = str(Path(cfg.eval.world).resolve())
+    metric = check_config(stage, cfg, gref_model=stage != "baseline")
     label = cfg.model.kind if stage == "baseline" else stage
     name = cfg.run.name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = Path(cfg.run.storage).resolve()
     run_dir = storage / name
     run_dir.mkdir(parents=True, exist_ok=True)
+    params = flatten(to_dict(cfg))
+    done = run_dir / "outcome.json"
+    if done.exists() and json.loads(done.read_text()).get("params") == json.loads(json.dumps(params, default=str)):
+        log(stage, f"run {name} already finished with this config: nothing trained or registered again")
+        return json.loads(done.read_text())["outcome"]
     meta = data_meta(data)
 
+    init_ray()
     tracking.setup(cfg.tracking)
     mlflow.set_experiment(cfg.tracking.experiment)
     nested = mlflow.active_run() is not None  # under the pipeline's run when there is one
     active, resumed = tracking.resumable_run(run_dir / "mlflow_run_id", name, nested=nested)
+    # (signal handlers can only be set from the main thread; a Tune trial runs elsewhere)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if main_thread else None
     try:
         if not resumed:
-            params = flatten(to_dict(cfg))
-            params.update(tracking.data_lineage(data))
-            params["stage"] = stage
-            mlflow.log_params({k: ("" if v is None else str(v))[:500] for k, v in params.items()})
+            mlflow.log_params({k: ("" if v is None else str(v))[:500] for k, v in params.items()}
+                              | {k: str(v) for k, v in tracking.data_lineage(data).items()} | {"stage": stage})
             mlflow.log_artifact(str(data / "summary.json"), artifact_path="data")
         use_gpu = _use_gpu(cfg.scaling.use_gpu)
         workers = cfg.scaling.num_workers
         resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+        train_ds = ray.data.read_parquet(str(train_split(stage, cfg)), num_cpus=cfg.scaling.read_cpus)
+        if cfg.scaling.materialize:  # epochs then read the object store, not Parquet (README: benchmarks)
+            train_ds = train_ds.materialize()
         loop_config = {"stage": stage, "cfg": cfg, "meta": meta,
+                       "steps_per_epoch": math.ceil(train_ds.count() / max(workers, 1) / cfg.optim.batch_size),
                        "tracking": {"uri": tracking.tracking_uri(cfg.tracking), "run_id": active.info.run_id}}
         if init is not None:
             loop_config["init_state"] = {k: v.cpu() for k, v in init.state_dict().items()}
             loop_config["init_model_cfg"] = asdict(init.cfg)
-        train_ds = ray.data.read_parquet(str(dataset_path), num_cpus=cfg.scaling.read_cpus)
-        if cfg.scaling.materialize:  # epochs then read the object store, not Parquet (README: benchmarks)
-            train_ds = train_ds.materialize()
+        if stage == "dpo" and cfg.reward and cfg.reward != "oracle":
+            reward = tracking.load_reranker_uri(cfg.reward)
+            loop_config["reward_state"] = reward.state_dict()
+            loop_config["reward_model_cfg"] = asdict(reward.cfg)
         trainer = TorchTrainer(
             train_loop,
             train_loop_config=loop_config,
@@ -94,14 +157,13 @@ def run_training(stage: str, cfg: Any, dataset_path: Path, init: torch.nn.Module
             state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
         best = model_from_config(state["model_cfg"])
         best.load_state_dict(state["best_model"])
-        metric = selection_metric(cfg.eval.metric, bool(cfg.eval.world))
-        best_epoch = max(state["history"], key=lambda h: h.get(metric, float("-inf")))
+        best_epoch = _best_entry(state["history"], metric)
         model_dir = save_reranker(run_dir / "model", best, data / "features.json",
                                   extra={"stage": stage, "run_name": name, "metric": metric,
                                          "best_epoch": best_epoch})
-        plot = tracking.plot_curves(state["history"], ["train_loss", "val_nll", "val_dpo_loss", "ndcg",
-                                                       "oracle_clicks"], run_dir / "curves.png",
-                                    f"{label} {name}")
+        plot = tracking.plot_curves(state["history"], ["train_loss", "val_nll", "val_loss", "val_dpo_loss",
+                                                       "val_distill_nll", "val_kl", "ndcg", "oracle_clicks"],
+                                    run_dir / "curves.png", f"{label} {name} (epoch -1 = the initial model)")
         mlflow.log_artifact(str(plot))
         (run_dir / "history.json").write_text(json.dumps(state["history"], indent=2))
         mlflow.log_artifact(str(run_dir / "history.json"))
@@ -113,11 +175,19 @@ def run_training(stage: str, cfg: Any, dataset_path: Path, init: torch.nn.Module
         mlflow.set_tags({"gref.stage": stage, "gref.best_epoch": best_epoch["epoch"],
                          **({"gref.baseline": cfg.model.kind} if stage == "baseline" else {})})
         mlflow.end_run("FINISHED")
+    except (_Stopped, KeyboardInterrupt):
+        mlflow.end_run("KILLED")
+        raise
     except BaseException:
         mlflow.end_run("FAILED")
         raise
-    return {"stage": stage, "run_name": name, "run_dir": str(run_dir), "model_dir": str(model_dir),
-            "mlflow_run_id": active.info.run_id, "model_uri": logged["model_uri"],
-            "checkpoint": result.checkpoint.path,
-            "registered_version": logged["version"], "selection_metric": metric,
-            "best": best_epoch, "history": state["history"]}
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    outcome = {"stage": stage, "run_name": name, "run_dir": str(run_dir), "model_dir": str(model_dir),
+               "mlflow_run_id": active.info.run_id, "model_uri": logged["model_uri"],
+               "checkpoint": result.checkpoint.path,
+               "registered_version": logged["version"], "selection_metric": metric,
+               "best": best_epoch, "history": state["history"]}
+    done.write_text(json.dumps({"params": params, "outcome": outcome}, default=str, indent=2))
+    return outcome

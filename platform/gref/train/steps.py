@@ -1,5 +1,5 @@
-"""Ray-free training pieces shared by the Ray Train loop, tests and benchmarks:
-model construction, one optimisation step per stage, and validation."""
+"""Ray-free training pieces shared by the Ray Train loop, tests and benchmarks: model
+construction, validation, and the model-selection metric (gref.train.objectives: the losses)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ import torch
 from torch import nn
 
 from gref.baselines import BaselineConfig, BaselineReranker, build_baseline
-from gref.data.batch import Batch
 from gref.data.features import FeatureSpec
-from gref.losses import OMTPLoss, RerankDPOLoss, sequence_log_prob
 from gref.model.config import ModelConfig
 from gref.model.reranker import GenReranker
 
@@ -26,6 +24,7 @@ def data_meta(data_dir: str | Path) -> dict[str, Any]:
     spec = FeatureSpec.load(data_dir / "features.json")
     summary = json.loads((data_dir / "summary.json").read_text())
     return {"num_features": len(spec.num_cols), "cat_sizes": spec.cat_sizes, "cat_cols": spec.cat_cols,
+            "num_cols": spec.num_cols,
             "feedback_weights": summary["config"]["feedback_weights"]}
 
 
@@ -39,27 +38,6 @@ def build_baseline_model(cfg: BaselineConfig, meta: dict[str, Any]) -> BaselineR
     return build_baseline(replace(cfg, num_features=meta["num_features"], cat_sizes=list(meta["cat_sizes"])))
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-def pretrain_loss(model: nn.Module, loss_fn: OMTPLoss, batch: Batch) -> dict[str, torch.Tensor]:
-    logits = model(batch.num, batch.cat, batch.cand_mask, batch.exposure[:, None])[:, 0]
-    return loss_fn(logits, batch.exposure, batch.lengths, batch.relevance)
-
-
-def dpo_loss(policy: nn.Module, reference: GenReranker, loss_fn: RerankDPOLoss, batch: Batch,
-             heads: int) -> dict[str, torch.Tensor]:
-    """Winner and loser through one batched forward (encoder runs once per request)."""
-    seqs = torch.stack([batch.winner, batch.loser], dim=1)  # [B, 2, N]
-    logits = policy(batch.num, batch.cat, batch.cand_mask, seqs)  # [B, 2, k, N, M]
-    with torch.no_grad():
-        ref_logits = reference(batch.num, batch.cat, batch.cand_mask, seqs)
-    lp = [sequence_log_prob(logits[:, s], seqs[:, s], batch.lengths, heads) for s in (0, 1)]
-    ref = [sequence_log_prob(ref_logits[:, s], seqs[:, s], batch.lengths, heads) for s in (0, 1)]
-    return loss_fn(lp[0], lp[1], ref[0], ref[1], batch.lengths)
-
-
 def evaluate(model: nn.Module, table: pa.Table, meta: dict[str, Any], batch_size: int = 512,
              world=None, device: str | torch.device = "cpu",
              logged_clicks: float | None = None) -> dict[str, float]:
@@ -69,13 +47,55 @@ def evaluate(model: nn.Module, table: pa.Table, meta: dict[str, Any], batch_size
     from gref.evaluation import evaluate_model
 
     out = evaluate_model(model, table, meta, world, batch_size, device)
+    if isinstance(model, BaselineReranker):  # its own training loss on validation
+        out["val_loss"] = baseline_loss(model, table, meta, batch_size, device)
     if world is not None and logged_clicks is not None:
         out["oracle_clicks_logged"] = logged_clicks
         out["oracle_click_lift"] = out["oracle_clicks"] / logged_clicks - 1.0
     return out
 
 
+@torch.no_grad()
+def baseline_loss(model: BaselineReranker, table: pa.Table, meta: dict[str, Any], batch_size: int = 512,
+                  device: str | torch.device = "cpu") -> float:
+    """A baseline's ``forward`` loss on a table, averaged over requests."""
+    from gref.data.batch import collate, iter_tables
+
+    total, n = 0.0, 0
+    for part in iter_tables(table, batch_size, shuffle=False):
+        b = collate(part, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"]).to(device)
+        total += float(model(b)["loss"]) * b.size
+        n += b.size
+    return total / max(n, 1)
+
+
 def selection_metric(cfg_metric: str, has_world: bool) -> str:
     if cfg_metric != "auto":
         return cfg_metric
     return "oracle_clicks" if has_world else "ndcg"
+
+
+def metric_mode(name: str) -> str:
+    """"min" for losses and negative log-likelihoods, "max" for every other validation metric."""
+    return "min" if name.endswith(("_loss", "_nll", "val_kl")) else "max"
+
+
+def better(value: float, best: float | None, name: str) -> bool:
+    """Is ``value`` of metric ``name`` an improvement on ``best`` (None = nothing yet)?"""
+    if best is None:
+        return True
+    return value < best if metric_mode(name) == "min" else value > best
+
+
+def validation_metrics(stage: str, gref_model: bool, has_world: bool, post: dict | None = None) -> set[str]:
+    """The metrics the validation of ``stage`` produces, any of which may select the best epoch.
+    ``post``: the post-training config (objective, pairs) when stage == "dpo"."""
+    names = {"ndcg", "auc_click", "auc_exposure", "diversity"}
+    names |= {"val_nll"} if gref_model else {"val_loss"}
+    if has_world:
+        names |= {"oracle_clicks", "oracle_likes", "oracle_long_views", "oracle_click_lift"}
+    if stage == "dpo":
+        names |= {"val_kl"}
+        names |= {"val_distill_nll"} if post and post.get("objective") == "distill" else {
+            "val_dpo_loss", "val_reward_margin", "val_reward_accuracy", "val_chosen_logp", "val_rejected_logp"}
+    return names

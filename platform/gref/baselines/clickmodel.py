@@ -3,8 +3,11 @@
 P(click at p | list) = e_p * q_p with the structured list effects of gref.clickmodel.structured:
   * e_p, examination by position, monotone: e_1 = 1, e_p = e_{p-1} * sigmoid(theta_p) (position
     bias factored out of the item's appeal, as in the position-based click model);
-  * a(i), the item's click logit from its features alone (a DCN-V2 over every numeric and
-    categorical feature + the upstream rank: the same input as the DCN baseline);
+  * a(i), the item's click logit. Default (``anchor``): s * g(i) + b, where g(i) is a frozen
+    pre-trained GReF's first-step logit -- what it learned about each candidate from the exposure
+    orders of the whole log -- and only the scale s and bias b are fitted to clicks; without an
+    anchor, a DCN-V2 over every feature + the upstream rank, fitted to clicks alone (it overfits
+    them: README, the reward-model ablation);
   * list effects through attribute equality on every categorical column c: redundancy (per earlier
     item sharing c), adjacency (item right above shares c), adjacency after a click -- a
     weight each per column, learned; nothing says which column matters.
@@ -34,10 +37,40 @@ from gref.clickmodel.structured import ListEffects, expected_clicks, same_attrib
 from gref.data.batch import Batch
 
 
+class PolicyAttractiveness(nn.Module):
+    """a(i) = scale * (a frozen GenReranker's first-step logit of i) + bias. [B, M]"""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy.eval().requires_grad_(False)
+        self.scale = nn.Parameter(torch.tensor(0.5))
+        self.bias = nn.Parameter(torch.tensor(-1.5))
+
+    def train(self, mode: bool = True):  # the anchor stays frozen in eval mode (no dropout)
+        super().train(mode)
+        self.policy.eval()
+        return self
+
+    def forward(self, num: Tensor, cat: Tensor, cand_mask: Tensor) -> Tensor:
+        from gref.model.decoding import first_step_logits
+
+        with torch.no_grad():
+            first = first_step_logits(self.policy, num, cat, cand_mask)
+        return self.scale * first + self.bias
+
+
 class ListClickModel(BaselineReranker):
     def __init__(self, cfg: BaselineConfig, attractiveness: nn.Module | None = None):
         super().__init__(cfg)
-        self.attractiveness = attractiveness if attractiveness is not None else DCN(cfg)
+        if attractiveness is None:
+            if cfg.anchor:
+                from gref.model.config import ModelConfig
+                from gref.model.reranker import GenReranker
+
+                attractiveness = PolicyAttractiveness(GenReranker(ModelConfig(**cfg.anchor)))
+            else:
+                attractiveness = DCN(cfg)
+        self.attractiveness = attractiveness
         C = len(cfg.cat_sizes)
         self.redundancy = nn.Parameter(torch.zeros(C))
         self.adjacency = nn.Parameter(torch.zeros(C))

@@ -1,0 +1,59 @@
+"""Fit the list-wise reward of post-training: a click model of whole lists (position bias, each
+item's appeal, list effects through shared attributes) on the logged clicks, its item appeal
+anchored on a pre-trained GReF. Ray Train, like every model of the platform.
+
+    python -m jobs.reward --data OUT/prep --init <pre-trained GReF: dir | models:/... | runs:/...> [key=value ...]
+
+Without --init the item appeal is a DCN over the features, fitted to clicks alone (an ablation).
+The model selected is the epoch with the lowest held-out click NLL (``eval.metric=val_loss``);
+its validation also reports the expected clicks of its own beam-search lists (with a simulated
+world, by the oracle). ``python -m jobs.dpo objective=distill reward=<its model dir>`` post-trains
+GReF on its best lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from gref.cli import log, parser, print_json, resolve_config
+from gref.train.config import RewardConfig
+
+
+def train(cfg: RewardConfig) -> dict:
+    """Fit the reward (``cfg.init`` = the anchor); the runner's outcome dict."""
+    from gref import tracking
+    from gref.baselines.clickmodel import ListClickModel
+    from gref.train.runner import run_training
+    from gref.train.steps import build_baseline_model, data_meta
+
+    init = None
+    if cfg.init:
+        tracking.setup(cfg.tracking)
+        policy = tracking.load_reranker_uri(cfg.init)
+        init = build_baseline_model(replace(cfg.model, kind="clickmodel", anchor=asdict(policy.cfg)), data_meta(cfg.data))
+        assert isinstance(init, ListClickModel)
+        init.attractiveness.policy.load_state_dict(policy.state_dict())
+    return run_training("baseline", cfg, init=init)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser("jobs.reward", __doc__)
+    p.add_argument("--data", help="prepared data dir (overrides config 'data')")
+    p.add_argument("--init", help="pre-trained GReF anchoring the item appeal (overrides config 'init')")
+    args = p.parse_args(argv)
+    if args.data:
+        args.overrides = [f"data={args.data}", *args.overrides]
+    if args.init:
+        args.overrides = [f"init={args.init}", *args.overrides]
+    cfg = resolve_config(RewardConfig, args)
+    if not cfg.data or not (Path(cfg.data) / "sequences" / "train").exists():
+        raise SystemExit(f"no prepared data at '{cfg.data}' (give --data OUT of jobs.prepare)")
+    outcome = train(cfg)
+    log("reward", f"best epoch {outcome['best']['epoch']} by {outcome['selection_metric']}; model in {outcome['model_dir']}")
+    print_json({k: outcome[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best")})
+    return outcome
+
+
+if __name__ == "__main__":
+    main()
