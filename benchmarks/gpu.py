@@ -5,13 +5,14 @@ JSON; needs only torch, numpy and pyarrow -- no Ray, no MLflow).
 
 1. Decode latency per request, m = 30 candidates, n = 10 placed, batch 1 and 64, paper-sized
    models (4 encoder + 4 decoder layers, d = 128): GReF with k = 1 / 2 / 4 / 8 OMTP heads (KV
-   cache), GReF k = 1 without the cache (step by step: the paper's "GReF w/o OMTP") and NAR4Rec
+   cache, list-context logits as the default recipe trains them), GReF k = 1 without the cache (step by step: the paper's "GReF w/o OMTP") and NAR4Rec
    (4 layers), each in the decode modes of gref.model.accel: eager, torch.compile (the models
    named by --compile: compiling is slow) and CUDA graphs. Every mode's lists are checked equal
    to eager's on fresh random inputs. Median of interleaved rounds, CUDA-synchronised.
 2. Training throughput (samples/s) of the step functions the Ray Train loop runs
    (gref.train.objectives.pretrain_loss with L_omtp, k = 4; dpo_loss with winner + loser in one
-   batched forward), batch 1024 (the paper's), fp32 and bf16 autocast, Adam, on synthetic batches.
+   batched forward; distill_loss, the default post-training, with its reward's beam search),
+   batch 1024 (the paper's), fp32 and bf16 autocast, AdamW, on synthetic batches.
 Paper Table 2 (T4, per request): GReF 12.97 ms, GReF w/o OMTP 24.29 ms, NAR4Rec 12.67 ms.
 """
 
@@ -23,6 +24,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -30,11 +32,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "platform"))  # runs without installing gref
 
 from gref.baselines import BaselineConfig, build_baseline  # noqa: E402
+from gref.baselines.clickmodel import ListClickModel  # noqa: E402
 from gref.data.batch import Batch  # noqa: E402
 from gref.losses import OMTPLoss, RerankDPOLoss  # noqa: E402
 from gref.model import GenReranker, ModelConfig, decode  # noqa: E402
 from gref.model.accel import accelerated_rerank  # noqa: E402
-from gref.train.objectives import dpo_loss, pretrain_loss  # noqa: E402
+from gref.train.objectives import Distill, LoggedDPO, Pretrain  # noqa: E402
+from gref.train.onpolicy import ModelReward  # noqa: E402
 
 M, N, F, CATS = 30, 10, 19, [22, 2002, 26, 402, 10]  # the simulated world's feature shapes
 
@@ -59,7 +63,7 @@ def decode_latency(device, rounds: int, compile_names: set[str], d_model: int, l
 
     def gref(k: int) -> GenReranker:
         cfg = ModelConfig(num_features=F, cat_sizes=CATS, d_model=d_model, n_heads=4, enc_layers=layers,
-                          dec_layers=layers, omtp_heads=k)
+                          dec_layers=layers, omtp_heads=k, list_bias=True)  # as the default recipe trains it
         return GenReranker(cfg).to(device).eval()
 
     models = {f"k{k}": gref(k) for k in (1, 2, 4, 8)}
@@ -115,16 +119,23 @@ def synthetic_batch(batch: int, device, seed: int) -> Batch:
 
 
 def training_throughput(device, steps: int, batch: int, d_model: int, layers: int) -> dict:
+    """samples/s of each stage's step: pre-training with L_n + L_o (the paper) and L_n alone (the
+    default recipe), Rerank-DPO on pairs, and distillation of a list click model's beam search."""
     out = {}
+    cfg = ModelConfig(num_features=F, cat_sizes=CATS, d_model=d_model, n_heads=4, enc_layers=layers,
+                      dec_layers=layers, omtp_heads=4, list_bias=True)
     for precision in ("fp32", "bf16"):
-        for stage in ("pretrain", "dpo"):
+        for stage in ("pretrain_ln_lo", "pretrain_ln", "dpo", "distill"):
             torch.manual_seed(0)
-            cfg = ModelConfig(num_features=F, cat_sizes=CATS, d_model=d_model, n_heads=4, enc_layers=layers,
-                              dec_layers=layers, omtp_heads=4)
             model = GenReranker(cfg).to(device).train()
             reference = GenReranker(cfg).to(device).eval().requires_grad_(False)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-            omtp, dpo = OMTPLoss(4).to(device), RerankDPOLoss(0.1)
+            reward_model = ListClickModel(BaselineConfig(kind="clickmodel", num_features=F, cat_sizes=CATS,
+                                                         anchor=asdict(cfg))).to(device).eval()
+            objective = {"pretrain_ln_lo": Pretrain(OMTPLoss(4, 1.0, 1.0).to(device)),
+                         "pretrain_ln": Pretrain(OMTPLoss(4, 1.0, 0.0).to(device)),
+                         "dpo": LoggedDPO(reference, RerankDPOLoss(0.1), 4),
+                         "distill": Distill(ModelReward(reward_model, 4))}[stage]
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
             batches = [synthetic_batch(batch, device, s) for s in range(4)]
             ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext())
             rates = []
@@ -133,7 +144,7 @@ def training_throughput(device, steps: int, batch: int, d_model: int, layers: in
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 with ctx:
-                    loss = (pretrain_loss(model, omtp, b) if stage == "pretrain" else dpo_loss(model, reference, dpo, b, 4))["loss"]
+                    loss = objective(model, b)["loss"]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

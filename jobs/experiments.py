@@ -55,6 +55,7 @@ class ExperimentConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)  # post-training of the GReF row
     baseline_overrides: dict = field(default_factory=dict)  # dotted keys for every baseline config
     eval_max_requests: int = 0  # test requests evaluated per seed (0 = all)
+    parallel: int = 1  # (world, seed) units trained at once (Ray tasks), the torch threads split between them
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -105,10 +106,10 @@ LABELS = {
 TEACHER = "reward"  # the default recipe's reward model, evaluated as a reranker of its own
 
 TABLE_ROWS = {
-    "baselines": ["gref", "pre", "paper", TEACHER],  # after the references and the baselines
+    "baselines": ["gref", "pre", TEACHER],  # after the references and the baselines
     "post": ["gref", "pre", "post_only", "onpolicy", "dcn_reward", "oracle_teacher", "dpo", "ipo", "cdpo", "rpo",
              "dpo_lnorm"],
-    "pretraining": ["gref", "no_list_bias", "ln_lo", "lo_single"],
+    "pretraining": ["gref", "no_list_bias", "ln_lo", "lo_single", "paper"],
 }
 REFERENCES = ("logged exposure", "upstream order", "oracle best list", "oracle pointwise sort",
               "features-only best list", "features-only pointwise sort")
@@ -222,6 +223,55 @@ def run_seed(cfg: ExperimentConfig, world: str, seed: int) -> dict[str, dict[str
     dirs = train_models(cfg, world, prep, world_dir, root)
     models = {_label(i): load_reranker(d) for i, d in dirs.items()}
     return evaluate.run(prep, models, report_dir, str(world_dir), "test", cfg.eval_max_requests)
+
+
+def _unit(cfg: ExperimentConfig, world: str, seed: int, parent_run_id: str | None) -> dict[str, dict[str, float]]:
+    """One (world, seed) unit in a Ray task: its runs nest under the experiments run."""
+    import mlflow
+
+    from gref import tracking
+
+    tracking.setup(cfg.tracking)
+    mlflow.set_experiment(cfg.tracking.experiment)
+    mlflow.start_run(run_id=parent_run_id)  # this process's runs nest under it
+    try:
+        return run_seed(cfg, world, seed)
+    finally:
+        mlflow.end_run("RUNNING")  # leave this process; the driver ends the run
+
+
+def run_units(cfg: ExperimentConfig, units: list[tuple[str, int]], parent_run_id: str,
+              started: float) -> dict[tuple[str, int], dict]:
+    """Every (world, seed) unit; ``cfg.parallel`` of them at once as Ray tasks, the torch threads
+    of the in-process training split between them."""
+    if cfg.parallel <= 1:
+        out = {}
+        for world, seed in units:
+            log("experiments", f"--- world {world}, seed {seed} ({time.time() - started:.0f}s so far)")
+            out[(world, seed)] = run_seed(cfg, world, seed)
+        return out
+    import ray
+
+    from gref.ray_utils import init_ray
+
+    init_ray()
+    threads = max(1, cfg.pretrain.scaling.threads_per_worker // cfg.parallel)
+    # (baselines train with the pre-training's scaling)
+    unit_cfg = override(cfg, {f"{stage}.scaling.threads_per_worker": threads for stage in ("pretrain", "reward", "dpo")})
+    # fractional CPUs: the Ray Data and Train work inside each unit must still find a CPU to run on
+    task = ray.remote(num_cpus=0.5 / cfg.parallel)(_unit)
+    pending, out = {}, {}
+    queue = list(units)
+    while queue or pending:
+        while queue and len(pending) < cfg.parallel:
+            world, seed = queue.pop(0)
+            log("experiments", f"--- world {world}, seed {seed} starts ({time.time() - started:.0f}s so far)")
+            pending[task.remote(unit_cfg, world, seed, parent_run_id)] = (world, seed)
+        done, _ = ray.wait(list(pending), num_returns=1)
+        unit = pending.pop(done[0])
+        out[unit] = ray.get(done[0])
+        log("experiments", f"--- world {unit[0]}, seed {unit[1]} done ({time.time() - started:.0f}s so far)")
+    return out
 
 
 def _label(model_id: str) -> str:
@@ -409,12 +459,11 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     aggs, per_seed = {}, {}
     with mlflow.start_run(run_name=f"experiments-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()})
+        units = [(world, seed) for world in cfg.worlds for seed in cfg.seeds]
+        reports = run_units(cfg, units, parent.info.run_id, started)
         for world in cfg.worlds:
-            reports = []
-            for seed in cfg.seeds:
-                log("experiments", f"--- world {world}, seed {seed} ({time.time() - started:.0f}s so far)")
-                reports.append(run_seed(cfg, world, seed))
-            aggs[world], per_seed[world] = aggregate(reports), reports
+            per_seed[world] = [reports[(world, seed)] for seed in cfg.seeds]
+            aggs[world] = aggregate(per_seed[world])
         text = write_tables(cfg, aggs, per_seed, out)
         chart(aggs, out / "expected_clicks.png")
         for f in ("tables.md", "tables.json", "expected_clicks.png", "experiments.yaml"):

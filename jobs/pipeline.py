@@ -54,10 +54,10 @@ TEACHER_ROW = "list click model + beam search (GReF's teacher)"  # the reward mo
 
 
 def baseline_kinds(requested: list[str]) -> list[str]:
-    from gref.baselines import KINDS
+    from gref.baselines import KINDS, PAPER_KINDS
 
     if "all" in requested:
-        return list(KINDS)
+        return list(PAPER_KINDS)
     unknown = sorted(set(requested) - set(KINDS))
     if unknown:
         raise SystemExit(f"config error: baselines: unknown kind(s) {unknown} (known: {', '.join(KINDS)}, all)")

@@ -16,7 +16,7 @@ from gref.baselines.config import BaselineConfig
 from gref.clickmodel.search import beam_search, pointwise_order
 from gref.clickmodel.structured import ListEffects, expected_clicks, same_attribute
 from gref.sim.reference import oracle_effects
-from gref.sim.user_model import expected_feedback, sample_feedback
+from gref.sim.user_model import expected_feedback
 from gref.sim.world import World, WorldConfig
 
 SMALL = dict(n_users=60, n_items=300, n_series=20, n_categories=6, n_creators=40)
@@ -140,7 +140,7 @@ def test_reward_model_recovers_list_effects_from_clicks():
     a click-conditioned bonus on the other): the fitted ListClickModel finds their signs and sizes."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    B, M, N, C = 6000, 12, 6, 2
+    B, M, N = 6000, 12, 6
     appeal = torch.randn(50) * 0.8 - 0.5
     item = torch.stack([torch.randperm(50, generator=g)[:M] for _ in range(B)])
     attrs = torch.stack([item % 4 + 2, item // 10 + 2], dim=-1)  # category-like and series-like columns

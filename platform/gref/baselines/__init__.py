@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from gref.baselines.clickmodel import ListClickModel
 from gref.baselines.common import BaselineReranker
-from gref.baselines.config import KINDS, BaselineConfig
+from gref.baselines.config import KINDS, PAPER_KINDS, BaselineConfig
 from gref.baselines.gen_eval import GeneratorEvaluator
 from gref.baselines.nar4rec import NAR4Rec
 from gref.baselines.pointwise import DCN, DNN
@@ -26,4 +26,4 @@ def build_baseline(cfg: BaselineConfig) -> BaselineReranker:
     return MODELS[cfg.kind](cfg)
 
 
-__all__ = ["KINDS", "LABELS", "MODELS", "BaselineConfig", "BaselineReranker", "build_baseline"]
+__all__ = ["KINDS", "LABELS", "PAPER_KINDS", "MODELS", "BaselineConfig", "BaselineReranker", "build_baseline"]

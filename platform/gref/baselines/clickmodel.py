@@ -92,7 +92,7 @@ class ListClickModel(BaselineReranker):
 
     def effects(self, num: Tensor, cat: Tensor, cand_mask: Tensor) -> ListEffects:
         return ListEffects(logit=self.item_logits(num, cat, cand_mask),
-                           same=same_attribute(cat, list(range(cat.shape[-1]))),
+                           same=same_attribute(cat),
                            redundancy=self.redundancy, adjacency=self.adjacency,
                            click_adjacency=self.click_adjacency, examination=self.examination(),
                            cand_mask=cand_mask)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from gref.config import ConfigError
 
 KINDS = ("dnn", "dcn", "prm", "seq2slate", "nar4rec", "gen_eval", "clickmodel")
+PAPER_KINDS = KINDS[:-1]  # the paper's comparisons (``baselines=[all]``); clickmodel is GReF's reward (jobs.reward)
 
 
 @dataclass

@@ -120,7 +120,7 @@ class ListBias(nn.Module):
     def pairwise(self, cat: Tensor) -> tuple[Tensor, Tensor]:
         """cat [B, M, C] -> (redundancy, adjacency) [B, M, M]: entry (i, j) = the term candidate i,
         once placed, adds to candidate j."""
-        same = same_attribute(cat, list(range(cat.shape[-1]))).to(self.weight.dtype)  # [B, C, M, M]
+        same = same_attribute(cat).to(self.weight.dtype)  # [B, C, M, M]
         return torch.einsum("bcij,c->bij", same, self.weight[0]), torch.einsum("bcij,c->bij", same, self.weight[1])
 
     def teacher_forced(self, cat: Tensor, seq: Tensor) -> Tensor:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from gref.data.batch import collate, read_split
 from gref.losses import OMTPLoss, RerankDPOLoss
 from gref.model.io import model_from_config
 from gref.train import objectives as obj
-from gref.train.steps import better, build_baseline_model, build_model, evaluate, selection_metric
+from gref.train.steps import better, build_baseline_model, build_model, evaluate, lr_schedule, selection_metric
 
 
 def _autocast(device: torch.device, mode: str):
@@ -82,21 +81,6 @@ def _say(message: str) -> None:
     and with Ray's wrapped stdout every line reached the driver twice."""
     sys.stdout.write(message + "\n")
     sys.stdout.flush()
-
-
-def _schedule(opt: torch.optim.Optimizer, optim, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """constant, or linear warm-up then cosine decay to 0 over all epochs' steps."""
-    total = max(1, optim.epochs * steps_per_epoch)
-    warm = max(1, int(optim.warmup * total))
-
-    def factor(step: int) -> float:
-        if optim.schedule != "cosine":
-            return 1.0
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _initial_model(stage: str, cfg, meta: dict, config: dict[str, Any]) -> torch.nn.Module:
@@ -199,7 +183,7 @@ def train_loop(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
                             weight_decay=cfg.optim.weight_decay)
-    schedule = _schedule(opt, cfg.optim, config.get("steps_per_epoch", 1))
+    schedule = lr_schedule(opt, cfg.optim, config.get("steps_per_epoch", 1))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.scaling.mixed_precision == "fp16")
     metric_name = selection_metric(cfg.eval.metric, bool(cfg.eval.world))
 

@@ -4,6 +4,7 @@ construction, validation, and the model-selection metric (gref.train.objectives:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,21 @@ def baseline_loss(model: BaselineReranker, table: pa.Table, meta: dict[str, Any]
         total += float(model(b)["loss"]) * b.size
         n += b.size
     return total / max(n, 1)
+
+
+def lr_schedule(opt: torch.optim.Optimizer, optim, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """constant, or linear warm-up then cosine decay to 0 over all epochs' steps."""
+    total = max(1, optim.epochs * steps_per_epoch)
+    warm = max(1, int(optim.warmup * total))
+
+    def factor(step: int) -> float:
+        if optim.schedule != "cosine":
+            return 1.0
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def selection_metric(cfg_metric: str, has_world: bool) -> str:
