@@ -15,9 +15,9 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 
-## 1. set up a fresh machine and run the main job (simulate -> prepare -> pretrain -> dpo -> evaluate -> register)
+## 1. set up a fresh machine and run the main job (simulate -> prepare -> pretrain -> reward -> post-train -> evaluate -> register)
 demo: venv
-	RAY_AUTH_MODE=disabled $(BIN)/python -m jobs.pipeline --config configs/pipeline.yaml $(ARGS)
+	$(BIN)/python -m jobs.pipeline --config configs/pipeline.yaml $(ARGS)
 
 ## 2. run the tests (a real local Ray cluster, a real MLflow store)
 test: venv

@@ -62,7 +62,8 @@ class ExperimentConfig:
 @dataclass(frozen=True)
 class Recipe:
     """How one GReF row is trained: overrides of the experiment's pre-training and post-training
-    configs (None = the stage is skipped), and whether its reward anchors on the pre-trained GReF."""
+    configs (None = the stage is skipped), and whether its reward (always fitted on the default
+    pre-trained GReF's data) anchors on that GReF or is a DCN over the features."""
 
     pretrain: dict | None = field(default_factory=dict)
     post: dict | None = field(default_factory=dict)
@@ -166,11 +167,12 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
         name = _name("pre", overrides)
         return _trained(storage, name) or run_training("pretrain", stage_cfg(override(cfg.pretrain, overrides), name))["model_dir"]
 
-    def reward(pre_name: str, pre_dir: str | None, anchored: bool) -> str:
-        name = f"reward-{pre_name}" if anchored else "reward-dcn"
+    def reward(anchored: bool) -> str:
+        """The teacher: anchored on the default pre-trained GReF, or a DCN appeal (an ablation)."""
+        name = "reward-pre" if anchored else "reward-dcn"
         if found := _trained(storage, name):
             return found
-        rcfg = stage_cfg(replace(cfg.reward, init=pre_dir if anchored else ""), name)
+        rcfg = stage_cfg(replace(cfg.reward, init=pretrained({}) if anchored else ""), name)
         return reward_job.train(rcfg)["model_dir"]
 
     dirs: dict[str, str] = {}
@@ -191,14 +193,13 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
         if not (found := _trained(storage, name)):
             post = override(replace(cfg.dpo, register=False, model=cfg.pretrain.model), recipe.post)
             if (post.objective == "distill" or post.pairs == "onpolicy") and not post.reward:
-                # the reward anchors on the default pre-trained GReF (a post-only row has no other)
-                pre_name = _name("pre", recipe.pretrain or {})
-                anchor = pre_dir or pretrained({})
-                post = replace(post, reward=reward(pre_name if pre_dir else "pre", anchor, recipe.anchored_reward))
+                # one teacher for every row: the reward anchored on the default pre-trained GReF, so a
+                # pre-training ablation changes the student alone
+                post = replace(post, reward=reward(recipe.anchored_reward))
             found = run_training("dpo", stage_cfg(post, name), init=load_reranker(pre_dir) if pre_dir else None)["model_dir"]
         dirs[model_id] = found
     if "gref" in dirs:
-        dirs[TEACHER] = reward("pre", pretrained({}), True)
+        dirs[TEACHER] = reward(True)
     return dirs
 
 

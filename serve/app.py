@@ -31,7 +31,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from gref.config import from_dict
-from gref.serving.ab import assign_arm, check_weights
+from gref.serving.ab import assign_arm, check_weights, experiment_salt
 from gref.serving.feedback import FeedbackStore, UnknownRequest
 from gref.serving.requests import RequestError, encode_candidates, parse_json, parse_rerank
 from gref.serving.stats import FEEDBACK_KINDS, ArmStats
@@ -44,7 +44,7 @@ class ServeConfig:
     arms: dict = field(default_factory=lambda: {  # arm name -> model URI (registry alias, run, directory)
         "gref": "models:/gref-reranker@champion", "nar4rec": "models:/gref-nar4rec@champion"})  # Table 4
     weights: dict = field(default_factory=dict)  # arm -> traffic weight; {} = equal (user_config overrides)
-    salt: str = "gref-ab"  # part of the user hash: a new salt reshuffles users over the arms
+    salt: str = ""  # part of the user hash: a new salt reshuffles users; "" = one per experiment (hash of the arms)
     tracking_uri: str = ""  # MLflow store of the registry; "" = $MLFLOW_TRACKING_URI or ./mlflow.db
     feedback_db: str = "runs/serve/feedback.db"  # served lists + feedback (sqlite; made absolute)
     replicas: int = 1  # reranker replicas per arm (ignored when autoscaling is set)
@@ -163,13 +163,13 @@ class Router:
         self.store = FeedbackStore(cfg.feedback_db)
         self.stats = {arm: ArmStats() for arm in arms}
         self.weights = check_weights(cfg.weights or dict.fromkeys(arms, 1.0), list(arms))
-        self.salt = cfg.salt
+        self.salt = cfg.salt or experiment_salt(cfg.arms)
         self.models: dict[str, dict[str, Any]] = {}
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """``{"weights": {arm: w}, "salt": "..."}`` -- applied in place to the running replica."""
         self.weights = check_weights(user_config.get("weights") or dict.fromkeys(self.arms, 1.0), list(self.arms))
-        self.salt = user_config.get("salt", self.salt)
+        self.salt = user_config.get("salt") or self.salt
 
     async def _call(self, arm: str, method: str, *args: Any) -> Any:
         """Call the arm; up to two retries when the replica died under the call (Serve replaces

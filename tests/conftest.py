@@ -20,9 +20,10 @@ SMALL_WORLD = ["n_users=400", "n_items=2000", "n_series=60", "n_creators=300", "
 def ray_cluster():
     import ray
 
-    if not ray.is_initialized():
-        temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are length-limited
-        ray.init(num_cpus=2, object_store_memory=10**9, include_dashboard=False, _temp_dir=temp)
+    from gref.ray_utils import init_ray
+
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are length-limited
+    init_ray(num_cpus=2, object_store_memory=10**9, include_dashboard=False, temp_dir=temp)  # as the jobs start it
     yield ray
 
 

@@ -163,8 +163,8 @@ def test_pipeline_job_through_the_jobs_api(ray_head, tmp_path):
     runs = client.search_runs([exp.experiment_id])
     (parent,) = [r for r in runs if r.info.run_name.startswith("pipeline-")]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert parent.info.status == "FINISHED" and len(children) == 2
-    assert {r.data.params["stage"] for r in children} == {"pretrain", "dpo"}
+    assert parent.info.status == "FINISHED" and len(children) == 3
+    assert {r.data.params["stage"] for r in children} == {"pretrain", "reward", "dpo"}  # the default recipe
     assert int(client.get_model_version_by_alias("gref-reranker", "champion").version) == 1
 
 

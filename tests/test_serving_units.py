@@ -11,7 +11,7 @@ import pytest
 
 from gref.data.features import OOV_ID, FeatureSpec
 from gref.data.schema import DatasetConfig, canonical_schema
-from gref.serving.ab import assign_arm, check_weights, user_unit
+from gref.serving.ab import assign_arm, check_weights, experiment_salt, user_unit
 from gref.serving.feedback import FeedbackStore, UnknownRequest
 from gref.serving.requests import RequestError, encode_candidates, parse_json, parse_rerank
 
@@ -87,6 +87,46 @@ def test_assignment_is_sticky_and_follows_the_weights():
         check_weights({"c": 1}, ["a", "b"])
     with pytest.raises(ValueError, match="weight > 0"):
         check_weights({"a": 0}, ["a", "b"])
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -1.0, True, "1"])
+def test_weights_must_be_finite_numbers(bad):
+    # review defect: inf / NaN were accepted and the next request failed in assign_arm for every user
+    with pytest.raises(ValueError, match="finite numbers"):
+        check_weights({"a": bad, "b": 1.0}, ["a", "b"])
+    with pytest.raises(ValueError, match="sum must be finite"):
+        check_weights({"a": 1e308, "b": 1e308}, ["a", "b"])
+
+
+def test_a_weight_change_moves_only_the_users_it_must():
+    """Property over random experiments: after one arm's weight changes, the users who move are the
+    share the change requires (|new share - old share| of that arm, within sampling error) and
+    every mover goes to or comes from that arm; adding an arm moves users only onto it."""
+    rng = np.random.default_rng(0)
+    users = [f"u{i}" for i in range(6000)]
+    tol = 4 * math.sqrt(0.25 / len(users))
+    for trial in range(6):
+        names = [f"arm{j}" for j in range(int(rng.integers(2, 5)))]
+        raw = {a: float(rng.uniform(0.2, 3.0)) for a in names}
+        changed = names[int(rng.integers(len(names)))]
+        after_raw = {**raw, changed: raw[changed] * float(rng.choice([0.3, 2.5]))}
+        before, after = check_weights(raw, names), check_weights(after_raw, names)
+        salt = f"exp{trial}"
+        moves = [(assign_arm(u, before, salt), assign_arm(u, after, salt)) for u in users]
+        moved = [(a, b) for a, b in moves if a != b]
+        assert all(changed in (a, b) for a, b in moved)  # users between two unchanged arms stay
+        assert abs(len(moved) / len(users) - abs(after[changed] - before[changed])) < tol
+    # a new 10 % arm takes 10 % of the users, all from the others, nobody else moves
+    two = check_weights({"a": 1, "b": 1}, ["a", "b", "c"])
+    three = check_weights({"a": 0.45, "b": 0.45, "c": 0.1}, ["a", "b", "c"])
+    moves = [(assign_arm(u, two, "s"), assign_arm(u, three, "s")) for u in users]
+    moved = [(a, b) for a, b in moves if a != b]
+    assert all(b == "c" for _, b in moved) and abs(len(moved) / len(users) - 0.1) < tol
+
+
+def test_the_default_salt_is_per_experiment():
+    assert experiment_salt({"gref": "models:/g@champion", "b": "x"}) == experiment_salt({"b": "x", "gref": "models:/g@champion"})
+    assert experiment_salt({"gref": "models:/g@champion"}) != experiment_salt({"gref": "models:/g@challenger"})
 
 
 def test_feedback_store_survives_reopen_and_exports_raw_logs(tmp_path):

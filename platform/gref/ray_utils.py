@@ -6,14 +6,17 @@ import os
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
-             object_store_memory: int | None = None) -> None:
+             object_store_memory: int | None = None, include_dashboard: bool = True,
+             temp_dir: str | None = None) -> None:
     """Join ``address`` (or $RAY_ADDRESS, e.g. under ``ray job submit``), else start a local Ray.
 
-    A local cluster gets token auth off unless the caller set RAY_AUTH_MODE: it is reachable
-    only from this machine and the jobs must run unattended (RAY-NOTES: Ray 2.60 turns it on).
-    It runs the dashboard: besides the UI, its state API is what Ray Train's placement-group
-    cleaner uses to free a killed trainer's workers (a Tune trial stopped by ASHA); without it
-    those CPUs stay reserved and the next trials wait forever.
+    A local cluster keeps Ray 2.60's token authentication (``ray.init`` writes the token to
+    ~/.ray/auth_token and uses it, unattended): its GCS and raylets listen on every interface
+    (Ray resolves a loopback ``node_ip_address`` to the reachable one on purpose), so without
+    auth anyone on the network could run code on it. Set RAY_AUTH_MODE=disabled only where the
+    machine is isolated (the tests do, RAY-NOTES). It runs the dashboard (on 127.0.0.1): besides
+    the UI, its state API is what Ray Train's placement-group cleaner uses to free a killed
+    trainer's workers (a Tune trial stopped by ASHA); without it those CPUs stay reserved.
     """
     import ray
 
@@ -23,6 +26,5 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory,
-             include_dashboard=True, log_to_driver=True)
+    ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, include_dashboard=include_dashboard,
+             log_to_driver=True, _temp_dir=temp_dir)
