@@ -38,11 +38,35 @@ def test_cluster_config_passes_rays_validation(name):
             check = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True, check=False)
             assert check.returncode == 0, f"{name} {key}: {command!r}: {check.stderr}"
     commands = " ".join(c for key in COMMAND_KEYS for c in raw[key])
-    for needed in ("torch==2.13.0", "ray[train,data,serve,tune]==2.60.0", "mlflow==3.17.2", "pip install",
+    for needed in ("torch==2.13.0", "ray[train,data,serve,tune]==2.60.0", "mlflow[auth]==3.17.2", "pip install",
                    "-e ~/gref", "mlflow server", "--port 5000", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE=token",
-                   "--dashboard-host=0.0.0.0"):
+                   "--dashboard-host=0.0.0.0",
+                   # review defect: MLflow listened on 0.0.0.0 without auth (anyone could move `champion`)
+                   "--app-name basic-auth", "MLFLOW_AUTH_CONFIG_PATH=$HOME/gref/configs/mlflow_auth.ini",
+                   "MLFLOW_AUTH_ADMIN_PASSWORD=$(cat ~/.gref/mlflow_password)", "MLFLOW_TRACKING_PASSWORD="):
         assert needed in commands, f"{name} lacks {needed}"
-    assert "~/.ray/auth_token" in str(raw["file_mounts"].values())
+    mounts = str(raw["file_mounts"].values())
+    assert "~/.ray/auth_token" in mounts and "~/.gref/mlflow_password" in mounts
+
+
+def test_mlflow_auth_config_locks_out_everyone_but_the_admin():
+    import configparser
+    import importlib.util
+
+    import mlflow
+
+    # MLflow's permission table, loaded alone: the auth package needs Flask-WTF (mlflow[auth],
+    # installed on the cluster, not in the laptop venv)
+    path = Path(mlflow.__file__).parent / "server" / "auth" / "permissions.py"
+    spec = importlib.util.spec_from_file_location("mlflow_auth_permissions", path)
+    permissions = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(permissions)
+    ini = configparser.ConfigParser()
+    ini.read(REPO / "configs" / "mlflow_auth.ini")
+    auth = ini["mlflow"]
+    assert auth["admin_username"] == "gref" and "admin_password" not in auth  # the password never lives in git
+    assert not permissions.get_permission(auth["default_permission"]).can_read  # a name MLflow knows, granting nothing
+    assert auth["authorization_function"] == "mlflow.server.auth:authenticate_request_basic_auth"
 
 
 def test_aws_cluster_has_a_cpu_head_and_autoscaling_gpu_workers():

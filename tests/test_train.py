@@ -4,7 +4,9 @@ MLflow contents, and a small end-to-end pipeline -- real Ray, real MLflow (sqlit
 from __future__ import annotations
 
 import json
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,17 +205,31 @@ def test_baseline_job_on_a_train_worker_registers_and_evaluates(ray_cluster, pre
     assert "| NAR4Rec (tiny, +1 epoch) |" in (tmp_path / "eval" / "report.md").read_text()
 
 
-def test_failed_job_ends_its_mlflow_run_as_failed(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):
+def test_failed_in_process_job_ends_failed_and_resumes_from_its_checkpoint(ray_cluster, prep_dir, sim_dir, tmp_path,
+                                                                          mlflow_uri, capfd):
     from mlflow import MlflowClient
 
     from gref.train.runner import run_training
 
     cfg = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=0", "optim.epochs=2",
                        "run.fail_once_at_epoch=0", "run.max_failures=0")
+    leaked_before = set(Path(tempfile.gettempdir()).glob("gref-ckpt-*"))
     with pytest.raises(Exception, match="injected failure"):
         run_training("pretrain", cfg)
     run_id = (tmp_path / "ray" / cfg.run.name / "mlflow_run_id").read_text()
-    assert MlflowClient(mlflow_uri).get_run(run_id).info.status == "FAILED"
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(run_id).info.status == "FAILED"
+
+    # review defect: in-process runs left a checkpoint directory in /tmp every epoch and could not
+    # resume; the checkpoint now lives in the run's directory, and the same job re-run continues
+    # after epoch 0 (so the injected failure does not fire again) in the same MLflow run
+    assert (tmp_path / "ray" / cfg.run.name / "local_checkpoint" / "state.pt").exists()
+    out = run_training("pretrain", cfg)
+    assert "resumed from the checkpoint of epoch 0" in capfd.readouterr().out
+    assert out["mlflow_run_id"] == run_id and client.get_run(run_id).info.status == "FINISHED"
+    assert [h["epoch"] for h in out["history"]] == [0, 1]
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [0, 1]
+    assert set(Path(tempfile.gettempdir()).glob("gref-ckpt-*")) == leaked_before
 
 
 def test_post_training_never_exports_a_model_worse_than_its_start(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):

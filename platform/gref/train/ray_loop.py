@@ -10,7 +10,8 @@ between re-runs the epoch without logging it twice (a resumed run logs whatever 
 history MLflow lacks). Post-training first validates the initial model (history epoch -1): the
 exported model is never worse on validation than the one post-training started from.
 Resuming (worker failure, or the job re-run with the same run name) continues after the last
-reported epoch.
+reported epoch; an in-process run (``scaling.num_workers=0``) keeps its checkpoint in the run's
+directory (``local_checkpoint``) and resumes from it the same way.
 """
 
 from __future__ import annotations
@@ -188,7 +189,10 @@ def train_loop(config: dict[str, Any]) -> None:
     metric_name = selection_metric(cfg.eval.metric, bool(cfg.eval.world))
 
     start_epoch, best, best_state, history = 0, None, None, []
+    local_dir = config.get("local_checkpoint_dir")  # in-process runs (num_workers 0): Ray keeps no checkpoints
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and local_dir and (Path(local_dir) / "state.pt").exists():
+        checkpoint = ray.train.Checkpoint.from_directory(local_dir)  # a killed in-process run resumes too
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
@@ -254,13 +258,17 @@ def train_loop(config: dict[str, Any]) -> None:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in SHOWN)
             _say(f"[{stage}] epoch {epoch + 1}/{cfg.optim.epochs} ({seen} samples, "
                  f"{metrics['samples_per_s']:.0f}/s): {shown}")
-            tmp = Path(tempfile.mkdtemp(prefix="gref-ckpt-"))
+            # in-process: one directory of the run, overwritten each epoch (Ray's local mode uploads
+            # nothing, so a fresh temp dir per epoch would be left behind); else a temp dir that
+            # Ray removes once it is uploaded to the run's storage
+            tmp = Path(local_dir) if local_dir else Path(tempfile.mkdtemp(prefix="gref-ckpt-"))
+            tmp.mkdir(parents=True, exist_ok=True)
             torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
                         "epoch": epoch, "best": best, "best_model": best_state, "history": history,
-                        "model_cfg": asdict(net.cfg), "metric": metric_name}, tmp / "state.pt")
+                        "model_cfg": asdict(net.cfg), "metric": metric_name}, tmp / "state.pt.partial")
+            (tmp / "state.pt.partial").replace(tmp / "state.pt")  # a kill mid-write keeps the last epoch's
             checkpoint = ray.train.Checkpoint.from_directory(str(tmp))
-        # the temp dir is removed once uploaded to storage (in-process mode keeps it: it is the checkpoint)
-        ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
+        ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=not local_dir)
         if epoch == cfg.run.fail_once_at_epoch and start_epoch == 0:  # after the checkpoint, before MLflow hears
             raise RuntimeError(f"injected failure after epoch {epoch} (run.fail_once_at_epoch)")
         if rank == 0:

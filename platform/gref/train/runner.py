@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import threading
 import time
@@ -108,6 +109,8 @@ def run_training(stage: str, cfg: Any, init: torch.nn.Module | None = None,
     if done.exists() and json.loads(done.read_text()).get("params") == json.loads(json.dumps(params, default=str)):
         log(stage, f"run {name} already finished with this config: nothing trained or registered again")
         return json.loads(done.read_text())["outcome"]
+    if done.exists():  # finished before with another config: an in-process run starts over
+        shutil.rmtree(run_dir / "local_checkpoint", ignore_errors=True)
     meta = data_meta(data)
 
     init_ray()
@@ -131,7 +134,8 @@ def run_training(stage: str, cfg: Any, init: torch.nn.Module | None = None,
             train_ds = train_ds.materialize()
         loop_config = {"stage": stage, "cfg": cfg, "meta": meta,
                        "steps_per_epoch": math.ceil(train_ds.count() / max(workers, 1) / cfg.optim.batch_size),
-                       "tracking": {"uri": tracking.tracking_uri(cfg.tracking), "run_id": active.info.run_id}}
+                       "tracking": {"uri": tracking.tracking_uri(cfg.tracking), "run_id": active.info.run_id},
+                       **({"local_checkpoint_dir": str(run_dir / "local_checkpoint")} if workers == 0 else {})}
         if init is not None:
             loop_config["init_state"] = {k: v.cpu() for k, v in init.state_dict().items()}
             loop_config["init_model_cfg"] = asdict(init.cfg)
