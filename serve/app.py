@@ -10,13 +10,19 @@
 - ``Router`` (FastAPI ingress): ``POST /rerank``, ``POST /feedback``, ``GET /healthz``,
   ``GET /metrics``. The arm is a sticky function of the user id (``gref.serving.ab``); weights and
   salt are the Router's ``user_config``, applied in place by ``reconfigure`` (no restart, no
-  dropped request). Served lists and feedback go to a sqlite file before the answer
-  (``gref.serving.feedback``) and export as raw logs for ``jobs.prepare``.
+  dropped request). Served lists (the candidates with the serving model's feature columns only)
+  and feedback go to a sqlite file before the answer (``gref.serving.feedback``; off the event
+  loop, a 503 with the reason when it is locked or full) and export as raw logs for
+  ``jobs.prepare``. A request_id the client chose makes a retry idempotent: the same body gets
+  the stored answer, another body a 409. Every answer names the model version that ran it.
 """
 
 # no `from __future__ import annotations` here: FastAPI must see the real `Request` type of the
 # Router's methods (Serve's class-based ingress resolves them outside this module's globals)
 import asyncio
+import hashlib
+import json
+import logging
 import os
 import sqlite3
 import time
@@ -60,6 +66,9 @@ class ServeConfig:
     max_candidates: int = 200  # per request
     max_n: int = 32  # longest list a request may ask for (the model's max_length caps it too)
     max_body_bytes: int = 1_000_000
+    body_timeout_s: float = 10.0  # a request body must arrive within this (slow clients get a 408, not a slot)
+    store_timeout_s: float = 2.0  # longest wait for the feedback store's lock; then a 503 with the reason
+    retention_days: float = 0.0  # served lists (and their feedback) older than this are deleted; 0 = kept
 
 
 def _device():
@@ -80,7 +89,8 @@ class Reranker:
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
-        directory = tracking.reranker_dir(model_uri)
+        pinned, version = tracking.pin_version(model_uri)  # one resolution: what is loaded is what is reported
+        directory = tracking.reranker_dir(pinned)
         self.device = _device()
         self.model = load_reranker(directory, self.device)
         from gref.model.accel import accelerated_rerank
@@ -89,19 +99,20 @@ class Reranker:
             decode_mode = "cuda_graphs" if self.device.type == "cuda" else "eager"
         self.decode = accelerated_rerank(self.model, decode_mode)  # the same lists as model.rerank, tested
         self.spec = FeatureSpec.load(directory / "features.json")
-        self.info = {"arm": arm, "name": model_uri, "version": tracking.model_version(model_uri),
-                     "device": str(self.device), "kind": getattr(self.model.cfg, "kind", "gref"),
-                     "heads": getattr(self.model, "k", None), "decode_mode": decode_mode}
+        self.features = ["item_id", *self.spec.num_cols, *self.spec.cat_cols]  # what the store keeps of a candidate
+        # in every answer: the weights that ran (the Router caches nothing; a replica restarted
+        # after the alias moved serves, and says, the new version)
+        self.served_by = {"name": model_uri, "version": version, "kind": getattr(self.model.cfg, "kind", "gref"),
+                          "heads": getattr(self.model, "k", None)}
+        logging.getLogger("ray.serve").info("reranker %s: %s on %s, decode %s", arm, pinned, self.device, decode_mode)
         self.rerank.set_max_batch_size(max_batch_size)
         self.rerank.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    def describe(self) -> dict[str, Any]:
-        return self.info
-
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def rerank(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Each request: {"candidates": [...validated...], "n": int} -> {"order": [candidate indices]}
-        or {"error": message} for a request this model cannot serve."""
+        """Each request: {"candidates": [...validated...], "n": int} -> {"order": [candidate indices],
+        "model": the name, version, kind and heads of the weights that ran} or {"error": message}
+        for a request this model cannot serve."""
         import numpy as np
         import torch
 
@@ -130,19 +141,44 @@ class Reranker:
                 with torch.no_grad():  # any platform reranker: GReF's OMTP decoding or a baseline's
                     placed = self.decode(num_t[sel], cat_t[sel], mask_t[sel], int(n)).cpu().numpy()
                 for b, row in enumerate(rows):
-                    out[ok[row]] = {"order": [int(j) for j in placed[b] if j >= 0]}
+                    out[ok[row]] = {"order": [int(j) for j in placed[b] if j >= 0], "model": self.served_by,
+                                    "features": self.features}
         return out
 
 
 app = FastAPI(title="GReF reranker", description=__doc__)
 
 
+PRUNE_EVERY = 1000  # served lists between two retention passes
+
+
+class StoreUnavailable(RuntimeError):
+    pass
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) past ``limit`` bytes without reading the rest."""
+def _replayed(request_id: str, digest: str, previous: tuple[str, dict[str, Any] | None]) -> JSONResponse:
+    """A request id served before: the same body gets the stored answer (a client retrying after a
+    timeout), another body a 409."""
+    stored_digest, answer = previous
+    if stored_digest == digest and answer is not None:
+        return JSONResponse(answer)
+    return _error(409, f"request_id: '{request_id}' was already served for another request")
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refusing (413) past ``limit`` bytes without reading the rest, and (408) when it
+    has not fully arrived within ``timeout_s`` (a client trickling bytes would hold a slot)."""
+    try:
+        return await asyncio.wait_for(_read_limited(request, limit), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"body: not received within {timeout_s:g} s") from None
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"body: {declared} bytes, the limit is {limit}")
@@ -160,16 +196,30 @@ async def _read_body(request: Request, limit: int) -> bytes:
 class Router:
     def __init__(self, arms: dict[str, DeploymentHandle], cfg: ServeConfig):
         self.arms, self.cfg = arms, cfg
-        self.store = FeedbackStore(cfg.feedback_db)
+        self.store = FeedbackStore(cfg.feedback_db, busy_timeout_s=cfg.store_timeout_s)
+        self.served_since_prune = 0
+        self._prune()
         self.stats = {arm: ArmStats() for arm in arms}
         self.weights = check_weights(cfg.weights or dict.fromkeys(arms, 1.0), list(arms))
         self.salt = cfg.salt or experiment_salt(cfg.arms)
-        self.models: dict[str, dict[str, Any]] = {}
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """``{"weights": {arm: w}, "salt": "..."}`` -- applied in place to the running replica."""
         self.weights = check_weights(user_config.get("weights") or dict.fromkeys(self.arms, 1.0), list(self.arms))
         self.salt = user_config.get("salt") or self.salt
+
+    def _prune(self) -> None:
+        if self.cfg.retention_days > 0:
+            self.store.prune(int((time.time() - self.cfg.retention_days * 86400) * 1000))
+        self.served_since_prune = 0
+
+    async def _store(self, method: str, *args: Any) -> Any:
+        """A feedback-store call off the event loop (sqlite blocks), bounded by ``store_timeout_s``;
+        raises StoreUnavailable (-> 503) when the database is locked, full or read-only."""
+        try:
+            return await asyncio.to_thread(getattr(self.store, method), *args)
+        except sqlite3.OperationalError as err:
+            raise StoreUnavailable(f"feedback store unavailable: {err}") from None
 
     async def _call(self, arm: str, method: str, *args: Any) -> Any:
         """Call the arm; up to two retries when the replica died under the call (Serve replaces
@@ -185,52 +235,66 @@ class Router:
                 await asyncio.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    async def _model(self, arm: str) -> dict[str, Any]:
-        if arm not in self.models:
-            self.models[arm] = await self._call(arm, "describe")
-        return self.models[arm]
-
     @app.post("/rerank")
     async def rerank(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
         try:
-            body = parse_json(await _read_body(request, self.cfg.max_body_bytes), self.cfg.max_body_bytes)
+            body = parse_json(await _read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s),
+                              self.cfg.max_body_bytes)
             req = parse_rerank(body, self.cfg.max_candidates, self.cfg.max_n)
+            # a client-chosen request_id: a retry of the same request gets the stored answer
+            digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+            if req.request_id and (previous := await self._store("replay", req.request_id)):
+                return _replayed(req.request_id, digest, previous)
         except RequestError as err:
             return _error(err.status, str(err))
+        except StoreUnavailable as err:
+            return _error(503, str(err))
         arm = assign_arm(req.user_id, self.weights, self.salt)
         stats = self.stats[arm]
         try:
             result = await self._call(arm, "rerank", {"candidates": req.candidates, "n": req.n})
-            model = await self._model(arm)
         except Exception as err:  # noqa: BLE001 -- whatever took the arm down: a counted 503, never a 500
             stats.errors += 1
             return _error(503, f"arm '{arm}' is unavailable: {type(err).__name__}")
         if "error" in result:
             return _error(422, result["error"])
         items = [req.candidates[j]["item_id"] for j in result["order"]]
+        model = result["model"]  # from the replica that ran: a restarted one may hold another version
+        keep = set(result["features"])  # only the model's feature columns are stored (the rest counted)
+        stored = [{k: v for k, v in c.items() if k in keep} for c in req.candidates]
+        stats.ignored_feature_values += sum(len(c) for c in req.candidates) - sum(len(c) for c in stored)
         request_id = req.request_id or uuid.uuid4().hex
-        try:
-            self.store.record_served(request_id, req.user_id, arm, f"{model['name']}#{model['version']}",
-                                     req.candidates, items)
-        except sqlite3.IntegrityError as err:  # the client reused a request_id
-            return _error(409, f"request_id: '{request_id}' was already served ({type(err).__name__})")
         latency = 1000.0 * (time.perf_counter() - started)
+        answer = {"request_id": request_id, "items": items, "arm": arm, "model": model,
+                  "latency_ms": round(latency, 3)}
+        try:
+            await self._store("record_served", request_id, req.user_id, arm, f"{model['name']}#{model['version']}",
+                              stored, items, digest, answer)
+        except sqlite3.IntegrityError:  # the same request_id arrived twice at once: one of them was stored
+            previous = await self._store("replay", request_id)
+            return _replayed(request_id, digest, previous)
+        except StoreUnavailable as err:
+            stats.errors += 1
+            return _error(503, str(err))
         stats.served(latency)
-        return JSONResponse({"request_id": request_id, "items": items, "arm": arm,
-                             "model": {k: model[k] for k in ("name", "version", "kind")},
-                             "latency_ms": round(latency, 3)})
+        self.served_since_prune += 1
+        if self.cfg.retention_days > 0 and self.served_since_prune >= PRUNE_EVERY:
+            await asyncio.to_thread(self._prune)
+        return JSONResponse(answer)
 
     @app.post("/feedback")
     async def feedback(self, request: Request) -> JSONResponse:
-        """``{"request_id": "...", "feedback": [{"item_id": "...", "click": 1, "like": 0, "long_view": 1}]}``"""
+        """``{"request_id": "...", "feedback": [{"item_id": "...", "click": 1, "like": 0, "long_view": 1}]}``;
+        an item named twice gets the max of its events, as repeated posts do."""
         try:
-            body = parse_json(await _read_body(request, self.cfg.max_body_bytes), self.cfg.max_body_bytes)
+            body = parse_json(await _read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s),
+                              self.cfg.max_body_bytes)
             if not isinstance(body, dict):
                 raise RequestError(400, "body: must be a JSON object")
             if not isinstance(body.get("request_id"), str) or not isinstance(body.get("feedback"), list):
                 raise RequestError(422, "request_id (string) and feedback (list) are required")
-            served = self.store.served(body["request_id"])
+            served = await self._store("served", body["request_id"])
             events: dict[str, dict[str, int]] = {}
             for i, event in enumerate(body["feedback"]):
                 where = f"feedback[{i}]"
@@ -239,18 +303,21 @@ class Router:
                 for kind in FEEDBACK_KINDS:
                     if event.get(kind, 0) not in (0, 1) or isinstance(event.get(kind), bool):
                         raise RequestError(422, f"{where}.{kind}: must be 0 or 1")
-                events[str(event["item_id"])] = {k: int(event.get(k, 0)) for k in FEEDBACK_KINDS}
+                merged = events.setdefault(str(event["item_id"]), dict.fromkeys(FEEDBACK_KINDS, 0))
+                for kind in FEEDBACK_KINDS:
+                    merged[kind] = max(merged[kind], int(event.get(kind, 0)))
+            first, new = await self._store("record_feedback", body["request_id"], events)
         except UnknownRequest:
             return _error(404, f"request_id: '{body['request_id']}' was not served here")
         except RequestError as err:
             return _error(err.status, str(err))
-        first = self.store.record_feedback(body["request_id"], events)
+        except StoreUnavailable as err:
+            return _error(503, str(err))
         stats = self.stats.get(served["arm"])
-        if stats is not None:
+        if stats is not None:  # the events the store did not have yet: counters agree with the store
             stats.feedback_lists += int(first)
-            for e in events.values():
-                for kind in FEEDBACK_KINDS:
-                    stats.feedback[kind] += e[kind]
+            for kind in FEEDBACK_KINDS:
+                stats.feedback[kind] += new[kind]
         return JSONResponse({"request_id": body["request_id"], "recorded": len(events)})
 
     @app.get("/healthz")
@@ -261,7 +328,11 @@ class Router:
     async def metrics(self) -> dict[str, Any]:
         """Per-arm counters of this router replica, and the feedback store's totals."""
         arms = {arm: {"weight": self.weights.get(arm, 0.0), **s.snapshot()} for arm, s in self.stats.items()}
-        return {"arms": arms, "salt": self.salt, "store": self.store.counts(), "pid": os.getpid()}
+        try:
+            store: dict[str, Any] = await self._store("counts")
+        except StoreUnavailable as err:
+            store = {"error": str(err)}
+        return {"arms": arms, "salt": self.salt, "store": store, "pid": os.getpid()}
 
 
 def _gpus(requested: float) -> float:

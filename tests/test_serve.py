@@ -60,7 +60,8 @@ def app(ray_cluster, registry):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"tracking_uri": registry["uri"], "feedback_db": str(registry["root"] / "feedback.db"),
-            "replicas": 2, "reranker_cpus": 0.1, "router_cpus": 0.05, "weights": {"gref": 1, "nar4rec": 1}}  # the default arms
+            "replicas": 2, "reranker_cpus": 0.1, "router_cpus": 0.05, "weights": {"gref": 1, "nar4rec": 1},  # the default arms
+            "body_timeout_s": 3.0, "store_timeout_s": 1.0}
     serve.run(build_app(args), name="gref", route_prefix="/", logging_config={"enable_access_log": False})
     yield {"url": f"http://127.0.0.1:{port}", "args": args}
     serve.delete("gref")
@@ -204,19 +205,36 @@ def _running(deployment: str) -> int:
     return status.replica_states.get("RUNNING", 0)
 
 
-def test_a_killed_replica_is_replaced_while_requests_keep_succeeding(app, candidates):
+def test_a_killed_replica_is_replaced_while_requests_keep_succeeding(app, registry, candidates, prep_dir):
+    """...and, the champion alias having moved meanwhile (review defect: answers and stored rows
+    kept saying version 1 for the new weights), every answer names the weights that ran."""
+    import mlflow
     import ray
+
+    from gref import tracking
+    from gref.model.config import ModelConfig
+    from gref.model.io import save_reranker
+    from gref.serving.feedback import FeedbackStore
+    from gref.train.steps import build_model, data_meta
 
     champion_users = [u for u, arm in _split(app["url"], candidates, [f"k-{i}" for i in range(40)]).items()
                       if arm == "gref"]
     assert _running("reranker-gref") == 2
+    # version 2 has 4 heads (version 1: 2); the live replicas keep version 1 until replaced
+    v2_dir = save_reranker(registry["root"] / "gref-v2", build_model(
+        ModelConfig(d_model=32, enc_layers=1, dec_layers=1, omtp_heads=4), data_meta(prep_dir)), prep_dir / "features.json")
+    tracking.setup(tracking.TrackingConfig(uri=registry["uri"]))
+    with mlflow.start_run(run_name="serve-v2"):
+        tracking.set_aliases("gref-reranker", {"champion": tracking.log_reranker(v2_dir, "gref-reranker")["version"]})
     victim = _replicas("reranker-gref")[0]
-    codes, done = [], threading.Event()
+    codes, answers, done = [], [], threading.Event()
 
     def traffic():
         i = 0
         while not done.is_set():
-            codes.append(rerank(app["url"], champion_users[i % len(champion_users)], candidates, n=3).status_code)
+            r = rerank(app["url"], champion_users[i % len(champion_users)], candidates, n=3)
+            codes.append(r.status_code)
+            answers.append(r.json())
             i += 1
 
     thread = threading.Thread(target=traffic)
@@ -234,6 +252,12 @@ def test_a_killed_replica_is_replaced_while_requests_keep_succeeding(app, candid
         done.set()
         thread.join()
     assert len(codes) > 10 and set(codes) == {200}, codes
+    for i in range(30):  # both replicas now: the survivor (version 1) and its replacement (version 2)
+        answers.append(rerank(app["url"], champion_users[i % len(champion_users)], candidates, n=3).json())
+    ran = {(a["model"]["version"], a["model"]["heads"]) for a in answers}
+    assert ran == {("1", 2), ("2", 4)}, ran  # the version each answer names is the one that decoded it
+    stored = FeedbackStore(app["args"]["feedback_db"]).served(answers[-1]["request_id"])
+    assert stored["model"] == f"models:/gref-reranker@champion#{answers[-1]['model']['version']}"
 
 
 def test_feedback_is_durable_across_a_router_restart(app, candidates, prep_dir, tmp_path):
@@ -242,14 +266,26 @@ def test_feedback_is_durable_across_a_router_restart(app, candidates, prep_dir, 
     from gref.data.features import FeatureSpec
     from gref.serving.feedback import FeedbackStore
 
-    served = rerank(app["url"], "fb-user", candidates, n=4, request_id="req-fb-1").json()
+    junk = [{**c, **{f"num_junk_{k}": 1.0 for k in range(20)}} for c in candidates]  # keys no model uses
+    ignored_before = _arm_metrics(app)
+    served = rerank(app["url"], "fb-user", junk, n=4, request_id="req-fb-1").json()
+    arm = served["arm"]
+    assert _arm_metrics(app)[arm]["ignored_feature_values"] - ignored_before[arm]["ignored_feature_values"] == 20 * len(junk)
     clicked = served["items"][1]
-    r = requests.post(f"{app['url']}/feedback", timeout=30, json={
-        "request_id": "req-fb-1", "feedback": [{"item_id": clicked, "click": 1, "like": 1}]})
-    assert r.status_code == 200, r.text
+    before = _arm_metrics(app)[arm]
+    for _ in range(3):  # review defect: re-posts were counted every time; the store keeps one event
+        r = requests.post(f"{app['url']}/feedback", timeout=30, json={
+            "request_id": "req-fb-1", "feedback": [{"item_id": clicked, "click": 1}, {"item_id": clicked, "like": 1}]})
+        assert r.status_code == 200, r.text
+    after = _arm_metrics(app)[arm]
+    assert (after["clicks"] - before["clicks"], after["likes"] - before["likes"]) == (1, 1)
+    assert after["feedback_lists"] - before["feedback_lists"] == 1
     assert requests.post(f"{app['url']}/feedback", timeout=30, json={
         "request_id": "req-fb-1", "feedback": [{"item_id": "not-shown", "click": 1}]}).status_code == 422
-    assert rerank(app["url"], "fb-user", candidates, n=4, request_id="req-fb-1").status_code == 409
+    # a retry of the same request (a client timed out) gets the stored answer; another body, a 409
+    retry = rerank(app["url"], "fb-user", junk, n=4, request_id="req-fb-1")
+    assert retry.status_code == 200 and retry.json() == served
+    assert rerank(app["url"], "fb-user", junk, n=3, request_id="req-fb-1").status_code == 409
 
     (router,) = _replicas("Router")
     ray.kill(router, no_restart=True)  # Serve starts a new router process
@@ -273,5 +309,45 @@ def test_feedback_is_durable_across_a_router_restart(app, candidates, prep_dir, 
     assert canonical_schema(table.schema, DatasetConfig())
     rows = {r["item_id"]: r for r in table.to_pylist() if r["request_id"] == "req-fb-1"}
     assert len(rows) == len(candidates)
+    store.export_logs(tmp_path / "auto.parquet")  # feature columns: every one the store holds
+    assert not [c for c in pq.read_schema(tmp_path / "auto.parquet").names if c.startswith("num_junk")]
     assert (rows[clicked]["click"], rows[clicked]["like"], rows[clicked]["position"]) == (1, 1, 2)
     assert rows[served["items"][0]]["long_view"] == 1 and rows[served["items"][0]]["click"] == 0
+
+
+def _arm_metrics(app) -> dict:
+    return requests.get(f"{app['url']}/metrics", timeout=10).json()["arms"]
+
+
+def test_a_locked_store_gets_a_fast_503_and_a_trickling_body_a_408(app, candidates):
+    """Review defects: a locked feedback DB held /rerank 30 s then answered 500, and a client
+    sending a byte every few seconds held a Router slot for minutes."""
+    import sqlite3
+
+    lock = sqlite3.connect(app["args"]["feedback_db"], isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.time()
+        r = rerank(app["url"], "lock-user", candidates, n=3)
+        assert r.status_code == 503 and "feedback store unavailable" in r.json()["error"], r.text
+        assert time.time() - started < 15  # store_timeout_s = 1, not sqlite's 30 s
+        assert requests.get(f"{app['url']}/healthz", timeout=5).status_code == 200  # the loop is not blocked
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert rerank(app["url"], "lock-user", candidates, n=3).status_code == 200
+
+    host, port = app["url"].removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{")
+        started = time.time()
+        time.sleep(1)
+        sock.sendall(b" ")  # a trickle, as a slow client would send it
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            assert chunk, "the connection closed without an answer"
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert time.time() - started < 20  # body_timeout_s = 3

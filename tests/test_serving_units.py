@@ -4,6 +4,8 @@ feedback store and its raw-log export."""
 from __future__ import annotations
 
 import math
+import sqlite3
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -134,8 +136,11 @@ def test_feedback_store_survives_reopen_and_exports_raw_logs(tmp_path):
     store = FeedbackStore(db)
     cands = [{"item_id": "i1", "num_a": 3.0, "cat_c": 7}, {"item_id": "i2"}, {"item_id": "i3", "num_b": 1.5}]
     store.record_served("r1", "u1", "champion", "models:/m@champion#1", cands, ["i3", "i1"])
-    assert store.record_feedback("r1", {"i1": {"click": 1, "like": 1, "long_view": 0}})
-    assert not store.record_feedback("r1", {"i1": {"click": 0, "like": 0, "long_view": 1}})  # max is kept
+    assert store.record_feedback("r1", {"i1": {"click": 1, "like": 1, "long_view": 0}}) == \
+        (True, {"click": 1, "like": 1, "long_view": 0})
+    # max is kept; only the long view is a new event
+    assert store.record_feedback("r1", {"i1": {"click": 0, "like": 0, "long_view": 1}}) == \
+        (False, {"click": 0, "like": 0, "long_view": 1})
     with pytest.raises(UnknownRequest):
         store.served("nope")
     del store
@@ -152,3 +157,73 @@ def test_feedback_store_survives_reopen_and_exports_raw_logs(tmp_path):
     assert got["i1"]["cat_c"] == "7" and got["i3"]["num_b"] == 1.5 and got["i2"]["num_a"] is None
     reopened.export_logs(tmp_path / "auto.parquet")  # feature columns taken from the requests
     assert {"num_a", "num_b", "cat_c"} <= set(pq.read_schema(tmp_path / "auto.parquet").names)
+
+
+def test_reposted_feedback_counts_once(tmp_path):
+    """Review defect: /metrics added every post while the store kept the max (the same post 3x:
+    metrics 3 clicks, store 1). The store now says which events are new; posting again adds none."""
+    store = FeedbackStore(tmp_path / "fb.db")
+    store.record_served("r1", "u1", "a", "m#1", [{"item_id": "i1"}, {"item_id": "i2"}], ["i1", "i2"])
+    event = {"i1": {"click": 1, "like": 0, "long_view": 0}}
+    news = [store.record_feedback("r1", event)[1]["click"] for _ in range(3)]
+    assert news == [1, 0, 0]
+    assert store.counts()["feedback_rows"] == 1
+
+
+def test_a_retried_request_id_replays_its_answer(tmp_path):
+    store = FeedbackStore(tmp_path / "fb.db")
+    answer = {"request_id": "r1", "items": ["i2"], "arm": "a", "model": {"version": "3"}, "latency_ms": 1.0}
+    store.record_served("r1", "u1", "a", "m#3", [{"item_id": "i2"}], ["i2"], "digest-1", answer)
+    assert store.replay("r1") == ("digest-1", answer)
+    assert store.replay("never") is None
+    with pytest.raises(sqlite3.IntegrityError):  # the id stays unique: the Router replays or answers 409
+        store.record_served("r1", "u1", "a", "m#3", [{"item_id": "i2"}], ["i2"], "digest-2", answer)
+
+
+def test_a_store_of_the_first_release_is_migrated(tmp_path):
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.executescript("""CREATE TABLE served (request_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, ts INTEGER NOT NULL,
+        arm TEXT NOT NULL, model TEXT NOT NULL, candidates TEXT NOT NULL, shown TEXT NOT NULL);
+        INSERT INTO served VALUES ('old', 'u', 5, 'a', 'm#1', '[{"item_id": "i1", "num_a": 1.0}]', '["i1"]');""")
+    con.commit()
+    con.close()
+    store = FeedbackStore(db)
+    assert store.replay("old") == ("", None)  # served before answers were kept: a retry gets a 409
+    assert store.export_logs(tmp_path / "old.parquet") == 1
+
+
+def test_locked_store_fails_fast_and_retention_prunes(tmp_path):
+    store = FeedbackStore(tmp_path / "fb.db", busy_timeout_s=0.2)
+    store.record_served("old", "u", "a", "m#1", [{"item_id": "i1"}], ["i1"])
+    store.record_feedback("old", {"i1": {"click": 1}})
+    store.record_served("new", "u", "a", "m#1", [{"item_id": "i1"}], ["i1"])
+    store.db.execute("UPDATE served SET ts = 1000 WHERE request_id = 'old'")
+    assert store.prune(older_than_ms=2000) == 1
+    assert store.counts() == {"served": 1, "lists_with_feedback": 0, "feedback_rows": 0}
+
+    other = sqlite3.connect(tmp_path / "fb.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    started = time.perf_counter()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.record_served("blocked", "u", "a", "m#1", [{"item_id": "i1"}], ["i1"])
+    assert time.perf_counter() - started < 5  # bounded by busy_timeout_s, not 30 s
+    other.execute("ROLLBACK")
+    store.record_served("blocked", "u", "a", "m#1", [{"item_id": "i1"}], ["i1"])
+
+
+def test_export_streams_in_row_groups(tmp_path, monkeypatch):
+    from gref.serving import feedback
+
+    monkeypatch.setattr(feedback, "EXPORT_BATCH", 2)
+    store = FeedbackStore(tmp_path / "fb.db")
+    for r in range(5):
+        store.record_served(f"r{r}", "u", "a", "m#1", [{"item_id": "i1", "num_a": r}, {"item_id": "i2"}], ["i2"])
+    store.record_feedback("r4", {"i2": {"click": 1}})
+    assert store.export_logs(tmp_path / "out.parquet") == 10
+    parquet = pq.ParquetFile(tmp_path / "out.parquet")
+    assert parquet.metadata.num_row_groups == 3  # 2 + 2 + 1 lists
+    rows = parquet.read().to_pylist()
+    assert [r["request_id"] for r in rows[::2]] == [f"r{r}" for r in range(5)]
+    assert [(r["request_id"], r["click"]) for r in rows if r["item_id"] == "i2"][-1] == ("r4", 1)
+    assert store.export_logs(tmp_path / "empty.parquet", ["num_a"], []) == 10

@@ -148,17 +148,20 @@ def load_reranker_uri(uri: str, device: str = "cpu"):
     return load_reranker(reranker_dir(uri), device)
 
 
-def model_version(uri: str) -> str:
-    """The registry version a ``models:/name@alias`` or ``models:/name/N`` URI points at now;
-    "" for other URIs."""
+def pin_version(uri: str) -> tuple[str, str]:
+    """``uri`` with its registry alias resolved, once, to the version it points at now, and that
+    version: ``models:/name@alias`` -> (``models:/name/N``, "N"); ``models:/name/N`` -> (itself, "N");
+    other URIs -> (itself, ""). Load the pinned URI and report its version: resolving the alias
+    twice (once to load, once to label) mislabels the weights when the alias moves in between."""
     if not uri.startswith("models:/"):
-        return ""
+        return uri, ""
     from mlflow import MlflowClient
 
-    name, _, ref = uri[len("models:/"):].partition("@")
-    if ref:
-        return str(MlflowClient().get_model_version_by_alias(name, ref).version)
-    return uri.rstrip("/").rsplit("/", 1)[-1]
+    name, _, alias = uri[len("models:/"):].partition("@")
+    if alias:
+        version = str(MlflowClient().get_model_version_by_alias(name, alias).version)
+        return f"models:/{name}/{version}", version
+    return uri, uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 def set_aliases(registered_model: str, aliases: dict[str, int]) -> None:

@@ -25,11 +25,14 @@ from gref.serving.stats import FEEDBACK_KINDS
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS served (
     request_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, ts INTEGER NOT NULL, arm TEXT NOT NULL,
-    model TEXT NOT NULL, candidates TEXT NOT NULL, shown TEXT NOT NULL);
+    model TEXT NOT NULL, candidates TEXT NOT NULL, shown TEXT NOT NULL, body_sha TEXT, answer TEXT);
+CREATE INDEX IF NOT EXISTS served_ts ON served (ts);
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT NOT NULL, item_id TEXT NOT NULL, click INTEGER NOT NULL, "like" INTEGER NOT NULL,
     long_view INTEGER NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (request_id, item_id));
 """
+ADDED_COLUMNS = {"body_sha": "TEXT", "answer": "TEXT"}  # since the first release: stores made before get them
+EXPORT_BATCH = 1000  # served lists per Parquet row group: the export streams, whatever the store's size
 
 
 class UnknownRequest(KeyError):
@@ -37,22 +40,38 @@ class UnknownRequest(KeyError):
 
 
 class FeedbackStore:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0):
+        """``busy_timeout_s``: how long a write waits for a lock another process holds before
+        ``sqlite3.OperationalError`` (the Router answers 503 then, rather than stalling)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self.db = sqlite3.connect(self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(served)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE served ADD COLUMN {column} {kind}")
         self.lock = threading.Lock()  # one connection, used from the replica's threads
 
     def record_served(self, request_id: str, user_id: str, arm: str, model: str,
-                      candidates: list[dict[str, Any]], shown: list[str]) -> None:
-        """``candidates``: the request's candidate objects (item_id + raw features), upstream order."""
+                      candidates: list[dict[str, Any]], shown: list[str], body_sha: str = "",
+                      answer: dict[str, Any] | None = None) -> None:
+        """``candidates``: the request's candidate objects (item_id + raw features), upstream order;
+        ``body_sha`` / ``answer``: the request's digest and the answer given, so that a retry of the
+        same request (same id, same body) gets the same answer (``replay``)."""
         with self.lock:
-            self.db.execute("INSERT INTO served VALUES (?, ?, ?, ?, ?, ?, ?)",
+            self.db.execute("INSERT INTO served VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (request_id, user_id, int(time.time() * 1000), arm, model,
-                             json.dumps(candidates), json.dumps(shown)))
+                             json.dumps(candidates), json.dumps(shown), body_sha,
+                             None if answer is None else json.dumps(answer)))
+
+    def replay(self, request_id: str) -> tuple[str, dict[str, Any] | None] | None:
+        """(body digest, answer) of a served request id, None when it was not served here."""
+        with self.lock:
+            row = self.db.execute("SELECT body_sha, answer FROM served WHERE request_id = ?", (request_id,)).fetchone()
+        return None if row is None else (row[0] or "", None if row[1] is None else json.loads(row[1]))
 
     def served(self, request_id: str) -> dict[str, Any]:
         with self.lock:
@@ -62,15 +81,27 @@ class FeedbackStore:
             raise UnknownRequest(request_id)
         return {"user_id": row[0], "arm": row[1], "model": row[2], "shown": json.loads(row[3])}
 
-    def record_feedback(self, request_id: str, events: dict[str, dict[str, int]]) -> bool:
+    def record_feedback(self, request_id: str, events: dict[str, dict[str, int]]) -> tuple[bool, dict[str, int]]:
         """``events``: item id -> {click, like, long_view} (0/1); repeated posts keep the max.
-        Returns whether this is the list's first feedback."""
+        Returns whether this is the list's first feedback and, per kind, how many events are new
+        (a value that went 0 -> 1): what a counter of distinct events should add, so that counters
+        and the store agree however often a client re-posts."""
         now = int(time.time() * 1000)
-        with self.lock:
+        items = list(events)
+        with self.lock, self.db:  # one transaction: the read and the upsert see the same rows
+            self.db.execute("BEGIN IMMEDIATE")
+            before = {row[0]: row[1:] for row in self.db.execute(
+                f'SELECT item_id, click, "like", long_view FROM feedback WHERE request_id = ? '
+                f'AND item_id IN ({",".join("?" * len(items))})', (request_id, *items))}
             first = self.db.execute("SELECT 1 FROM feedback WHERE request_id = ? LIMIT 1",
                                     (request_id,)).fetchone() is None
             self._upsert(request_id, events, now)
-        return first
+        new = dict.fromkeys(FEEDBACK_KINDS, 0)
+        for item, e in events.items():
+            old = before.get(item, (0,) * len(FEEDBACK_KINDS))
+            for k, kind in enumerate(FEEDBACK_KINDS):
+                new[kind] += int(int(e.get(kind, 0)) > old[k])
+        return first, new
 
     def _upsert(self, request_id: str, events: dict[str, dict[str, int]], now: int) -> None:
         self.db.executemany(
@@ -79,46 +110,76 @@ class FeedbackStore:
             'long_view = max(long_view, excluded.long_view), ts = excluded.ts',
             [(request_id, item, *(int(e.get(k, 0)) for k in FEEDBACK_KINDS), now) for item, e in events.items()])
 
+    def prune(self, older_than_ms: int) -> int:
+        """Delete the lists served before ``older_than_ms`` (epoch ms) and their feedback; returns
+        how many lists went (the Router's ``retention_days``)."""
+        with self.lock, self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM feedback WHERE request_id IN (SELECT request_id FROM served WHERE ts < ?)",
+                            (older_than_ms,))
+            return self.db.execute("DELETE FROM served WHERE ts < ?", (older_than_ms,)).rowcount
+
     def counts(self) -> dict[str, int]:
-        served = self.db.execute("SELECT count(*) FROM served").fetchone()[0]
-        fb = self.db.execute("SELECT count(DISTINCT request_id), count(*) FROM feedback").fetchone()
+        with self.lock:
+            served = self.db.execute("SELECT count(*) FROM served").fetchone()[0]
+            fb = self.db.execute("SELECT count(DISTINCT request_id), count(*) FROM feedback").fetchone()
         return {"served": served, "lists_with_feedback": fb[0], "feedback_rows": fb[1]}
+
+    def _served_batches(self):
+        """The served lists in time order, EXPORT_BATCH at a time, each with its feedback rows
+        (a read snapshot per batch: the export holds no lock while it writes)."""
+        last_ts, last_id = -1, ""
+        while True:
+            with self.lock:
+                rows = self.db.execute("SELECT * FROM served WHERE (ts, request_id) > (?, ?) "
+                                       "ORDER BY ts, request_id LIMIT ?", (last_ts, last_id, EXPORT_BATCH)).fetchall()
+                if not rows:
+                    return
+                ids = [r[0] for r in rows]
+                feedback = {(r, i): (c, lk, lv) for r, i, c, lk, lv in self.db.execute(
+                    f'SELECT request_id, item_id, click, "like", long_view FROM feedback '
+                    f'WHERE request_id IN ({",".join("?" * len(ids))})', ids)}
+            last_ts, last_id = rows[-1][2], rows[-1][0]
+            yield rows, feedback
 
     def export_logs(self, out: str | Path, num_cols: list[str] | None = None,
                     cat_cols: list[str] | None = None) -> int:
-        """Write every served list as raw-log Parquet rows; returns the number of rows.
-        Feature columns: the given ones, or every ``num_*`` / ``cat_*`` key the requests carried."""
-        with self.lock:
-            served = self.db.execute("SELECT * FROM served ORDER BY ts").fetchall()
-            feedback: dict[tuple[str, str], tuple[int, int, int]] = {
-                (r, i): (c, lk, lv) for r, i, c, lk, lv in
-                self.db.execute('SELECT request_id, item_id, click, "like", long_view FROM feedback')}
+        """Write every served list as raw-log Parquet rows, streaming (one row group per
+        EXPORT_BATCH lists); returns the number of rows. Feature columns: the given ones, or every
+        ``num_*`` / ``cat_*`` key the stored candidates carry (the Router stores only its models'
+        feature columns)."""
         if num_cols is None or cat_cols is None:
-            keys = {k for row in served for cand in json.loads(row[5]) for k in cand}
+            keys = {k for rows, _ in self._served_batches() for row in rows for cand in json.loads(row[5]) for k in cand}
             num_cols = sorted(k for k in keys if k.startswith("num_")) if num_cols is None else num_cols
             cat_cols = sorted(k for k in keys if k.startswith("cat_")) if cat_cols is None else cat_cols
-        cols: dict[str, list] = {k: [] for k in ("request_id", "user_id", "ts", "item_id", "upstream_rank",
-                                                 "position", "click", "like", "long_view", "arm", "model",
-                                                 *num_cols, *cat_cols)}
-        for rid, uid, ts, arm, model, cands, shown in served:
-            position = {item: p + 1 for p, item in enumerate(json.loads(shown))}
-            for rank, cand in enumerate(json.loads(cands), start=1):
-                item = str(cand["item_id"])
-                pos = position.get(item)
-                fb = feedback.get((rid, item), (0, 0, 0)) if pos else (None, None, None)
-                for key, value in (("request_id", rid), ("user_id", uid), ("ts", ts), ("item_id", item),
-                                   ("upstream_rank", rank), ("position", pos), ("click", fb[0]),
-                                   ("like", fb[1]), ("long_view", fb[2]), ("arm", arm), ("model", model)):
-                    cols[key].append(value)
-                for c in num_cols:
-                    cols[c].append(cand.get(c))
-                for c in cat_cols:
-                    value = cand.get(c)
-                    cols[c].append(None if value is None else str(value))
-        types = {"ts": pa.int64(), "upstream_rank": pa.int32(), "position": pa.int32(), "click": pa.int8(),
-                 "like": pa.int8(), "long_view": pa.int8(), **{c: pa.float64() for c in num_cols},
-                 **{c: pa.string() for c in cat_cols}}
-        table = pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in cols.items()})
+        types = {"request_id": pa.string(), "user_id": pa.string(), "ts": pa.int64(), "item_id": pa.string(),
+                 "upstream_rank": pa.int32(), "position": pa.int32(), "click": pa.int8(), "like": pa.int8(),
+                 "long_view": pa.int8(), "arm": pa.string(), "model": pa.string(),
+                 **{c: pa.float64() for c in num_cols}, **{c: pa.string() for c in cat_cols}}
+        schema = pa.schema(list(types.items()))
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, out)
-        return table.num_rows
+        total = 0
+        with pq.ParquetWriter(out, schema) as writer:
+            for served, feedback in self._served_batches():
+                cols: dict[str, list] = {k: [] for k in types}
+                for rid, uid, ts, arm, model, cands, shown, *_ in served:
+                    position = {item: p + 1 for p, item in enumerate(json.loads(shown))}
+                    for rank, cand in enumerate(json.loads(cands), start=1):
+                        item = str(cand["item_id"])
+                        pos = position.get(item)
+                        fb = feedback.get((rid, item), (0, 0, 0)) if pos else (None, None, None)
+                        for key, value in (("request_id", rid), ("user_id", uid), ("ts", ts), ("item_id", item),
+                                           ("upstream_rank", rank), ("position", pos), ("click", fb[0]),
+                                           ("like", fb[1]), ("long_view", fb[2]), ("arm", arm), ("model", model)):
+                            cols[key].append(value)
+                        for c in num_cols:
+                            cols[c].append(cand.get(c))
+                        for c in cat_cols:
+                            value = cand.get(c)
+                            cols[c].append(None if value is None else str(value))
+                table = pa.table({k: pa.array(v, types[k]) for k, v in cols.items()}, schema=schema)
+                writer.write_table(table)
+                total += table.num_rows
+            if total == 0:
+                writer.write_table(schema.empty_table())
+        return total

@@ -15,7 +15,8 @@ class ArmStats:
         self.errors = 0
         self.latency_ms: deque[float] = deque(maxlen=window)  # the last `window` requests
         self.feedback_lists = 0  # served lists with a /feedback post
-        self.feedback = dict.fromkeys(FEEDBACK_KINDS, 0)  # events per kind
+        self.feedback = dict.fromkeys(FEEDBACK_KINDS, 0)  # distinct events per kind (re-posts not counted twice)
+        self.ignored_feature_values = 0  # candidate keys outside the model's feature spec: not stored
 
     def served(self, latency_ms: float) -> None:
         self.requests += 1
@@ -27,5 +28,6 @@ class ArmStats:
         per_list = {f"{k}s_per_list": self.feedback[k] / self.requests if self.requests else None
                     for k in FEEDBACK_KINDS}
         return {"requests": self.requests, "errors": self.errors, **pct,
+                "ignored_feature_values": self.ignored_feature_values,
                 "feedback_lists": self.feedback_lists, **{f"{k}s": v for k, v in self.feedback.items()},
                 **per_list}
