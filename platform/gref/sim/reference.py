@@ -2,12 +2,12 @@
 
 * ``oracle best list`` -- beam search over the candidates under the hidden user model itself;
 * ``oracle pointwise sort`` -- the candidates sorted by their hidden click logit, no list effects;
-* ``features-only (list-aware / pointwise)`` -- the same two searches under a click model of the
-  simulator's form fitted by maximum likelihood on the *logged* clicks of the train split, whose
-  item logit sees only the observable features (a bilinear user x item form, as the hidden
-  affinity is; gref.baselines.clickmodel.ListClickModel with ``FormAttractiveness``). It tells how
-  much a model that learns from these logs could gain at best, and how much of that needs list
-  awareness.
+* ``features-only (list-aware / pointwise)`` -- the same two searches with the hidden item logit
+  replaced by its best estimate from the observable features (``FormAttractiveness``, a bilinear
+  user x item form as the hidden affinity is, regressed on the hidden logit of the train split's
+  candidates: E[logit | features]) and the list effects (fatigue, series boost, examination) at
+  their true values. It tells how much a model of these features could gain at best, and how
+  much of that needs list awareness.
 Every reference list is scored by the exact oracle.
 """
 
