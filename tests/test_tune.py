@@ -155,4 +155,5 @@ def test_sweep_nests_runs_resumes_and_its_best_config_trains(ray_cluster, prep_d
     out = pretrain.main(["--config", best["files"]["pretrain"], *quick])
     assert len(out["history"]) == 1 and out["history"][0]["oracle_clicks"] > 0
     out = dpo.main(["--config", best["files"]["dpo"], *quick, "register=false"])
-    assert len(out["history"]) == 1 and out["history"][0]["val_dpo_loss"] > 0
+    assert [h["epoch"] for h in out["history"]] == [-1, 0]  # the initial model's validation, then 1 epoch
+    assert out["history"][-1]["val_dpo_loss"] > 0
