@@ -163,7 +163,9 @@ def test_pipeline_job_through_the_jobs_api(ray_head, tmp_path):
         "world.n_users=300", "world.n_items=1500", "world.n_series=50", "world.n_creators=200", "world.days=5",
         "dataset.test_days=1", "dataset.valid_days=1", "pretrain.scaling.num_workers=0", "dpo.scaling.num_workers=0",
         "baselines=[]",
-        *[f"{stage}.{o}" for stage in ("pretrain", "dpo") for o in tiny]])
+        *[f"{stage}.{o}" for stage in ("pretrain", "dpo") for o in tiny],
+        "reward.optim.epochs=1", "reward.optim.batch_size=128", "reward.eval.max_requests=300",
+        "reward.scaling.cpus_per_worker=0.5"])
     deadline = time.time() + 60
     while True:  # a freshly started head's job agent can take a while on a loaded machine
         try:
