@@ -9,8 +9,9 @@ For every world (a named set of WorldConfig overrides) and seed: simulate ``requ
 world seed = seed, prepare them (Ray Data), train every model a requested table needs through
 the same Ray Train runner as the jobs (pretrain -> reward -> post-train, and the baselines; one
 MLflow run each, nested under this job's run), evaluate all of them on the test split beside the
-reference rows (jobs.evaluate's report), then aggregate over seeds -> ``out/tables.md``,
-``out/tables.json`` and a bar chart per world, logged to MLflow. Cells are mean ± sample std over
+reference rows (jobs.evaluate's report), then aggregate over seeds -> ``tables.md``,
+``tables.json`` and a bar chart per world in ``out/report-<tables>/`` (one folder per table set,
+so the ablation run beside the main one overwrites nothing), logged to MLflow. Cells are mean ± sample std over
 seeds; "vs logged" is the per-seed lift over the logged order, mean ± the half-width of its 95 %
 confidence interval (t distribution, seeds - 1 degrees of freedom).
 
@@ -48,6 +49,7 @@ class ExperimentConfig:
     ablation_worlds: list[str] = field(default_factory=lambda: ["default"])  # worlds of the ablation / heads tables
     requests: int = 40_000  # simulated requests per world and seed
     heads: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # k of the heads table
+    ablation_rows: list[str] = field(default_factory=list)  # the ablation rows to train (RECIPES ids); [] = all
     baselines: list[str] = field(default_factory=lambda: ["all"])  # kinds of the baselines table
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # the GReF row; ablations change one knob
@@ -116,6 +118,17 @@ REFERENCES = ("logged exposure", "upstream order", "oracle best list", "oracle p
               "features-only best list", "features-only pointwise sort")
 
 
+def report_tag(cfg: ExperimentConfig) -> str:
+    """The folder name of a table set's reports: per seed and aggregated."""
+    return "report-" + "+".join(sorted(cfg.tables) + sorted(cfg.ablation_rows))
+
+
+def ablation_rows(cfg: ExperimentConfig, table: str) -> list[str]:
+    """The rows of ablation table ``table`` ("post" | "pretraining") that ``cfg.ablation_rows``
+    keeps; the GReF row, every table's reference, always stays."""
+    return [i for i in TABLE_ROWS[table] if not cfg.ablation_rows or i == "gref" or i in cfg.ablation_rows]
+
+
 def recipes(cfg: ExperimentConfig, world: str) -> dict[str, tuple[str, Any]]:
     """Models this world needs: id -> ("gref", Recipe) or ("baseline", kind)."""
     from jobs.pipeline import baseline_kinds
@@ -126,7 +139,7 @@ def recipes(cfg: ExperimentConfig, world: str) -> dict[str, tuple[str, Any]]:
         need.update({k: ("baseline", k) for k in baseline_kinds(cfg.baselines)})
     if world in cfg.ablation_worlds:
         if "ablations" in cfg.tables:
-            need.update({i: ("gref", RECIPES[i]) for i in TABLE_ROWS["post"] + TABLE_ROWS["pretraining"]})
+            need.update({i: ("gref", RECIPES[i]) for i in ablation_rows(cfg, "post") + ablation_rows(cfg, "pretraining")})
         if "heads" in cfg.tables:
             k0 = cfg.pretrain.model.omtp_heads  # the GReF row itself is the k = k0 entry
             need.update({f"k{k}": ("gref", Recipe(pretrain={"model.omtp_heads": k})) for k in cfg.heads if k != k0})
@@ -211,7 +224,8 @@ def run_seed(cfg: ExperimentConfig, world: str, seed: int) -> dict[str, dict[str
     from jobs import evaluate, prepare
 
     root = Path(cfg.out).resolve() / world / f"seed{seed}"
-    report_dir = root / ("report-" + "+".join(sorted(cfg.tables)))  # the models are shared, the reports per table set
+    # the models are shared, the reports per table set (and row subset)
+    report_dir = root / report_tag(cfg)
     if (report_dir / "report.json").exists():
         return json.loads((report_dir / "report.json").read_text())
     world_dir, prep = root / "sim" / "world", root / "prep"
@@ -399,7 +413,7 @@ def write_tables(cfg: ExperimentConfig, aggs: dict[str, dict], per_seed: dict[st
             refs = [("logged exposure", "logged exposure"), ("features-only best list", "features-only best list")]
             for title, key in (("post-training signal (every row pre-trained as GReF)", "post"),
                                ("pre-training (every row post-trained as GReF)", "pretraining")):
-                rows = refs + [(_label(i), _label(i)) for i in TABLE_ROWS[key]]
+                rows = refs + [(_label(i), _label(i)) for i in ablation_rows(cfg, key)]
                 parts.append(f"### Ablations: {title}\n\n{table_md(agg, rows)}\n")
         if world in cfg.ablation_worlds and "heads" in cfg.tables:
             k0 = cfg.pretrain.model.omtp_heads
@@ -408,6 +422,7 @@ def write_tables(cfg: ExperimentConfig, aggs: dict[str, dict], per_seed: dict[st
             cols += [("latency_ms", "ms/req (batch)", "{:.3f}"), ("latency_ms_b1", "ms/request", "{:.2f}")]
             parts.append(f"### OMTP heads k (the default recipe): quality and latency\n\n{table_md(agg, rows, cols)}\n")
     text = "\n".join(parts)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "tables.md").write_text(text)
     (out / "tables.json").write_text(json.dumps(aggs, indent=2))
     return text
@@ -449,9 +464,12 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     missing = sorted(set(cfg.ablation_worlds) - set(cfg.worlds))
     if missing and {"ablations", "heads"} & set(cfg.tables):
         raise SystemExit(f"config error: ablation_worlds {missing} are not in worlds ({', '.join(cfg.worlds)})")
+    unknown = sorted(set(cfg.ablation_rows) - set(RECIPES))
+    if unknown:
+        raise SystemExit(f"config error: ablation_rows: unknown {unknown} (known: {', '.join(RECIPES)})")
     for world in cfg.worlds:
         recipes(cfg, world)  # unknown baseline kinds / world keys fail before any work
-    out = Path(cfg.out).resolve()
+    out = Path(cfg.out).resolve() / report_tag(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "experiments.yaml")
     tracking.setup(cfg.tracking)

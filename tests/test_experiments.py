@@ -45,6 +45,20 @@ def test_recipes_per_table():
     assert recipes(cfg, "strong") == {}  # ablations run on ablation_worlds only
 
 
+def test_a_subset_of_ablation_rows_keeps_the_gref_reference_and_its_own_report(tmp_path):
+    from dataclasses import replace
+
+    from jobs import experiments
+
+    cfg = ExperimentConfig(tables=["ablations"], ablation_rows=["dpo", "no_list_bias"])
+    assert experiments.ablation_rows(cfg, "post") == ["gref", "dpo"]
+    assert experiments.ablation_rows(cfg, "pretraining") == ["gref", "no_list_bias"]
+    assert set(recipes(cfg, "default")) == {"gref", "dpo", "no_list_bias"}
+    assert experiments.report_tag(cfg) == "report-ablations+dpo+no_list_bias"  # never the full table's folder
+    with pytest.raises(SystemExit, match="ablation_rows: unknown"):
+        experiments.run(replace(cfg, ablation_rows=["nope"], out=str(tmp_path)))
+
+
 def test_two_seeds_end_to_end_then_resume(ray_cluster, tmp_path):
     from mlflow import MlflowClient
 
@@ -70,10 +84,10 @@ def test_two_seeds_end_to_end_then_resume(ray_cluster, tmp_path):
         assert agg[row]["oracle_clicks"]["mean"] == pytest.approx(np.mean(values))
         assert agg[row]["oracle_clicks"]["std"] == pytest.approx(np.std(values, ddof=1))
     assert per_seed[0]["logged exposure"]["oracle_clicks"] != per_seed[1]["logged exposure"]["oracle_clicks"]
-    text = (tmp_path / "exp" / "tables.md").read_text()
+    text = (tmp_path / "exp" / "report-baselines" / "tables.md").read_text()
     assert "| DNN |" in text and "| GReF |" in text and " ± " in text
     assert "GReF is the top row" in text and "GReF vs the best baseline (DNN)" in text
-    assert (tmp_path / "exp" / "expected_clicks.png").stat().st_size > 0
+    assert (tmp_path / "exp" / "report-baselines" / "expected_clicks.png").stat().st_size > 0
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("gref")
