@@ -160,10 +160,10 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _replayed(request_id: str, digest: str, previous: tuple[str, dict[str, Any] | None]) -> JSONResponse:
+def _replayed(request_id: str, digest: str, previous: tuple[str, dict[str, Any] | None] | None) -> JSONResponse:
     """A request id served before: the same body gets the stored answer (a client retrying after a
     timeout), another body a 409."""
-    stored_digest, answer = previous
+    stored_digest, answer = previous or ("", None)
     if stored_digest == digest and answer is not None:
         return JSONResponse(answer)
     return _error(409, f"request_id: '{request_id}' was already served for another request")
@@ -209,9 +209,12 @@ class Router:
         self.salt = user_config.get("salt") or self.salt
 
     def _prune(self) -> None:
-        if self.cfg.retention_days > 0:
-            self.store.prune(int((time.time() - self.cfg.retention_days * 86400) * 1000))
         self.served_since_prune = 0
+        if self.cfg.retention_days > 0:
+            try:
+                self.store.prune(int((time.time() - self.cfg.retention_days * 86400) * 1000))
+            except sqlite3.OperationalError as err:  # busy or full: the next pass tries again
+                logging.getLogger("ray.serve").warning("feedback store: retention pass skipped (%s)", err)
 
     async def _store(self, method: str, *args: Any) -> Any:
         """A feedback-store call off the event loop (sqlite blocks), bounded by ``store_timeout_s``;
