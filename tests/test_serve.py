@@ -252,8 +252,11 @@ def test_a_killed_replica_is_replaced_while_requests_keep_succeeding(app, regist
         done.set()
         thread.join()
     assert len(codes) > 10 and set(codes) == {200}, codes
-    for i in range(30):  # both replicas now: the survivor (version 1) and its replacement (version 2)
+    deadline, i = time.time() + 90, 0  # both replicas now: the survivor (version 1) and its replacement
+    while ("2", 4) not in {(a["model"]["version"], a["model"]["heads"]) for a in answers}:
+        assert time.time() < deadline, "no answer from the replacement replica (version 2)"
         answers.append(rerank(app["url"], champion_users[i % len(champion_users)], candidates, n=3).json())
+        i += 1
     ran = {(a["model"]["version"], a["model"]["heads"]) for a in answers}
     assert ran == {("1", 2), ("2", 4)}, ran  # the version each answer names is the one that decoded it
     stored = FeedbackStore(app["args"]["feedback_db"]).served(answers[-1]["request_id"])
