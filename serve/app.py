@@ -245,8 +245,9 @@ class Router:
             body = parse_json(await _read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s),
                               self.cfg.max_body_bytes)
             req = parse_rerank(body, self.cfg.max_candidates, self.cfg.max_n)
-            # a client-chosen request_id: a retry of the same request gets the stored answer
-            digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+            # a client-chosen request_id: a retry of the same request gets the stored answer (only
+            # then is the body hashed: a server-made id is never retried)
+            digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest() if req.request_id else ""
             if req.request_id and (previous := await self._store("replay", req.request_id)):
                 return _replayed(req.request_id, digest, previous)
         except RequestError as err:
