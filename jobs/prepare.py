@@ -10,7 +10,12 @@ writes:
   OUT/pairs/{train,valid}/           Rerank-DPO winner/loser sequences (Eq. 7)
   OUT/quarantine/                    rejected requests: reason, detail, their raw rows
   OUT/features.json                  feature standardisation + categorical vocabularies
-  OUT/summary.json                   counts (requests read = sequences + quarantined)
+  OUT/summary.json                   counts (requests read = sequences + quarantined), the split
+                                     and the data profile (m, n, CTR by slot)
+
+Real logs: timestamps in seconds are detected and scaled (ts_unit), too few calendar days for
+the day split switch to a split by time quantiles (split), a split that would be empty stops
+here naming the option, and the longest list sets the model's length (summary profile).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from gref.data.schema import (
     canonical_schema,
     feature_columns,
 )
-from gref.data.sequences import build_sequences, split_boundaries
+from gref.data.profile import choose_split, merge_profiles, partial_profile, profile_lines, ts_scale
+from gref.data.sequences import build_sequences
 from gref.ray_utils import init_ray
 
 SPLITS = ("train", "valid", "test")
@@ -53,9 +59,12 @@ def find_log_files(logs: str | Path) -> list[str]:
     return files
 
 
-def normalize(batch: pa.Table, mapping: dict[str, str], buckets: int) -> pa.Table:
-    """Rename to canonical names, make ts int64 ms, add the ``_bucket`` groupby key."""
+def normalize(batch: pa.Table, mapping: dict[str, str], buckets: int, item_id_feature: bool) -> pa.Table:
+    """Rename to canonical names, make ts int64 ms, add the ``_bucket`` groupby key (and the
+    item id as a categorical feature when asked)."""
     batch = batch.select(list(mapping)).rename_columns([mapping[c] for c in mapping])
+    if item_id_feature:
+        batch = batch.append_column("cat_item_id", batch.column("item_id"))
     ts = batch.column("ts")
     if pa.types.is_timestamp(ts.type):
         ts = pc.cast(pc.cast(ts, pa.timestamp("ms", tz=ts.type.tz)), pa.int64())
@@ -80,10 +89,11 @@ def build_group(batch: pa.Table, num_cols, cat_cols, max_candidates) -> pa.Table
     """
     seqs, quarantine = build_sequences(batch.drop_columns(["_bucket"]), num_cols, cat_cols,
                                        boundaries=(0, 0), max_candidates=max_candidates)
-    ts = pc.max(seqs.column("ts")).as_py() if seqs.num_rows else None
+    ts = seqs.column("ts").combine_chunks().cast(pa.int64())
     return pa.table({"sequences": pa.array([_to_ipc(seqs)], pa.binary()),
                      "quarantine": pa.array([_to_ipc(quarantine)], pa.binary()),
-                     "rows": [batch.num_rows], "max_ts": pa.array([ts], pa.int64())})
+                     "rows": [batch.num_rows],
+                     "ts": pa.array([ts.to_numpy(zero_copy_only=False)], pa.list_(pa.int64()))})
 
 
 def unpack(batch: pa.Table, kind: str) -> pa.Table:
@@ -91,10 +101,15 @@ def unpack(batch: pa.Table, kind: str) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def assign_split(batch: pa.Table, boundaries: tuple[int, int]) -> pa.Table:
-    ts = batch.column("ts").to_numpy()
+def assign_split(batch: pa.Table, boundaries: tuple[int, int], scale: int) -> pa.Table:
+    ts = batch.column("ts").to_numpy().astype(np.int64) * scale
     split = np.where(ts >= boundaries[1], "test", np.where(ts >= boundaries[0], "valid", "train"))
+    batch = batch.set_column(batch.schema.get_field_index("ts"), "ts", pa.array(ts))
     return batch.set_column(batch.schema.get_field_index("split"), "split", pa.array(split.astype(str)))
+
+
+def profile_batch(batch: pa.Table) -> pa.Table:
+    return pa.table({"profile": [json.dumps(partial_profile(batch))]})
 
 
 def stats_batch(batch: pa.Table, num_cols, cat_cols) -> pa.Table:
@@ -125,7 +140,12 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
     files = find_log_files(logs)
     schema = pads.dataset(files, format="parquet").schema
     mapping = canonical_schema(schema, cfg)
-    num_cols, cat_cols = feature_columns(list(mapping.values()))
+    canonical = list(mapping.values())
+    if cfg.item_id_feature:
+        if "cat_item_id" in canonical:
+            raise SchemaError("item_id_feature=true, but the logs already have a cat_item_id column")
+        canonical.append("cat_item_id")
+    num_cols, cat_cols = feature_columns(canonical)
     log("prepare", f"{len(files)} file(s), {len(num_cols)} numeric and {len(cat_cols)} categorical features")
 
     init_ray()
@@ -134,24 +154,33 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
     ctx.default_hash_shuffle_parallelism = cfg.shuffle_partitions
     ctx.enable_progress_bars = False  # one line per stage from us instead of Ray's per-operator log
     rows = ray.data.read_parquet(files).select_columns(list(mapping)).map_batches(
-        normalize, batch_format="pyarrow", fn_kwargs={"mapping": mapping, "buckets": cfg.buckets})
+        normalize, batch_format="pyarrow", fn_kwargs={"mapping": mapping, "buckets": cfg.buckets,
+                                                  "item_id_feature": cfg.item_id_feature})
     grouped = rows.groupby("_bucket", num_partitions=cfg.shuffle_partitions).map_groups(
         build_group, batch_format="pyarrow",
         fn_kwargs={"num_cols": num_cols, "cat_cols": cat_cols, "max_candidates": cfg.max_candidates},
     ).materialize()
-    meta = grouped.select_columns(["rows", "max_ts"]).to_pandas()
+    meta = grouped.select_columns(["rows", "ts"]).to_pandas()
     rows_read = int(meta["rows"].sum())
     log("prepare", f"grouped {rows_read:,} rows into requests ({time.time() - start:.1f}s)")
-    if meta["max_ts"].isna().all():
+    request_ts = np.concatenate([np.asarray(t, dtype=np.int64) for t in meta["ts"]])
+    if not len(request_ts):
         raise SchemaError("every request was quarantined: nothing to train on "
-                          "(see the quarantine reasons)")
-    boundaries = split_boundaries(int(meta["max_ts"].max()), cfg.valid_days, cfg.test_days)
-    log("prepare", f"time split: valid from {pd.Timestamp(boundaries[0], unit='ms')}, "
-                   f"test from {pd.Timestamp(boundaries[1], unit='ms')}")
+                          "(see the quarantine reasons in OUT/quarantine)")
+    scale = ts_scale(int(request_ts.max()), cfg.ts_unit)
+    if scale != 1:
+        log("prepare", f"ts looks like seconds since the epoch (max {request_ts.max():,}); scaled to ms "
+                       "(set ts_unit=ms if it really is ms)")
+    time_split = choose_split(request_ts * scale, cfg.split, cfg.valid_days, cfg.test_days,
+                         cfg.valid_fraction, cfg.test_fraction)
+    log("prepare", f"time split {time_split.note}: valid from {pd.Timestamp(time_split.boundaries[0], unit='ms')}, "
+                   f"test from {pd.Timestamp(time_split.boundaries[1], unit='ms')}")
     sequences = grouped.map_batches(unpack, batch_format="pyarrow", fn_kwargs={"kind": "sequences"}
                                     ).map_batches(assign_split, batch_format="pyarrow",
-                                                  fn_kwargs={"boundaries": boundaries})
+                                                  fn_kwargs={"boundaries": time_split.boundaries, "scale": scale})
     quarantine = grouped.map_batches(unpack, batch_format="pyarrow", fn_kwargs={"kind": "quarantine"})
+    profile = merge_profiles([json.loads(r["profile"]) for r in sequences.map_batches(
+        profile_batch, batch_format="pyarrow", batch_size=None).take_all()])
 
     parts = sequences.map_batches(stats_batch, batch_format="pyarrow", batch_size=None,
                                   fn_kwargs={"num_cols": num_cols, "cat_cols": cat_cols}).take_all()
@@ -187,13 +216,30 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
         "pairs": {s: count_rows(out_dir / "pairs" / s) for s in ("train", "valid")},
         "quarantined": sum(reasons.values()),
         "quarantined_by_reason": dict(sorted(reasons.items())),
-        "split_boundaries_ms": {"valid_start": boundaries[0], "test_start": boundaries[1]},
+        "split": {"how": time_split.how, "note": time_split.note, "ts_unit": "s" if scale == 1000 else "ms",
+                  "valid_start_ms": time_split.boundaries[0], "test_start_ms": time_split.boundaries[1]},
+        "profile": profile,
         "features": {"num": num_cols, "cat": cat_cols, "cat_sizes": spec.cat_sizes},
         "config": to_dict(cfg),
         "seconds": round(time.time() - start, 2),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    for line in profile_lines(profile, seq_counts, summary["quarantined"]):
+        log("prepare", line)
+    if mlflow_active():
+        import mlflow
+        mlflow.log_dict(summary, "data/summary.json")
+        mlflow.log_metrics({f"data_{s}_requests": c for s, c in seq_counts.items()}
+                           | {"data_quarantined": summary["quarantined"], "data_n_max": profile["n"]["max"]})
     return summary
+
+
+def mlflow_active() -> bool:
+    try:
+        import mlflow
+    except ImportError:
+        return False
+    return mlflow.active_run() is not None
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -37,9 +37,20 @@ def test_counts_add_up(prep_dir):
 
 def test_time_split_is_by_time(prep_dir):
     summary = json.loads((prep_dir / "summary.json").read_text())
-    b = summary["split_boundaries_ms"]
+    b = summary["split"]
+    assert b["how"] == "days" and b["ts_unit"] == "ms"
     train, test = read(prep_dir / "sequences" / "train"), read(prep_dir / "sequences" / "test")
-    assert max(train.column("ts").to_pylist()) < b["valid_start"] <= b["test_start"] <= min(test.column("ts").to_pylist())
+    assert max(train.column("ts").to_pylist()) < b["valid_start_ms"] <= b["test_start_ms"] <= min(test.column("ts").to_pylist())
+
+
+def test_profile_counts_the_prepared_requests(prep_dir):
+    summary = json.loads((prep_dir / "summary.json").read_text())
+    profile = summary["profile"]
+    assert profile["requests"] == sum(summary["sequences"].values())
+    train = read(prep_dir / "sequences" / "train")
+    assert profile["n"]["max"] >= max(train.column("n").to_pylist())
+    first_slot = np.mean([c[0] for c in train.column("click").to_pylist()])
+    assert 0 < profile["ctr_by_slot"][0] and abs(profile["ctr_by_slot"][0] - first_slot) < 0.05
 
 
 def test_sequences_match_the_raw_logs(prep_dir, sim_dir):

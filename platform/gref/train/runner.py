@@ -112,6 +112,9 @@ def run_training(stage: str, cfg: Any, init: torch.nn.Module | None = None,
     if done.exists():  # finished before with another config: an in-process run starts over
         shutil.rmtree(run_dir / "local_checkpoint", ignore_errors=True)
     meta = data_meta(data)
+    if meta["n_max"] > cfg.model.max_length or meta["m_max"] > cfg.model.max_candidates:
+        log(stage, f"the data's lists are longer than the config's (shown up to {meta['n_max']}, "
+                   f"candidates up to {meta['m_max']}): the model is sized for them")
 
     init_ray()
     tracking.setup(cfg.tracking)

@@ -24,19 +24,30 @@ def data_meta(data_dir: str | Path) -> dict[str, Any]:
     data_dir = Path(data_dir)
     spec = FeatureSpec.load(data_dir / "features.json")
     summary = json.loads((data_dir / "summary.json").read_text())
+    profile = summary.get("profile", {})
     return {"num_features": len(spec.num_cols), "cat_sizes": spec.cat_sizes, "cat_cols": spec.cat_cols,
             "num_cols": spec.num_cols,
-            "feedback_weights": summary["config"]["feedback_weights"]}
+            "feedback_weights": summary["config"]["feedback_weights"],
+            # longest candidate / shown list in the data (0: data prepared before profiles existed)
+            "m_max": profile.get("m", {}).get("max", 0), "n_max": profile.get("n", {}).get("max", 0)}
+
+
+def _data_shaped(cfg, meta: dict[str, Any]):
+    """``cfg`` with the data's feature sizes, and lengths grown to the data's longest lists (a
+    real log may show more items than the default ``max_length``: never an index error)."""
+    return replace(cfg, num_features=meta["num_features"], cat_sizes=list(meta["cat_sizes"]),
+                   max_length=max(cfg.max_length, meta.get("n_max", 0)),
+                   max_candidates=max(cfg.max_candidates, meta.get("m_max", 0)))
 
 
 def build_model(cfg: ModelConfig, meta: dict[str, Any]) -> GenReranker:
-    """The model config with the data's feature sizes filled in."""
-    return GenReranker(replace(cfg, num_features=meta["num_features"], cat_sizes=list(meta["cat_sizes"])))
+    """The model config shaped by the data (``_data_shaped``)."""
+    return GenReranker(_data_shaped(cfg, meta))
 
 
 def build_baseline_model(cfg: BaselineConfig, meta: dict[str, Any]) -> BaselineReranker:
-    """A baseline (gref.baselines) with the data's feature sizes filled in."""
-    return build_baseline(replace(cfg, num_features=meta["num_features"], cat_sizes=list(meta["cat_sizes"])))
+    """A baseline (gref.baselines) shaped by the data (``_data_shaped``)."""
+    return build_baseline(_data_shaped(cfg, meta))
 
 
 def evaluate(model: nn.Module, table: pa.Table, meta: dict[str, Any], batch_size: int = 512,

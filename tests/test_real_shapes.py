@@ -1,0 +1,110 @@
+"""Real log shapes (issue 14) as small fixtures: each trains, or stops in prepare with one line.
+
+- a news-like log: lists longer than the model's default length (n up to 40 > 32);
+- a hotel-like log over three calendar days: the day split has no room, quantiles take over;
+- a web-search-like log: every candidate shown (m = n), string ids, ts in seconds, clicks only,
+  ids as the only features.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gref.config import load_config
+from gref.train.config import PretrainConfig
+
+DAY_MS = 86_400_000
+TINY = ["model.d_model=16", "model.enc_layers=1", "model.dec_layers=1", "model.omtp_heads=2",
+        "optim.batch_size=64", "optim.epochs=1", "eval.max_requests=100", "scaling.num_workers=0"]
+
+
+def raw_log(requests: int, m: int, n_max: int, days: float, seed: int = 0, string_ids: bool = False,
+            ts_seconds: bool = False, vocab: int = 500) -> pa.Table:
+    """Long-format rows of the raw-log contract: ``requests`` requests of ``m`` candidates, the
+    first 1..n_max in upstream order shown, clicks falling with the position, ts over ``days``."""
+    rng = np.random.default_rng(seed)
+    rows = {k: [] for k in ("request_id", "user_id", "ts", "item_id", "upstream_rank", "position",
+                            "click", "cat_query")}
+    start = 19_676 * DAY_MS  # 2023-11-15 00:00 UTC
+    for r in range(requests):
+        n = int(rng.integers(max(1, n_max // 2), n_max + 1))
+        items = rng.choice(vocab, size=m, replace=False)
+        ts = start + int(r / requests * days * DAY_MS)
+        query = int(rng.integers(20))
+        for k in range(m):
+            shown = k < n
+            rows["request_id"].append(f"req-{r}" if string_ids else r)
+            rows["user_id"].append(f"u{r % 37}" if string_ids else r % 37)
+            rows["ts"].append(ts // 1000 if ts_seconds else ts)
+            rows["item_id"].append(f"doc{items[k]}" if string_ids else int(items[k]))
+            rows["upstream_rank"].append(k + 1)
+            rows["position"].append(k + 1 if shown else None)
+            rows["click"].append(int(rng.random() < 0.4 / (k + 1)) if shown else None)
+            rows["cat_query"].append(f"q{query}")
+    return pa.table({**rows, "position": pa.array(rows["position"], pa.int32()),
+                     "click": pa.array(rows["click"], pa.int8())})
+
+
+def write_logs(tmp_path, table: pa.Table):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pq.write_table(table, logs / "part.parquet")
+    return logs
+
+
+def pretrain(prep, tmp_path):
+    from gref.train.runner import run_training
+
+    cfg = load_config(PretrainConfig, None, [f"data={prep}", f"run.storage={tmp_path / 'ray'}",
+                                             f"run.name=shape-{uuid.uuid4().hex[:8]}",
+                                             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *TINY])
+    return run_training("pretrain", cfg)
+
+
+def test_lists_longer_than_the_default_length_train(ray_cluster, tmp_path):
+    from jobs import prepare
+    from gref.model.io import load_reranker
+
+    logs = write_logs(tmp_path, raw_log(300, m=40, n_max=40, days=10))
+    summary = prepare.main(["--logs", str(logs), "--out", str(tmp_path / "prep")])
+    assert summary["profile"]["n"]["max"] == 40 and summary["profile"]["m"]["max"] == 40
+    out = pretrain(tmp_path / "prep", tmp_path)
+    assert load_reranker(out["model_dir"]).cfg.max_length == 40  # grown from the default 32
+
+
+def test_few_calendar_days_split_by_time_quantiles(ray_cluster, tmp_path):
+    from jobs import prepare
+
+    logs = write_logs(tmp_path, raw_log(400, m=8, n_max=5, days=2.5))  # 3 calendar days
+    with pytest.raises(SystemExit, match="the train split is empty.*split=quantile"):
+        prepare.main(["--logs", str(logs), "--out", str(tmp_path / "days"), "split=days", "test_days=2"])
+    summary = prepare.main(["--logs", str(logs), "--out", str(tmp_path / "prep"), "test_days=2"])
+    assert summary["split"]["how"] == "quantile" and "calendar day" in summary["split"]["note"]
+    counts = summary["sequences"]
+    assert counts == {"train": 280, "valid": 40, "test": 80}  # 70 / 10 / 20 % by time
+
+
+def test_every_candidate_shown_string_ids_seconds_and_id_features(ray_cluster, tmp_path):
+    from jobs import prepare
+
+    logs = write_logs(tmp_path, raw_log(300, m=10, n_max=10, days=12, string_ids=True, ts_seconds=True,
+                                        vocab=3000).drop_columns([]))
+    table = pq.read_table(logs / "part.parquet")
+    table = table.filter(pa.compute.is_valid(table.column("position")))  # m = n: only shown rows
+    pq.write_table(table, logs / "part.parquet")
+    summary = prepare.main(["--logs", str(logs), "--out", str(tmp_path / "prep"),
+                            "item_id_feature=true", "min_category_count=2"])
+    assert summary["split"]["ts_unit"] == "s" and summary["split"]["how"] == "days"
+    assert summary["profile"]["all_candidates_shown"] == 1.0
+    spec = json.loads((tmp_path / "prep" / "features.json").read_text())
+    assert "cat_item_id" in spec["cat_cols"]
+    # 3000 ids, ~1 sighting each: most are rarer than min_category_count and share the OOV row
+    assert summary["features"]["cat_sizes"][spec["cat_cols"].index("cat_item_id")] < 1500
+    out = pretrain(tmp_path / "prep", tmp_path)
+    assert np.isfinite(out["best"]["val_nll"]) and 0 <= out["best"]["ndcg"] <= 1
