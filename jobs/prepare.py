@@ -38,13 +38,13 @@ from gref.cli import log, parser, print_json, resolve_config
 from gref.config import to_dict
 from gref.data.features import FeatureSpec, merge_stats, partial_stats
 from gref.data.pairs import add_pairs
+from gref.data.profile import choose_split, merge_profiles, partial_profile, profile_lines, ts_scale
 from gref.data.schema import (
     DatasetConfig,
     SchemaError,
     canonical_schema,
     feature_columns,
 )
-from gref.data.profile import choose_split, merge_profiles, partial_profile, profile_lines, ts_scale
 from gref.data.sequences import build_sequences
 from gref.ray_utils import init_ray
 

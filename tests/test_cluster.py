@@ -161,7 +161,7 @@ def test_pipeline_job_through_the_jobs_api(ray_head, tmp_path):
     entrypoint = " ".join([
         # the paper's post-training (no reward stage): this test is about job submission; the default
         # recipe's pipeline runs end to end in test_train
-        "python -m jobs.pipeline --config configs/paper.yaml", f"out={tmp_path / 'pipe'}", "requests=1500",
+        "python -m jobs.pipeline --config configs/paper.yaml", f"out={tmp_path / 'pipe'}", "requests=800",
         "world.n_users=300", "world.n_items=1500", "world.n_series=50", "world.n_creators=200", "world.days=5",
         "dataset.test_days=1", "dataset.valid_days=1", "pretrain.scaling.num_workers=0", "dpo.scaling.num_workers=0",
         "baselines=[]",

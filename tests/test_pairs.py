@@ -63,3 +63,23 @@ def test_add_pairs_on_variable_lengths():
     assert out.num_rows == 1  # only the first request changes order
     assert out.column("winner").to_pylist() == [[9, 5, 2]]
     assert out.column("loser").to_pylist() == [[5, 2, 9]]
+
+
+def test_eq7_pretraining_targets_by_hand():
+    """Pre-training target=eq7: the exposure re-sorted by S_i = alpha / P_i + gamma * U_i, as
+    Eq. 7's winner of jobs.prepare, each slot's relevance moving with its item."""
+    import torch
+
+    from gref.data.batch import Batch
+    from gref.train.objectives import eq7_targets
+
+    # request 0: S = [1, 1/2 + 1, 1/3] -> slots 1, 0, 2; request 1 (n = 2, one padded slot):
+    # S = [1 + 1, 1/2] -> unchanged, the padded slot stays last
+    b = Batch(num=torch.zeros(2, 3, 0), cat=torch.zeros(2, 3, 0, dtype=torch.long),
+              cand_mask=torch.ones(2, 3, dtype=torch.bool), exposure=torch.tensor([[2, 0, 1], [1, 2, 0]]),
+              lengths=torch.tensor([3, 2]), relevance=torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
+              click=torch.zeros(2, 3))
+    out = eq7_targets(b, alpha=1.0, gamma=1.0)
+    assert out.exposure.tolist() == [[0, 2, 1], [1, 2, 0]]
+    assert out.relevance.tolist() == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    assert b.exposure.tolist() == [[2, 0, 1], [1, 2, 0]]  # the input batch is left alone

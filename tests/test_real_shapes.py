@@ -3,7 +3,7 @@
 - a news-like log: lists longer than the model's default length (n up to 40 > 32);
 - a hotel-like log over three calendar days: the day split has no room, quantiles take over;
 - a web-search-like log: every candidate shown (m = n), string ids, ts in seconds, clicks only,
-  ids as the only features.
+  ids as the only features (tests/test_yandex.py trains on a real one).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def pretrain(prep, tmp_path):
 
 
 def test_lists_longer_than_the_default_length_train(ray_cluster, tmp_path):
-    from jobs import prepare
     from gref.model.io import load_reranker
+    from jobs import prepare
 
     logs = write_logs(tmp_path, raw_log(300, m=40, n_max=40, days=10))
     summary = prepare.main(["--logs", str(logs), "--out", str(tmp_path / "prep")])
@@ -106,5 +106,4 @@ def test_every_candidate_shown_string_ids_seconds_and_id_features(ray_cluster, t
     assert "cat_item_id" in spec["cat_cols"]
     # 3000 ids, ~1 sighting each: most are rarer than min_category_count and share the OOV row
     assert summary["features"]["cat_sizes"][spec["cat_cols"].index("cat_item_id")] < 1500
-    out = pretrain(tmp_path / "prep", tmp_path)
-    assert np.isfinite(out["best"]["val_nll"]) and 0 <= out["best"]["ndcg"] <= 1
+    # that such a log trains end to end is tests/test_yandex.py (a real m = n log, id-only features)

@@ -25,6 +25,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from gref.clickmodel.estimate import ClickEstimator, bootstrap_summary
 from gref.data.batch import Batch, collate, iter_tables
 from gref.data.pairs import padded
 from gref.losses import multi_token_loss
@@ -85,13 +86,16 @@ def upstream_ranker(b: Batch):
 
 def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=None,
                     batch_size: int = 512, device: str | torch.device = "cpu",
-                    nll_model: GenReranker | None = None) -> dict[str, float]:
+                    nll_model: GenReranker | None = None, estimator: ClickEstimator | None = None,
+                    ) -> dict[str, Any]:
     """AUC / NDCG, diversity (and oracle feedback with a ``world``) of ``rank`` on ``table``.
-    With ``nll_model``, also its teacher-forced L_n on the exposure order (``val_nll``)."""
+    With ``nll_model``, also its teacher-forced L_n on the exposure order (``val_nll``); with an
+    ``estimator``, the click models' per-request E[clicks] (arrays under ``_est_<kind>``)."""
     from gref.sim.user_model import expected_feedback
 
     acc: dict[str, list] = {k: [] for k in ("cs", "cl", "es", "el", "ns", "ng", "nv", "div",
                                             "o_click", "o_like", "o_long")}
+    est: dict[str, list] = {}
     nll, n_req, width = 0.0, 0, 0
     div_col = meta.get("cat_cols", []).index(DIVERSITY_COLUMN) if DIVERSITY_COLUMN in meta.get("cat_cols", []) else None
     for part in iter_tables(table, batch_size, shuffle=False):
@@ -102,8 +106,11 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
                 logits = nll_model(bd.num, bd.cat, bd.cand_mask, bd.exposure[:, None])[:, 0]
                 nll += float(multi_token_loss(logits, bd.exposure, bd.lengths)) * b.size
         placed, scores = rank(bd)
-        n_req += b.size
         exposure, lengths, click = b.exposure.numpy(), b.lengths.numpy(), b.click.numpy()
+        if estimator is not None:
+            for kind, v in estimator.expected_clicks(n_req + np.arange(b.size), placed, lengths, b.num, b.cat).items():
+                est.setdefault(kind, []).append(v)
+        n_req += b.size
         slot = np.arange(exposure.shape[1])[None] < lengths[:, None]
         exp_scores = np.take_along_axis(scores, exposure, axis=1)
         acc["cs"].append(exp_scores[slot]); acc["cl"].append(click[slot])
@@ -138,6 +145,8 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
         out["oracle_clicks"] = float(np.concatenate(acc["o_click"]).mean())
         out["oracle_likes"] = float(np.concatenate(acc["o_like"]).mean())
         out["oracle_long_views"] = float(np.concatenate(acc["o_long"]).mean())
+    for kind, parts in est.items():
+        out[f"_est_{kind}"] = np.concatenate(parts)
     return out
 
 
@@ -165,13 +174,14 @@ def single_request_latency(model: nn.Module, table: pa.Table, meta: dict[str, An
 
 
 def evaluate_model(model: nn.Module, table: pa.Table, meta: dict[str, Any], world=None,
-                   batch_size: int = 512, device: str | torch.device = "cpu") -> dict[str, float]:
+                   batch_size: int = 512, device: str | torch.device = "cpu",
+                   estimator: ClickEstimator | None = None) -> dict[str, Any]:
     """Metrics of a model's generated lists (val_nll too for a GenReranker), and ``latency_ms``:
     the time of ``rerank`` alone per request, in batches of ``batch_size``."""
     model.eval()
     nll_model = model if isinstance(model, GenReranker) else None
     rank = model_ranker(model)
-    out = evaluate_ranker(rank, table, meta, world, batch_size, device, nll_model=nll_model)
+    out = evaluate_ranker(rank, table, meta, world, batch_size, device, nll_model=nll_model, estimator=estimator)
     out["latency_ms"] = 1000.0 * rank.seconds / max(table.num_rows, 1)
     return out
 
@@ -189,27 +199,32 @@ def reference_ranker(name: str, world, features_only) -> Ranker:
 
 def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, Any], world=None,
                 batch_size: int = 512, device: str | torch.device = "cpu",
-                fit_table: pa.Table | None = None) -> dict[str, dict[str, float]]:
+                fit_table: pa.Table | None = None,
+                estimator: ClickEstimator | None = None) -> dict[str, dict[str, float]]:
     """Reference orders + every model (decoded on ``device``, latency measured), one dict of
     metrics per row. With a world, each row gets ``click_lift`` = its expected clicks relative to
     the logged exposure order, and -- given ``fit_table`` (the train split, where the features-only
     reference is fitted) -- the ceilings of gref.sim.reference as rows and every row's
-    ``headroom_share`` = (row - logged) / (features-only best list - logged)."""
-    rows = {"logged exposure": evaluate_ranker(logged_ranker, table, meta, world, batch_size),
-            "upstream order": evaluate_ranker(upstream_ranker, table, meta, world, batch_size)}
+    ``headroom_share`` = (row - logged) / (features-only best list - logged). With an
+    ``estimator`` (no oracle needed), every row gets ``est_clicks_<kind>`` and ``est_lift_<kind>``
+    (paired, over the logged order) with bootstrap 95 % CIs (``_lo`` / ``_hi``)."""
+    rows = {"logged exposure": evaluate_ranker(logged_ranker, table, meta, world, batch_size, estimator=estimator),
+            "upstream order": evaluate_ranker(upstream_ranker, table, meta, world, batch_size, estimator=estimator)}
     rows["logged exposure"]["auc_exposure"] = float("nan")  # trivially 1: it defines the exposure
     if world is not None and fit_table is not None:
         from gref.sim.reference import fit_features_only
 
         features_only = fit_features_only(world, fit_table, meta)
         for name in CEILINGS:
-            rows[name] = evaluate_ranker(reference_ranker(name, world, features_only), table, meta, world, batch_size)
+            rows[name] = evaluate_ranker(reference_ranker(name, world, features_only), table, meta, world,
+                                         batch_size, estimator=estimator)
             for key in ("auc_click", "auc_exposure", "ndcg"):  # its scores are its list order alone
                 rows[name][key] = float("nan")
     for name, model in models.items():
         model = model.to(device)
-        rows[name] = evaluate_model(model, table, meta, world, batch_size, device)
+        rows[name] = evaluate_model(model, table, meta, world, batch_size, device, estimator)
         rows[name]["latency_ms_b1"] = single_request_latency(model, table, meta, device)
+    add_estimates(rows)
     if world is not None:
         base = rows["logged exposure"]["oracle_clicks"]
         for r in rows.values():
@@ -221,8 +236,56 @@ def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, A
     return rows
 
 
+def add_estimates(rows: dict[str, dict[str, Any]]) -> None:
+    """Replace the per-request ``_est_<kind>`` arrays of every row by their means and paired lifts
+    over the logged exposure order, each with a bootstrap 95 % CI (same resamples for all rows),
+    and add ``est_lift_min``: the smallest lift any of the click models gives the row."""
+    kinds = [k[len("_est_"):] for k in rows["logged exposure"] if k.startswith("_est_")]
+    for kind in kinds:
+        base = rows["logged exposure"][f"_est_{kind}"]
+        for r in rows.values():
+            s = bootstrap_summary(r.pop(f"_est_{kind}"), base)
+            for key, value in s.items():
+                r[key.replace("mean", f"est_clicks_{kind}").replace("lift", f"est_lift_{kind}")] = value
+    if kinds:  # the most pessimistic of the click models: what a promotion should rely on
+        for r in rows.values():
+            r["est_lift_min"] = min(r[f"est_lift_{kind}"] for kind in kinds)
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall's tau-a of two score lists over the same rows (ties count 0)."""
+    a, b = np.asarray(a), np.asarray(b)
+    i, j = np.triu_indices(len(a), 1)
+    pairs = len(i)
+    return float((np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])).sum() / pairs) if pairs else float("nan")
+
+
+def estimate_audit(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """How far the click-model estimate can be trusted, where an oracle exists: per kind, the rank
+    agreement of the rows (Kendall tau of est vs oracle E[clicks]) and the estimate's relative
+    bias on the logged exposure order and on the lift of every row."""
+    out = {}
+    names = [n for n, r in rows.items() if "oracle_clicks" in r]
+    for kind in [k[len("est_clicks_"):] for k in rows["logged exposure"]
+                 if k.startswith("est_clicks_") and not k.endswith(("_lo", "_hi"))]:
+        if not names:
+            break
+        est = [rows[n][f"est_clicks_{kind}"] for n in names]
+        oracle = [rows[n]["oracle_clicks"] for n in names]
+        logged = rows["logged exposure"]
+        lift_err = [rows[n][f"est_lift_{kind}"] - rows[n]["click_lift"] for n in names if "click_lift" in rows[n]]
+        out[kind] = {"kendall_tau": kendall_tau(est, oracle), "rows": len(names),
+                     "logged_bias": logged[f"est_clicks_{kind}"] / logged["oracle_clicks"] - 1.0,
+                     "mean_abs_lift_error": float(np.mean(np.abs(lift_err))) if lift_err else float("nan")}
+    return out
+
+
 COLUMNS = [("oracle_clicks", "E[clicks]", "{:.4f}"), ("click_lift", "vs logged", "{:+.2%}"),
            ("headroom_share", "headroom share", "{:.0%}"), ("oracle_likes", "E[likes]", "{:.4f}"), ("oracle_long_views", "E[long views]", "{:.4f}"),
+           ("est_clicks_pbm", "est. E[clicks] PBM", "{:.4f}"), ("est_lift_pbm", "PBM vs logged [95% CI]", "{:+.2%}"),
+           ("est_clicks_dbn", "est. E[clicks] DBN", "{:.4f}"), ("est_lift_dbn", "DBN vs logged [95% CI]", "{:+.2%}"),
+           ("est_clicks_pbm_features", "est. E[clicks] feature PBM", "{:.4f}"),
+           ("est_lift_pbm_features", "feature PBM vs logged [95% CI]", "{:+.2%}"),
            ("ndcg", "NDCG", "{:.4f}"), ("auc_click", "AUC click", "{:.4f}"),
            ("auc_exposure", "AUC exposure", "{:.4f}"), ("diversity", "diversity", "{:.3f}"),
            ("latency_ms", "ms/req (batch)", "{:.3f}"), ("latency_ms_b1", "ms/req (1 by 1)", "{:.2f}")]
@@ -236,7 +299,10 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
         cells = []
         for key, _, fmt in cols:
             v = r.get(key)
-            cells.append("–" if v is None or v != v else fmt.format(v))
+            cell = "–" if v is None or v != v else fmt.format(v)
+            if key.startswith("est_lift_") and f"{key}_lo" in r and name != "logged exposure":
+                cell += f" [{fmt.format(r[f'{key}_lo'])}, {fmt.format(r[f'{key}_hi'])}]"
+            cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -244,21 +310,28 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
 LOGGED_ROWS = ("logged exposure", "upstream order")  # what production and the previous stage showed
 
 
-def bar_chart(rows: dict[str, dict[str, float]], path, title: str = "Expected clicks per request (oracle)"):
+def bar_chart(rows: dict[str, dict[str, float]], path, title: str = ""):
+    """Expected clicks per request of every row: the oracle's where there is one, else the DBN
+    click-model estimate with its 95 % CI as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in rows if "oracle_clicks" in rows[n]]
-    values = [rows[n]["oracle_clicks"] for n in names]
+    oracle = any("oracle_clicks" in r for r in rows.values())
+    key = "oracle_clicks" if oracle else "est_clicks_dbn"
+    names = [n for n in rows if key in rows[n]]
+    values = [rows[n][key] for n in names]
+    errors = None if oracle else np.array([[rows[n][key] - rows[n][f"{key}_lo"], rows[n][f"{key}_hi"] - rows[n][key]]
+                                           for n in names]).T
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.8))
-    bars = ax.bar(names, values, color=[bar_color(n) for n in names],
+    bars = ax.bar(names, values, yerr=errors, capsize=3, color=[bar_color(n) for n in names],
                   hatch=["//" if n in CEILINGS else "" for n in names])
     ax.bar_label(bars, fmt="%.3f")
     ax.set_ylim(min(values) * 0.9, max(values) * 1.05)
     ax.set_ylabel("E[clicks] / request")
-    ax.set_title(title + " -- hatched: ceilings no model can reach")
+    ax.set_title(title or ("Expected clicks per request (oracle) -- hatched: ceilings no model can reach" if oracle
+                           else "Expected clicks per request, estimated by a DBN click model (95% CI)"))
     plt.setp(ax.get_xticklabels(), rotation=15, ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

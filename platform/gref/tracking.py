@@ -27,7 +27,10 @@ class TrackingConfig:
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
+    """The store's URI; a relative sqlite path is made absolute (Train workers run elsewhere)."""
     uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     return uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
@@ -70,6 +73,25 @@ def data_lineage(data_dir: str | Path) -> dict[str, Any]:
             "data.quarantined": summary.get("quarantined")}
 
 
+
+
+def log_training_inputs(data_dir: str | Path, train_path: str | Path) -> None:
+    """The prepared splits a stage reads, as MLflow datasets of the active run (metadata only:
+    the Parquet stays where it is; the digest is ``data_lineage``'s)."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    data_dir = Path(data_dir).resolve()
+    digest = data_lineage(data_dir)["data.summary_sha256"]
+    for context, path in (("training", Path(train_path)), ("validation", data_dir / "sequences" / "valid")):
+        with warnings.catch_warnings():  # "dataset source resolved without a hint": a local path, as meant
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(str(path.resolve()))
+        mlflow.log_input(MetaDataset(source, name=f"{data_dir.name}/{path.parent.name}/{path.name}",
+                                     digest=digest), context=context)
 
 
 def _pyfunc_class():

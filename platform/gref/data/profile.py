@@ -151,8 +151,8 @@ def profile_lines(profile: dict, splits: dict[str, int], quarantined: int) -> li
     def dist(d: dict) -> str:
         return f"min {d['min']}, median {d['p50']}, p99 {d['p99']}, max {d['max']}" if d else "-"
     ctr = ", ".join(f"{c:.3f}" for c in profile["ctr_by_slot"][:10] if c is not None)
-    return [f"{profile['requests']:,} requests ({', '.join(f'{s} {c:,}' for s, c in splits.items())}), "
-            f"{quarantined:,} quarantined",
-            f"candidates m: {dist(profile['m'])}; shown n: {dist(profile['n'])}; "
-            f"all candidates shown in {profile['all_candidates_shown']:.0%} of requests",
+    sizes = ", ".join(f"{s} {c:,}" for s, c in splits.items())
+    return [f"{profile['requests']:,} requests ({sizes}), {quarantined:,} quarantined",
+            (f"candidates m: {dist(profile['m'])}; shown n: {dist(profile['n'])}; "
+             f"all candidates shown in {profile['all_candidates_shown']:.0%} of requests"),
             f"clicks per request {profile['clicks_per_request']}; CTR by slot 1..10: {ctr}"]

@@ -32,6 +32,7 @@ class DatasetConfig:
     valid_fraction: float = 0.1  # split=quantile: share of requests (by time) before the test share
     test_fraction: float = 0.2  # split=quantile: latest share of requests -> test
     ts_unit: str = "auto"  # ms | s | auto (values below 1e11 are seconds: detected, scaled, reported)
+    click_model_context: str = ""  # a request-level cat_* column (a query): click models key documents by (it, item_id)
     item_id_feature: bool = False  # also embed item_id as categorical cat_item_id (rare ids -> OOV)
     max_candidates: int = 200  # requests with more candidates are quarantined (memory guard)
     min_category_count: int = 1  # categorical values seen fewer times in train map to OOV (id columns: 5+)

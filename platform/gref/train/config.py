@@ -59,6 +59,7 @@ class PretrainConfig:
     lambda1: float = 1.0  # weight of L_n (Eq. 11)
     lambda2: float = 1.0  # weight of L_o (Eq. 11); 0 with model.omtp_heads=1 = plain Eq. 6
     lo_window: int = 0  # items per L_o window; 0 = the k heads; > k with k = 1: Eq. 10 on a single head
+    target: str = "exposure"  # exposure (the paper: the logged order) | eq7 (it re-sorted by Eq. 7, clicks first)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSettings = field(default_factory=RunSettings)

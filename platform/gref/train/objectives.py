@@ -1,7 +1,9 @@
 """What one training step optimises, per stage (Ray-free; the Ray Train loop, tests and benchmarks
 call these). Each objective maps (model, batch) to a dict of losses whose "loss" is minimised.
 
-  * pre-training -- L_omtp on the logged exposure orders (Eq. 9-11);
+  * pre-training -- L_omtp on the logged exposure orders (Eq. 9-11), or on those orders re-sorted
+    by Eq. 7 (``target: eq7``: clicked items first -- where every candidate is shown, the exposure
+    order is production's and teaches only to copy it);
   * a baseline -- its own ``forward(batch)`` losses;
   * post-training (the DPO stage), ``DPOConfig.objective``:
       - ``dpo`` on ``logged`` pairs -- Rerank-DPO on Eq. 7's pairs (the paper);
@@ -14,6 +16,7 @@ Post-training also validates the instrumentation of its preference loss (``post_
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -66,11 +69,24 @@ class Objective:
         raise NotImplementedError
 
 
+def eq7_targets(batch: Batch, alpha: float, gamma: float) -> Batch:
+    """The batch with its exposure re-sorted by Eq. 7, S_i = alpha / P_i + gamma * U_i (stable:
+    ties keep the exposure order), each slot's relevance moving with its item. [B, N] -> [B, N]."""
+    N = batch.exposure.shape[1]
+    slots = torch.arange(N, device=batch.exposure.device)[None]
+    score = alpha / (slots + 1.0) + gamma * batch.relevance
+    score = torch.where(slots < batch.lengths[:, None], score, torch.full_like(score, -torch.inf))
+    order = torch.argsort(-score, dim=1, stable=True)
+    return replace(batch, exposure=batch.exposure.gather(1, order), relevance=batch.relevance.gather(1, order))
+
+
 class Pretrain(Objective):
-    def __init__(self, loss_fn: OMTPLoss):
-        self.loss_fn = loss_fn
+    def __init__(self, loss_fn: OMTPLoss, target: str = "exposure", alpha: float = 1.0, gamma: float = 1.0):
+        self.loss_fn, self.target, self.alpha, self.gamma = loss_fn, target, alpha, gamma
 
     def __call__(self, model, batch):
+        if self.target == "eq7":
+            batch = eq7_targets(batch, self.alpha, self.gamma)
         return pretrain_loss(model, self.loss_fn, batch)
 
 

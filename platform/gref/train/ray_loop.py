@@ -110,7 +110,8 @@ def _objective(stage: str, cfg, model, reference, config: dict[str, Any], device
     if stage == "baseline":
         return obj.BaselineLoss()
     if stage == "pretrain":
-        return obj.Pretrain(OMTPLoss(model.k, cfg.lambda1, cfg.lambda2, window=cfg.lo_window).to(device))
+        return obj.Pretrain(OMTPLoss(model.k, cfg.lambda1, cfg.lambda2, window=cfg.lo_window).to(device),
+                            cfg.target, config["meta"]["alpha"], config["meta"]["gamma"])
     heads = cfg.decode_heads or model.k
     if cfg.objective == "distill":
         return obj.Distill(_reward(cfg, config, device))
@@ -133,7 +134,11 @@ class _Validation:
         data = Path(cfg.data)
         valid = read_split(data / "sequences" / "valid")
         self.valid = valid.slice(0, min(cfg.eval.max_requests, valid.num_rows))
-        self.world = self.logged_clicks = None
+        self.world = self.logged_clicks = self.estimator = None
+        if not cfg.eval.world:  # no oracle: click models fitted on the valid split judge the lists
+            from gref.clickmodel.estimate import ClickEstimator
+
+            self.estimator = ClickEstimator(self.valid, meta, meta.get("click_model_context", ""), features=False)
         if cfg.eval.world:
             from gref.evaluation import evaluate_ranker, logged_ranker
             from gref.sim.world import World
@@ -153,7 +158,7 @@ class _Validation:
     def __call__(self, net, reference, objective) -> dict[str, Any]:
         net.eval()
         out = evaluate(net, self.valid, self.meta, self.cfg.eval.batch_size, self.world, self.device,
-                       self.logged_clicks)
+                       self.logged_clicks, self.estimator)
         if self.stage == "dpo":
             heads = self.cfg.decode_heads or net.k
             out.update(obj.post_validation(net, reference, objective, self.pairs, self.sequences, heads))
@@ -161,7 +166,7 @@ class _Validation:
 
 
 SHOWN = ("train_loss", "val_nll", "val_loss", "val_dpo_loss", "val_distill_nll", "val_kl", "ndcg",
-         "oracle_clicks", "oracle_click_lift")
+         "oracle_clicks", "oracle_click_lift", "est_clicks_dbn")
 
 
 def train_loop(config: dict[str, Any]) -> None:

@@ -54,6 +54,8 @@ def check_config(stage: str, cfg: Any, gref_model: bool) -> str:
     if metric not in known:
         raise ConfigError(f"eval.metric '{metric}' is not produced by {stage} validation "
                           f"(one of: {', '.join(sorted(known))})")
+    if stage == "pretrain" and cfg.target not in ("exposure", "eq7"):
+        raise ConfigError(f"target must be exposure | eq7, got '{cfg.target}'")
     if stage == "dpo":
         if cfg.objective not in ("dpo", "distill") or cfg.pairs not in ("logged", "onpolicy"):
             raise ConfigError(f"objective must be dpo | distill and pairs logged | onpolicy "
@@ -89,7 +91,7 @@ def run_training(stage: str, cfg: Any, init: torch.nn.Module | None = None,
     anchor loaded). ``callbacks``: Ray Train ``UserCallback``s (a Tune sweep passes TuneReportCallback)."""
     import mlflow
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from gref.ray_utils import init_ray
@@ -129,6 +131,7 @@ def run_training(stage: str, cfg: Any, init: torch.nn.Module | None = None,
             mlflow.log_params({k: ("" if v is None else str(v))[:500] for k, v in params.items()}
                               | {k: str(v) for k, v in tracking.data_lineage(data).items()} | {"stage": stage})
             mlflow.log_artifact(str(data / "summary.json"), artifact_path="data")
+            tracking.log_training_inputs(data, train_split(stage, cfg))
         use_gpu = _use_gpu(cfg.scaling.use_gpu)
         workers = cfg.scaling.num_workers
         resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
@@ -155,6 +158,9 @@ def run_training(stage: str, cfg: Any, init: torch.nn.Module | None = None,
             run_config=RunConfig(name=name, storage_path=str(storage),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
                                  failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                                 # Train's INFO lines (a TrainingReport dump per epoch) go to the
+                                 # session's log files only; the console gets our progress lines
+                                 logging_config=LoggingConfig(log_level="WARNING"),
                                  callbacks=callbacks or []),
         )
         result = trainer.fit()

@@ -28,6 +28,8 @@ def data_meta(data_dir: str | Path) -> dict[str, Any]:
     return {"num_features": len(spec.num_cols), "cat_sizes": spec.cat_sizes, "cat_cols": spec.cat_cols,
             "num_cols": spec.num_cols,
             "feedback_weights": summary["config"]["feedback_weights"],
+            "click_model_context": summary["config"].get("click_model_context", ""),
+            "alpha": summary["config"].get("alpha", 1.0), "gamma": summary["config"].get("gamma", 1.0),
             # longest candidate / shown list in the data (0: data prepared before profiles existed)
             "m_max": profile.get("m", {}).get("max", 0), "n_max": profile.get("n", {}).get("max", 0)}
 
@@ -52,13 +54,16 @@ def build_baseline_model(cfg: BaselineConfig, meta: dict[str, Any]) -> BaselineR
 
 def evaluate(model: nn.Module, table: pa.Table, meta: dict[str, Any], batch_size: int = 512,
              world=None, device: str | torch.device = "cpu",
-             logged_clicks: float | None = None) -> dict[str, float]:
+             logged_clicks: float | None = None, estimator=None) -> dict[str, float]:
     """Validation metrics of greedy OMTP decoding (gref.evaluation); with ``logged_clicks`` (the
     logged exposure order's oracle clicks on the same table, a constant the caller computes once),
-    also the model's relative lift over it."""
+    also the model's relative lift over it; with a click-model ``estimator`` (fitted on ``table``,
+    gref.clickmodel.estimate), its estimated E[clicks] per model kind (``est_clicks_<kind>``)."""
     from gref.evaluation import evaluate_model
 
-    out = evaluate_model(model, table, meta, world, batch_size, device)
+    out = evaluate_model(model, table, meta, world, batch_size, device, estimator)
+    for key in [k for k in out if k.startswith("_est_")]:
+        out[f"est_clicks_{key[len('_est_'):]}"] = float(out.pop(key).mean())
     if isinstance(model, BaselineReranker):  # its own training loss on validation
         out["val_loss"] = baseline_loss(model, table, meta, batch_size, device)
     if world is not None and logged_clicks is not None:
@@ -99,7 +104,7 @@ def lr_schedule(opt: torch.optim.Optimizer, optim, steps_per_epoch: int) -> torc
 def selection_metric(cfg_metric: str, has_world: bool) -> str:
     if cfg_metric != "auto":
         return cfg_metric
-    return "oracle_clicks" if has_world else "ndcg"
+    return "oracle_clicks" if has_world else "est_clicks_dbn"  # no oracle: the click-model estimate
 
 
 def metric_mode(name: str) -> str:
@@ -121,6 +126,8 @@ def validation_metrics(stage: str, gref_model: bool, has_world: bool, post: dict
     names |= {"val_nll"} if gref_model else {"val_loss"}
     if has_world:
         names |= {"oracle_clicks", "oracle_likes", "oracle_long_views", "oracle_click_lift"}
+    else:
+        names |= {"est_clicks_pbm", "est_clicks_dbn"}
     if stage == "dpo":
         names |= {"val_kl"}
         names |= {"val_distill_nll"} if post and post.get("objective") == "distill" else {
