@@ -57,7 +57,7 @@ def run(data: str | Path, models: dict[str, Any], out: str | Path, world_dir: st
     meta = data_meta(data)
     estimator = None
     if estimate:
-        context = json.loads((data / "summary.json").read_text())["config"].get("click_model_context", "")
+        context = meta["click_model_context"]
         estimator = ClickEstimator(table, meta, context)
         log("evaluate", "click models (PBM, DBN, feature PBM) fitted by EM on the split's logged clicks (2-fold cross-fit)"
                         + (f", documents keyed by ({context}, item_id)" if context else ""))

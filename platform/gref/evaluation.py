@@ -11,7 +11,8 @@ Reference rows: ``logged`` (the exposure order the production policy showed) and
 ``upstream`` (the previous stage's top n, in its order); with a simulated world, the ceilings of
 gref.sim.reference (the oracle's best list and pointwise sort, and the same two from the
 observable features only) and each row's share of the headroom (features-only best list over
-the logged order) it captures.
+the logged order) it captures. Without an oracle (real logs), and beside it: the click-model
+estimate of every row's expected clicks (gref.clickmodel.estimate), with bootstrap CIs.
 """
 
 from __future__ import annotations
