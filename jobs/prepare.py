@@ -108,16 +108,13 @@ def assign_split(batch: pa.Table, boundaries: tuple[int, int], scale: int) -> pa
     return batch.set_column(batch.schema.get_field_index("split"), "split", pa.array(split.astype(str)))
 
 
-def profile_batch(batch: pa.Table) -> pa.Table:
-    return pa.table({"profile": [json.dumps(partial_profile(batch))]})
-
-
 def stats_batch(batch: pa.Table, num_cols, cat_cols) -> pa.Table:
+    """One block's feature statistics (train rows) and data profile (all rows), as JSON: one pass."""
     train = batch.filter(pc.equal(batch.column("split"), "train"))
     stats = partial_stats(train, num_cols, cat_cols)
     payload = {k: np.asarray(stats[k]).tolist() for k in ("count", "sum", "sumsq")}
     payload["cats"] = {c: dict(counter) for c, counter in stats["cats"].items()}
-    return pa.table({"stats": [json.dumps(payload)]})
+    return pa.table({"stats": [json.dumps(payload)], "profile": [json.dumps(partial_profile(batch))]})
 
 
 def _stats_from_json(text: str) -> dict:
@@ -179,11 +176,9 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
                                     ).map_batches(assign_split, batch_format="pyarrow",
                                                   fn_kwargs={"boundaries": time_split.boundaries, "scale": scale})
     quarantine = grouped.map_batches(unpack, batch_format="pyarrow", fn_kwargs={"kind": "quarantine"})
-    profile = merge_profiles([json.loads(r["profile"]) for r in sequences.map_batches(
-        profile_batch, batch_format="pyarrow", batch_size=None).take_all()])
-
     parts = sequences.map_batches(stats_batch, batch_format="pyarrow", batch_size=None,
                                   fn_kwargs={"num_cols": num_cols, "cat_cols": cat_cols}).take_all()
+    profile = merge_profiles([json.loads(r["profile"]) for r in parts])
     spec = FeatureSpec.fit(merge_stats([_stats_from_json(r["stats"]) for r in parts]), num_cols, cat_cols,
                            cfg.min_category_count)
     encoded = sequences.map_batches(spec.encode, batch_format="pyarrow").materialize()

@@ -94,7 +94,7 @@ def test_every_candidate_shown_string_ids_seconds_and_id_features(ray_cluster, t
     from jobs import prepare
 
     logs = write_logs(tmp_path, raw_log(300, m=10, n_max=10, days=12, string_ids=True, ts_seconds=True,
-                                        vocab=3000).drop_columns([]))
+                                        vocab=3000))
     table = pq.read_table(logs / "part.parquet")
     table = table.filter(pa.compute.is_valid(table.column("position")))  # m = n: only shown rows
     pq.write_table(table, logs / "part.parquet")

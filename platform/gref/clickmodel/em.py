@@ -61,6 +61,22 @@ def _with_unseen(p: np.ndarray, trials: np.ndarray) -> np.ndarray:
     return p
 
 
+def _pbm_step(theta: np.ndarray, a: np.ndarray, c: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PBM's E-step and theta's M-step: theta [K], attractiveness a [S, K], clicks c [S, K]
+    -> (P(A = 1 | C) [S, K], the new theta [K]; positions never shown keep theirs)."""
+    t = theta[None]
+    no_click = np.maximum(1.0 - t * a, 1e-12)
+    p_attr = np.where(c > 0, 1.0, (1.0 - t) * a / no_click)
+    p_exam = np.where(c > 0, 1.0, t * (1.0 - a) / no_click)
+    shown = valid.sum(0)
+    return p_attr, np.where(shown > 0, (p_exam * valid).sum(0) / np.maximum(shown, 1), theta)
+
+
+def _theta_for(theta: np.ndarray, K: int) -> np.ndarray:
+    """theta for K positions; positions never shown in fitting keep the last fitted value."""
+    return np.r_[theta, np.full(max(K - len(theta), 0), theta[-1])][:K]
+
+
 class PBM:
     """Position-based model: examination by position x attractiveness by document."""
 
@@ -76,26 +92,17 @@ class PBM:
         c = np.where(valid, clicks, 0.0)
         theta, alpha = np.full(K, 0.5), np.full(V, 0.5)
         for _ in range(self.iterations):
-            t, a = theta[None], alpha[docs]
-            no_click = np.maximum(1.0 - t * a, 1e-12)
-            p_attr = np.where(c > 0, 1.0, (1.0 - t) * a / no_click)  # P(A = 1 | C)
-            p_exam = np.where(c > 0, 1.0, t * (1.0 - a) / no_click)  # P(E = 1 | C)
+            p_attr, theta = _pbm_step(theta, alpha[docs], c, valid)
             successes, trials = _per_doc(docs, p_attr, valid, V)
             alpha = _smoothed(successes, trials)
-            shown = valid.sum(0)
-            theta = np.where(shown > 0, (p_exam * valid).sum(0) / np.maximum(shown, 1), theta)
         self.theta, self.alpha = theta, _with_unseen(alpha, trials)
         return self
-
-    def _theta(self, K: int) -> np.ndarray:
-        """theta for K positions; positions never shown in fitting keep the last fitted value."""
-        return np.r_[self.theta, np.full(max(K - len(self.theta), 0), self.theta[-1])][:K]
 
     def expected_clicks(self, docs: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """[S] E[clicks] of each list."""
         K = docs.shape[1]
         a = self.alpha[np.clip(docs, 0, len(self.alpha) - 1)]
-        return (self._theta(K)[None] * a * _valid(lengths, K)).sum(1)
+        return (_theta_for(self.theta, K)[None] * a * _valid(lengths, K)).sum(1)
 
 
 class DBN:
@@ -220,12 +227,7 @@ class FeaturePBM:
         for _ in range(self.iterations):
             a = np.zeros((S, K))
             a[valid] = self.attractiveness(x_num, x_cat)
-            t = theta[None]
-            no_click = np.maximum(1.0 - t * a, 1e-12)
-            p_attr = np.where(c > 0, 1.0, (1.0 - t) * a / no_click)
-            p_exam = np.where(c > 0, 1.0, t * (1.0 - a) / no_click)
-            shown = valid.sum(0)
-            theta = np.where(shown > 0, (p_exam * valid).sum(0) / np.maximum(shown, 1), theta)
+            p_attr, theta = _pbm_step(theta, a, c, valid)
             target = torch.from_numpy(p_attr[valid]).float()
             for _ in range(self.steps):
                 opt.zero_grad()
@@ -237,5 +239,4 @@ class FeaturePBM:
     def expected_clicks(self, num: torch.Tensor, cat: torch.Tensor, lengths: np.ndarray) -> np.ndarray:
         """num [S, K, F], cat [S, K, C] of the lists to judge -> [S] E[clicks]."""
         K = num.shape[1]
-        theta = np.r_[self.theta, np.full(max(K - len(self.theta), 0), self.theta[-1])][:K]
-        return (theta[None] * self.attractiveness(num, cat) * _valid(lengths, K)).sum(1)
+        return (_theta_for(self.theta, K)[None] * self.attractiveness(num, cat) * _valid(lengths, K)).sum(1)

@@ -116,11 +116,11 @@ def _add(a: list[float], b: list[float]) -> list[float]:
 
 
 def _dist(hist: dict) -> dict:
-    """min / mean / percentiles / max of a value -> count histogram."""
+    """min / mean / percentiles / max of an int value -> count histogram."""
     if not hist:
         return {}
-    values = np.array(sorted(int(k) for k in hist))
-    counts = np.array([hist[k] if k in hist else hist[str(k)] for k in values.tolist()])
+    values = np.array(sorted(hist))
+    counts = np.array([hist[k] for k in values.tolist()])
     cum = np.cumsum(counts) / counts.sum()
     pct = {f"p{p}": int(values[np.searchsorted(cum, p / 100)]) for p in (50, 90, 99)}
     return {"min": int(values[0]), "mean": round(float((values * counts).sum() / counts.sum()), 2),

@@ -138,8 +138,8 @@ class _Validation:
         if not cfg.eval.world:  # no oracle: click models fitted on the valid split judge the lists
             from gref.clickmodel.estimate import ClickEstimator
 
-            self.estimator = ClickEstimator(self.valid, meta, meta.get("click_model_context", ""), features=False)
-        if cfg.eval.world:
+            self.estimator = ClickEstimator(self.valid, meta, meta["click_model_context"], features=False)
+        else:
             from gref.evaluation import evaluate_ranker, logged_ranker
             from gref.sim.world import World
 

@@ -38,7 +38,7 @@ def _data_shaped(cfg, meta: dict[str, Any]):
     """``cfg`` with the data's feature sizes, and lengths grown to the data's longest lists (a
     real log may show more items than the default ``max_length``: never an index error)."""
     return replace(cfg, num_features=meta["num_features"], cat_sizes=list(meta["cat_sizes"]),
-                   max_length=max(cfg.max_length, meta.get("n_max", 0)),
+                   max_length=max(cfg.max_length, meta.get("n_max", 0)),  # hand-made metas lack them
                    max_candidates=max(cfg.max_candidates, meta.get("m_max", 0)))
 
 
