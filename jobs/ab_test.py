@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ KINDS = ("click", "like", "long_view")
 class ABTestConfig:
     world: str = "runs/pipeline/sim/world"  # the simulated world whose users send the traffic
     url: str = ""  # a running app; "" = start serve.app here (with `app`) and delete it afterwards
+    api_key: str = ""  # the endpoint's API key (scopes rerank, feedback); "" = $GREF_API_KEY; never logged
     port: int = 8000  # HTTP port when the job starts Serve
     app: dict = field(default_factory=dict)  # serve.app ServeConfig args (arms, weights, feedback_db, ...)
     requests: int = 2000  # rerank requests in all (bounded traffic)
@@ -116,18 +118,20 @@ def summarize(records: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
 _local = threading.local()
 
 
-def _session():
+def _session(api_key: str):
     import requests as http
 
     if not hasattr(_local, "session"):  # one keep-alive connection per worker thread
         _local.session = http.Session()
+        if api_key:
+            _local.session.headers["Authorization"] = f"Bearer {api_key}"
     return _local.session
 
 
-def _one(url: str, world, req: dict[str, Any], n: int, rng_seed: int) -> dict[str, Any]:
+def _one(url: str, world, req: dict[str, Any], n: int, rng_seed: int, api_key: str) -> dict[str, Any]:
     from gref.sim.user_model import expected_feedback, sample_feedback
 
-    session = _session()
+    session = _session(api_key)
     t0 = time.perf_counter()
     r = session.post(f"{url}/rerank", json={"user_id": str(req["user_id"]), "candidates": req["candidates"], "n": n},
                      timeout=60)
@@ -163,6 +167,7 @@ def run(cfg: ABTestConfig) -> dict[str, Any]:
     log("ab_test", f"{cfg.requests} simulated requests from {cfg.world}")
     reqs = simulated_requests(world, cfg.requests, cfg.seed)
     url, started_here = cfg.url.rstrip("/"), not cfg.url
+    api_key = cfg.api_key or os.environ.get("GREF_API_KEY", "")
     if started_here:
         from ray import serve
 
@@ -179,7 +184,7 @@ def run(cfg: ABTestConfig) -> dict[str, Any]:
     t0 = time.time()
     records, errors = [], []
     with ThreadPoolExecutor(cfg.concurrency) as pool:
-        futures = [pool.submit(_one, url, world, req, cfg.n, cfg.seed * 1_000_003 + i)
+        futures = [pool.submit(_one, url, world, req, cfg.n, cfg.seed * 1_000_003 + i, api_key)
                    for i, req in enumerate(reqs)]
         for i, f in enumerate(futures):
             rec = f.result()
@@ -200,7 +205,7 @@ def run(cfg: ABTestConfig) -> dict[str, Any]:
     tracking.setup(cfg.tracking)
     mlflow.set_experiment(cfg.tracking.experiment)
     with mlflow.start_run(run_name=f"ab-test-{time.strftime('%Y%m%d-%H%M%S')}"):
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()})
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items() if k != "api_key"})
         for arm, s in summary["arms"].items():
             mlflow.log_metrics({f"{arm}.{k}": v["mean"] for k, v in s.items() if isinstance(v, dict) and "mean" in v})
         for arm, lifts in summary["lift"].items():

@@ -7,12 +7,16 @@
   run (``runs:/...``) or a model directory -- GReF or any baseline of gref.baselines; on the GPU
   when the replica has one; requests are batched with ``@serve.batch`` and decoded (GReF: OMTP
   with KV cache) in one padded batch per list length.
-- ``Router`` (FastAPI ingress): ``POST /rerank``, ``POST /feedback``, ``GET /healthz``,
-  ``GET /metrics``. The arm is a sticky function of the user id (``gref.serving.ab``); weights and
-  salt are the Router's ``user_config``, applied in place by ``reconfigure`` (no restart, no
-  dropped request). Served lists (the candidates with the serving model's feature columns only)
-  and feedback go to a sqlite file before the answer (``gref.serving.feedback``; off the event
-  loop, a 503 with the reason when it is locked or full) and export as raw logs for
+- ``Router`` (FastAPI ingress): ``POST /rerank``, ``POST /feedback``, ``GET /healthz`` (open),
+  ``GET /metrics`` (Prometheus text), ``GET /stats`` (the same counters as JSON). With an API-key
+  file (``api_keys``; keys made by ``python -m jobs.apikey``) every endpoint but /healthz needs a
+  key with its scope (401 without or with an unknown key, 403 without the scope), and feedback is
+  accepted only from the client that was served the list. The arm is a sticky function of the
+  user id (``gref.serving.ab``); weights and salt are the Router's ``user_config``, applied in
+  place by ``reconfigure`` (no restart, no dropped request). Served lists (the candidates with the
+  serving model's feature columns only) and feedback go to a sqlite file or PostgreSQL before the
+  answer (``gref.serving.feedback``; off the event loop, a 503 with the reason when the database
+  is locked, full or unreachable) and export as raw logs for
   ``jobs.prepare``. A request_id the client chose makes a retry idempotent: the same body gets
   the stored answer, another body a 409. Every answer names the model version that ran it.
 """
@@ -20,11 +24,8 @@
 # no `from __future__ import annotations` here: FastAPI must see the real `Request` type of the
 # Router's methods (Serve's class-based ingress resolves them outside this module's globals)
 import asyncio
-import hashlib
-import json
 import logging
 import os
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,15 +33,23 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from gref.config import from_dict
 from gref.serving.ab import assign_arm, check_weights, experiment_salt
-from gref.serving.feedback import FeedbackStore, UnknownRequest
-from gref.serving.requests import RequestError, encode_candidates, parse_json, parse_rerank
-from gref.serving.stats import FEEDBACK_KINDS, ArmStats
+from gref.serving.auth import Authenticator, AuthError, presented_key
+from gref.serving.feedback import DuplicateRequest, FeedbackStore, StoreError, UnknownRequest
+from gref.serving.requests import (
+    RequestError,
+    check_content_type,
+    encode_candidates,
+    parse_feedback,
+    parse_json,
+    parse_rerank,
+)
+from gref.serving.stats import METRICS_CONTENT_TYPE, RouterStats
 
 
 @dataclass
@@ -52,8 +61,11 @@ class ServeConfig:
     weights: dict = field(default_factory=dict)  # arm -> traffic weight; {} = equal (user_config overrides)
     salt: str = ""  # part of the user hash: a new salt reshuffles users; "" = one per experiment (hash of the arms)
     tracking_uri: str = ""  # MLflow store of the registry; "" = $MLFLOW_TRACKING_URI or ./mlflow.db
-    feedback_db: str = "runs/serve/feedback.db"  # served lists + feedback (sqlite; made absolute)
+    api_keys: str = ""  # API-key file (python -m jobs.apikey); "" = $GREF_API_KEYS_FILE; neither = no auth (loopback only)
+    feedback_db: str = "runs/serve/feedback.db"  # served lists + feedback: a sqlite file (made absolute; one
+    #                                             Router) or a postgresql://user:pass@host/db URL (several Routers)
     replicas: int = 1  # reranker replicas per arm (ignored when autoscaling is set)
+    routers: int = 1  # Router replicas; more than one wants a postgresql:// feedback_db (sqlite: one writer host)
     autoscaling: dict = field(default_factory=dict)  # e.g. {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 8}
     reranker_cpus: float = 0.25  # CPUs per reranker replica (fractional: 2-core laptops)
     reranker_gpus: float = -1.0  # GPUs per reranker replica; -1 = 0.25 (4 share a GPU) when the cluster has GPUs, else 0
@@ -152,10 +164,6 @@ app = FastAPI(title="GReF reranker", description=__doc__)
 PRUNE_EVERY = 1000  # served lists between two retention passes
 
 
-class StoreUnavailable(RuntimeError):
-    pass
-
-
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -174,7 +182,7 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     has not fully arrived within ``timeout_s`` (a client trickling bytes would hold a slot)."""
     try:
         return await asyncio.wait_for(_read_limited(request, limit), timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise RequestError(408, f"body: not received within {timeout_s:g} s") from None
 
 
@@ -199,7 +207,12 @@ class Router:
         self.store = FeedbackStore(cfg.feedback_db, busy_timeout_s=cfg.store_timeout_s)
         self.served_since_prune = 0
         self._prune()
-        self.stats = {arm: ArmStats() for arm in arms}
+        self.stats = RouterStats(list(arms))
+        self.auth = Authenticator(cfg.api_keys) if cfg.api_keys else None
+        if self.auth is None:
+            logging.getLogger("ray.serve").warning(
+                "no API keys (api_keys / GREF_API_KEYS_FILE): anyone who reaches this endpoint can rerank and post "
+                "feedback -- keep it on loopback")
         self.weights = check_weights(cfg.weights or dict.fromkeys(arms, 1.0), list(arms))
         self.salt = cfg.salt or experiment_salt(cfg.arms)
 
@@ -213,16 +226,19 @@ class Router:
         if self.cfg.retention_days > 0:
             try:
                 self.store.prune(int((time.time() - self.cfg.retention_days * 86400) * 1000))
-            except sqlite3.OperationalError as err:  # busy or full: the next pass tries again
+            except StoreError as err:  # busy or full: the next pass tries again
                 logging.getLogger("ray.serve").warning("feedback store: retention pass skipped (%s)", err)
 
     async def _store(self, method: str, *args: Any) -> Any:
-        """A feedback-store call off the event loop (sqlite blocks), bounded by ``store_timeout_s``;
-        raises StoreUnavailable (-> 503) when the database is locked, full or read-only."""
-        try:
-            return await asyncio.to_thread(getattr(self.store, method), *args)
-        except sqlite3.OperationalError as err:
-            raise StoreUnavailable(f"feedback store unavailable: {err}") from None
+        """A feedback-store call off the event loop (the database calls block), bounded by
+        ``store_timeout_s``; raises StoreError (-> 503) when the database is locked, full,
+        read-only or unreachable."""
+        return await asyncio.to_thread(getattr(self.store, method), *args)
+
+    def _client(self, request: Request, scope: str) -> str:
+        """The name of the calling client (AuthError 401/403 unless its key holds ``scope``); "" when
+        the endpoint has no keys."""
+        return self.auth.check(presented_key(request.headers), scope).name if self.auth else ""
 
     async def _call(self, arm: str, method: str, *args: Any) -> Any:
         """Call the arm; up to two retries when the replica died under the call (Serve replaces
@@ -242,24 +258,25 @@ class Router:
     async def rerank(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
         try:
+            client = self._client(request, "rerank")
+            check_content_type(request.headers.get("content-type"))
             body = parse_json(await _read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s),
                               self.cfg.max_body_bytes)
             req = parse_rerank(body, self.cfg.max_candidates, self.cfg.max_n)
             # a client-chosen request_id: a retry of the same request gets the stored answer (only
-            # then is the body hashed: a server-made id is never retried)
-            digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest() if req.request_id else ""
+            # then is the request hashed: a server-made id is never retried)
+            digest = req.digest() if req.request_id else ""
             if req.request_id and (previous := await self._store("replay", req.request_id)):
                 return _replayed(req.request_id, digest, previous)
-        except RequestError as err:
+        except (AuthError, RequestError) as err:
             return _error(err.status, str(err))
-        except StoreUnavailable as err:
+        except StoreError as err:
             return _error(503, str(err))
         arm = assign_arm(req.user_id, self.weights, self.salt)
-        stats = self.stats[arm]
         try:
             result = await self._call(arm, "rerank", {"candidates": req.candidates, "n": req.n})
         except Exception as err:  # noqa: BLE001 -- whatever took the arm down: a counted 503, never a 500
-            stats.errors += 1
+            self.stats.error(arm)
             return _error(503, f"arm '{arm}' is unavailable: {type(err).__name__}")
         if "error" in result:
             return _error(422, result["error"])
@@ -267,21 +284,20 @@ class Router:
         model = result["model"]  # from the replica that ran: a restarted one may hold another version
         keep = set(result["features"])  # only the model's feature columns are stored (the rest counted)
         stored = [{k: v for k, v in c.items() if k in keep} for c in req.candidates]
-        stats.ignored_feature_values += sum(len(c) for c in req.candidates) - sum(len(c) for c in stored)
         request_id = req.request_id or uuid.uuid4().hex
         latency = 1000.0 * (time.perf_counter() - started)
         answer = {"request_id": request_id, "items": items, "arm": arm, "model": model,
                   "latency_ms": round(latency, 3)}
         try:
             await self._store("record_served", request_id, req.user_id, arm, f"{model['name']}#{model['version']}",
-                              stored, items, digest, answer)
-        except sqlite3.IntegrityError:  # the same request_id arrived twice at once: one of them was stored
+                              stored, items, digest, answer, client)
+        except DuplicateRequest:  # the same request_id arrived twice at once: one of them was stored
             previous = await self._store("replay", request_id)
             return _replayed(request_id, digest, previous)
-        except StoreUnavailable as err:
-            stats.errors += 1
+        except StoreError as err:
+            self.stats.error(arm)
             return _error(503, str(err))
-        stats.served(latency)
+        self.stats.served(arm, latency, sum(len(c) for c in req.candidates) - sum(len(c) for c in stored))
         self.served_since_prune += 1
         if self.cfg.retention_days > 0 and self.served_since_prune >= PRUNE_EVERY:
             await asyncio.to_thread(self._prune)
@@ -290,53 +306,57 @@ class Router:
     @app.post("/feedback")
     async def feedback(self, request: Request) -> JSONResponse:
         """``{"request_id": "...", "feedback": [{"item_id": "...", "click": 1, "like": 0, "long_view": 1}]}``;
-        an item named twice gets the max of its events, as repeated posts do."""
+        an item named twice gets the max of its events, as repeated posts do. With API keys, only
+        the client that was served the list may post its feedback (it becomes training data)."""
         try:
-            body = parse_json(await _read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s),
-                              self.cfg.max_body_bytes)
-            if not isinstance(body, dict):
-                raise RequestError(400, "body: must be a JSON object")
-            if not isinstance(body.get("request_id"), str) or not isinstance(body.get("feedback"), list):
-                raise RequestError(422, "request_id (string) and feedback (list) are required")
-            served = await self._store("served", body["request_id"])
-            events: dict[str, dict[str, int]] = {}
-            for i, event in enumerate(body["feedback"]):
-                where = f"feedback[{i}]"
-                if not isinstance(event, dict) or str(event.get("item_id")) not in served["shown"]:
-                    raise RequestError(422, f"{where}: needs an item_id that was shown in this list")
-                for kind in FEEDBACK_KINDS:
-                    if event.get(kind, 0) not in (0, 1) or isinstance(event.get(kind), bool):
-                        raise RequestError(422, f"{where}.{kind}: must be 0 or 1")
-                merged = events.setdefault(str(event["item_id"]), dict.fromkeys(FEEDBACK_KINDS, 0))
-                for kind in FEEDBACK_KINDS:
-                    merged[kind] = max(merged[kind], int(event.get(kind, 0)))
-            first, new = await self._store("record_feedback", body["request_id"], events)
+            client = self._client(request, "feedback")
+            check_content_type(request.headers.get("content-type"))
+            post = parse_feedback(parse_json(await _read_body(request, self.cfg.max_body_bytes,
+                                                              self.cfg.body_timeout_s), self.cfg.max_body_bytes))
+            served = await self._store("served", post.request_id)
+            if self.auth is not None and served["client"] != client:
+                raise AuthError(403, f"request_id: '{post.request_id}' was served to another client")
+            post.check_shown(served["shown"])
+            first, new = await self._store("record_feedback", post.request_id, post.events)
         except UnknownRequest:
-            return _error(404, f"request_id: '{body['request_id']}' was not served here")
-        except RequestError as err:
+            return _error(404, f"request_id: '{post.request_id}' was not served here")
+        except (AuthError, RequestError) as err:
             return _error(err.status, str(err))
-        except StoreUnavailable as err:
+        except StoreError as err:
             return _error(503, str(err))
-        stats = self.stats.get(served["arm"])
-        if stats is not None:  # the events the store did not have yet: counters agree with the store
-            stats.feedback_lists += int(first)
-            for kind in FEEDBACK_KINDS:
-                stats.feedback[kind] += new[kind]
-        return JSONResponse({"request_id": body["request_id"], "recorded": len(events)})
+        self.stats.feedback(served["arm"], first, new)  # the events the store did not have: counters agree with it
+        return JSONResponse({"request_id": post.request_id, "recorded": len(post.events)})
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "weights": self.weights}
 
     @app.get("/metrics")
-    async def metrics(self) -> dict[str, Any]:
-        """Per-arm counters of this router replica, and the feedback store's totals."""
-        arms = {arm: {"weight": self.weights.get(arm, 0.0), **s.snapshot()} for arm, s in self.stats.items()}
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus' text format: per arm requests, errors, a latency histogram, feedback events,
+        the weight; the feedback store's row counts. Counters of this router replica."""
+        try:
+            self._client(request, "metrics")
+            store = await self._store("counts")
+        except AuthError as err:
+            return _error(err.status, str(err))
+        except StoreError:
+            store = {}  # the store's gauges keep their last values; the arm counters are still served
+        return Response(self.stats.prometheus(self.weights, store), media_type=METRICS_CONTENT_TYPE)
+
+    @app.get("/stats")
+    async def stats_json(self, request: Request) -> JSONResponse:
+        """The same counters as JSON, with latency percentiles over the last 10,000 requests."""
+        try:
+            self._client(request, "metrics")
+        except AuthError as err:
+            return _error(err.status, str(err))
         try:
             store: dict[str, Any] = await self._store("counts")
-        except StoreUnavailable as err:
+        except StoreError as err:
             store = {"error": str(err)}
-        return {"arms": arms, "salt": self.salt, "store": store, "pid": os.getpid()}
+        return JSONResponse({"arms": self.stats.snapshot(self.weights), "salt": self.salt, "store": store,
+                             "pid": os.getpid()})
 
 
 def _gpus(requested: float) -> float:
@@ -354,7 +374,15 @@ def build_app(args: dict[str, Any] | None = None):
 
     if cfg.decode_mode not in ("auto", *MODES):
         raise ValueError(f"decode_mode must be auto or one of {', '.join(MODES)}, got '{cfg.decode_mode}'")
-    cfg.feedback_db = str(Path(cfg.feedback_db).resolve())  # replicas run in other directories
+    if "://" not in cfg.feedback_db:
+        cfg.feedback_db = str(Path(cfg.feedback_db).resolve())  # replicas run in other directories
+    cfg.api_keys = cfg.api_keys or os.environ.get("GREF_API_KEYS_FILE", "")
+    if cfg.api_keys:
+        cfg.api_keys = str(Path(cfg.api_keys).resolve())
+        if not Path(cfg.api_keys).exists():
+            raise ValueError(f"api_keys: no file at {cfg.api_keys} (python -m jobs.apikey create --name ... "
+                             f"--file {cfg.api_keys})")
+        Authenticator(cfg.api_keys)  # a malformed file fails the deploy here, with its message
     from gref import tracking
 
     cfg.tracking_uri = tracking.tracking_uri(tracking.TrackingConfig(uri=cfg.tracking_uri))
@@ -365,5 +393,6 @@ def build_app(args: dict[str, Any] | None = None):
                                   ray_actor_options={"num_cpus": cfg.reranker_cpus, "num_gpus": gpus}, **scale)
             .bind(arm, uri, cfg.tracking_uri, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.decode_mode)
             for arm, uri in cfg.arms.items()}
-    return Router.options(ray_actor_options={"num_cpus": cfg.router_cpus, "resources": cfg.router_resources},
+    return Router.options(num_replicas=cfg.routers,
+                          ray_actor_options={"num_cpus": cfg.router_cpus, "resources": cfg.router_resources},
                           user_config={"weights": cfg.weights, "salt": cfg.salt}).bind(arms, cfg)

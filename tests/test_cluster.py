@@ -1,5 +1,6 @@
 """Cluster: the launcher configs pass Ray's own validation, the job upload leaves data and
-venvs out, and a real pipeline job goes through the Jobs API of a separate local Ray head."""
+venvs out, and real jobs (simulate, the Ray Data prepare, pretrain) go through the Jobs API of a
+separate local Ray head."""
 
 from __future__ import annotations
 
@@ -151,21 +152,20 @@ def ray_head():
         head.wait(10)
 
 
-def test_pipeline_job_through_the_jobs_api(ray_head, tmp_path):
+def test_jobs_submitted_through_the_jobs_api(ray_head, tmp_path):
     from mlflow import MlflowClient
     from ray.job_submission import JobStatus
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tiny = ["model.d_model=32", "model.enc_layers=1", "model.dec_layers=1", "model.omtp_heads=2",
-            "optim.batch_size=128", "optim.epochs=1", "eval.max_requests=300", "scaling.cpus_per_worker=0.5"]
-    entrypoint = " ".join([
-        # the paper's post-training (no reward stage): this test is about job submission; the default
-        # recipe's pipeline runs end to end in test_train
-        "python -m jobs.pipeline --config configs/paper.yaml", f"out={tmp_path / 'pipe'}", "requests=800",
-        "world.n_users=300", "world.n_items=1500", "world.n_series=50", "world.n_creators=200", "world.days=5",
-        "dataset.test_days=1", "dataset.valid_days=1", "pretrain.scaling.num_workers=0", "dpo.scaling.num_workers=0",
-        "baselines=[]",
-        *[f"{stage}.{o}" for stage in ("pretrain", "dpo") for o in tiny]])
+            "optim.batch_size=128", "optim.epochs=1", "eval.max_requests=300", "scaling.num_workers=0"]
+    out = tmp_path / "job"
+    entrypoint = " && ".join([  # a job of three entrypoints: the Ray Data prepare runs on the cluster
+        # the whole pipeline runs end to end in test_train; this test is about job submission
+        f"python -m jobs.simulate --requests 800 --out {out / 'sim'} n_users=300 n_items=1500 n_series=50 "
+        + "n_creators=200 days=5",
+        f"python -m jobs.prepare --logs {out / 'sim/logs'} --out {out / 'prep'} valid_days=1 test_days=1",
+        " ".join(["python -m jobs.pretrain", f"--data {out / 'prep'}", f"run.storage={out / 'runs'}", *tiny])])
     deadline = time.time() + 60
     while True:  # a freshly started head's job agent can take a while on a loaded machine
         try:
@@ -182,16 +182,14 @@ def test_pipeline_job_through_the_jobs_api(ray_head, tmp_path):
         time.sleep(3)
     logs = ray_head.get_job_logs(job)
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
-    assert "GReF pipeline summary" in logs
+    assert "sequences" in logs and '"mlflow_run_id"' in logs  # prepare's and pretrain's reports
 
-    client = MlflowClient(uri)
+    client = MlflowClient(uri)  # the tracking URI reached the job's processes
     (exp,) = [e for e in client.search_experiments() if e.name == "gref"]
-    runs = client.search_runs([exp.experiment_id])
-    (parent,) = [r for r in runs if r.info.run_name.startswith("pipeline-")]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert parent.info.status == "FINISHED" and len(children) == 2
-    assert {r.data.params["stage"] for r in children} == {"pretrain", "dpo"}
-    assert int(client.get_model_version_by_alias("gref-reranker", "champion").version) == 1
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["stage"] == "pretrain"
+    assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"training", "validation"}
+    assert (out / "runs").is_dir()
 
 
 @pytest.mark.parametrize("name", ["serve/config.yaml", "serve/config.cluster.yaml"])

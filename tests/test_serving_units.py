@@ -1,9 +1,11 @@
-"""Ray-free serving pieces: request validation and encoding, sticky A/B assignment, the
-feedback store and its raw-log export."""
+"""Ray-free serving pieces: request validation and encoding, sticky A/B assignment, API keys,
+Prometheus counters, the feedback store and its raw-log export -- every store test on sqlite and on
+a real PostgreSQL server (pgserver: a pip-installed server started by the session)."""
 
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import time
 
@@ -14,7 +16,7 @@ import pytest
 from gref.data.features import OOV_ID, FeatureSpec
 from gref.data.schema import DatasetConfig, canonical_schema
 from gref.serving.ab import assign_arm, check_weights, experiment_salt, user_unit
-from gref.serving.feedback import FeedbackStore, UnknownRequest
+from gref.serving.feedback import DuplicateRequest, FeedbackStore, StoreError, UnknownRequest
 from gref.serving.requests import RequestError, encode_candidates, parse_json, parse_rerank
 
 SPEC = FeatureSpec(num_cols=["num_a", "num_b"], cat_cols=["cat_c"], mean=[1.0, 0.0], std=[2.0, 1.0],
@@ -131,8 +133,28 @@ def test_the_default_salt_is_per_experiment():
     assert experiment_salt({"gref": "models:/g@champion"}) != experiment_salt({"gref": "models:/g@challenger"})
 
 
-def test_feedback_store_survives_reopen_and_exports_raw_logs(tmp_path):
-    db = tmp_path / "fb.db"
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    import pgserver
+
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("xdg")))  # pgserver asks platformdirs
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request, tmp_path):
+    """Where a store lives: a sqlite file, or a fresh database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "fb.db")
+    server = request.getfixturevalue("postgres")
+    name = f"t{time.time_ns()}"
+    server.psql(f"CREATE DATABASE {name};")
+    return server.get_uri(name)
+
+
+def test_feedback_store_survives_reopen_and_exports_raw_logs(db, tmp_path):
     store = FeedbackStore(db)
     cands = [{"item_id": "i1", "num_a": 3.0, "cat_c": 7}, {"item_id": "i2"}, {"item_id": "i3", "num_b": 1.5}]
     store.record_served("r1", "u1", "champion", "models:/m@champion#1", cands, ["i3", "i1"])
@@ -159,10 +181,10 @@ def test_feedback_store_survives_reopen_and_exports_raw_logs(tmp_path):
     assert {"num_a", "num_b", "cat_c"} <= set(pq.read_schema(tmp_path / "auto.parquet").names)
 
 
-def test_reposted_feedback_counts_once(tmp_path):
+def test_reposted_feedback_counts_once(db):
     """Review defect: /metrics added every post while the store kept the max (the same post 3x:
     metrics 3 clicks, store 1). The store now says which events are new; posting again adds none."""
-    store = FeedbackStore(tmp_path / "fb.db")
+    store = FeedbackStore(db)
     store.record_served("r1", "u1", "a", "m#1", [{"item_id": "i1"}, {"item_id": "i2"}], ["i1", "i2"])
     event = {"i1": {"click": 1, "like": 0, "long_view": 0}}
     news = [store.record_feedback("r1", event)[1]["click"] for _ in range(3)]
@@ -170,13 +192,13 @@ def test_reposted_feedback_counts_once(tmp_path):
     assert store.counts()["feedback_rows"] == 1
 
 
-def test_a_retried_request_id_replays_its_answer(tmp_path):
-    store = FeedbackStore(tmp_path / "fb.db")
+def test_a_retried_request_id_replays_its_answer(db):
+    store = FeedbackStore(db)
     answer = {"request_id": "r1", "items": ["i2"], "arm": "a", "model": {"version": "3"}, "latency_ms": 1.0}
     store.record_served("r1", "u1", "a", "m#3", [{"item_id": "i2"}], ["i2"], "digest-1", answer)
     assert store.replay("r1") == ("digest-1", answer)
     assert store.replay("never") is None
-    with pytest.raises(sqlite3.IntegrityError):  # the id stays unique: the Router replays or answers 409
+    with pytest.raises(DuplicateRequest):  # the id stays unique: the Router replays or answers 409
         store.record_served("r1", "u1", "a", "m#3", [{"item_id": "i2"}], ["i2"], "digest-2", answer)
 
 
@@ -193,30 +215,36 @@ def test_a_store_of_the_first_release_is_migrated(tmp_path):
     assert store.export_logs(tmp_path / "old.parquet") == 1
 
 
-def test_locked_store_fails_fast_and_retention_prunes(tmp_path):
-    store = FeedbackStore(tmp_path / "fb.db", busy_timeout_s=0.2)
+def test_locked_store_fails_fast_and_retention_prunes(db):
+    store = FeedbackStore(db, busy_timeout_s=0.2)
     store.record_served("old", "u", "a", "m#1", [{"item_id": "i1"}], ["i1"])
     store.record_feedback("old", {"i1": {"click": 1}})
     store.record_served("new", "u", "a", "m#1", [{"item_id": "i1"}], ["i1"])
-    store.db.execute("UPDATE served SET ts = 1000 WHERE request_id = 'old'")
+    store.db.run("UPDATE served SET ts = 1000 WHERE request_id = 'old'")
     assert store.prune(older_than_ms=2000) == 1
     assert store.counts() == {"served": 1, "lists_with_feedback": 0, "feedback_rows": 0}
 
-    other = sqlite3.connect(tmp_path / "fb.db", isolation_level=None)
-    other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        other = psycopg.connect(db)  # another Router holds a lock on the table
+        other.execute("LOCK TABLE served IN ACCESS EXCLUSIVE MODE")
+    else:
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
     started = time.perf_counter()
-    with pytest.raises(sqlite3.OperationalError, match="locked"):
+    with pytest.raises(StoreError, match="unavailable.*(locked|lock timeout)"):
         store.record_served("blocked", "u", "a", "m#1", [{"item_id": "i1"}], ["i1"])
     assert time.perf_counter() - started < 5  # bounded by busy_timeout_s, not 30 s
-    other.execute("ROLLBACK")
+    other.close()  # its transaction ends, the lock with it
     store.record_served("blocked", "u", "a", "m#1", [{"item_id": "i1"}], ["i1"])
 
 
-def test_export_streams_in_row_groups(tmp_path, monkeypatch):
+def test_export_streams_in_row_groups(db, tmp_path, monkeypatch):
     from gref.serving import feedback
 
     monkeypatch.setattr(feedback, "EXPORT_BATCH", 2)
-    store = FeedbackStore(tmp_path / "fb.db")
+    store = FeedbackStore(db)
     for r in range(5):
         store.record_served(f"r{r}", "u", "a", "m#1", [{"item_id": "i1", "num_a": r}, {"item_id": "i2"}], ["i2"])
     store.record_feedback("r4", {"i2": {"click": 1}})
@@ -227,3 +255,83 @@ def test_export_streams_in_row_groups(tmp_path, monkeypatch):
     assert [r["request_id"] for r in rows[::2]] == [f"r{r}" for r in range(5)]
     assert [(r["request_id"], r["click"]) for r in rows if r["item_id"] == "i2"][-1] == ("r4", 1)
     assert store.export_logs(tmp_path / "empty.parquet", ["num_a"], []) == 10
+
+
+def test_api_keys_are_stored_hashed_and_checked_with_scopes(tmp_path, monkeypatch):
+    from gref.serving import auth
+
+    keys = auth.KeyFile(tmp_path / "keys.json")
+    frontend = keys.create("shop-frontend", ["rerank", "feedback"])
+    scraper = keys.create("prom", ["metrics"])
+    text = (tmp_path / "keys.json").read_text()
+    assert frontend not in text and auth.digest(frontend) in text  # only the hash is kept
+    assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600
+    check = auth.Authenticator(tmp_path / "keys.json")
+    assert check.check(frontend, "rerank").name == "shop-frontend"
+    for key, scope, status in [(None, "rerank", 401), ("gref_x_y", "rerank", 401), (frontend, "metrics", 403),
+                               (scraper, "feedback", 403)]:
+        with pytest.raises(auth.AuthError) as err:
+            check.check(key, scope)
+        assert err.value.status == status
+    assert auth.presented_key({"authorization": f"Bearer {frontend}"}) == frontend
+    assert auth.presented_key({"x-api-key": scraper}) == scraper and auth.presented_key({}) is None
+    rotated = keys.rotate("shop-frontend")
+    keys.revoke("prom")
+    monkeypatch.setattr(auth, "RELOAD_EVERY_S", 0.0)  # the Router re-reads at most once a second
+    assert check.check(rotated, "feedback").name == "shop-frontend"
+    for old in (frontend, scraper):
+        with pytest.raises(auth.AuthError):
+            check.check(old, "rerank")
+    with pytest.raises(ValueError, match="exists"):
+        keys.create("shop-frontend", ["rerank"])
+    with pytest.raises(ValueError, match="scopes"):
+        keys.create("new", ["admin"])
+    with pytest.raises(ValueError, match="name"):
+        keys.create("has_underscore", ["rerank"])
+
+
+def test_router_stats_in_prometheus_text_format():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gref.serving.stats import RouterStats
+
+    stats = RouterStats(["a", "b"])
+    stats.served("a", 4.0, ignored_feature_values=3)
+    stats.served("a", 30.0, ignored_feature_values=0)
+    stats.error("b")
+    stats.feedback("a", True, {"click": 2, "like": 0, "long_view": 1})
+    stats.feedback("gone", True, {"click": 1, "like": 0, "long_view": 0})  # an arm no longer deployed: ignored
+    text = stats.prometheus({"a": 0.25, "b": 0.75}, {"served": 2}).decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    a = (("arm", "a"),)
+    assert samples[("gref_rerank_requests_total", a)] == 2
+    assert samples[("gref_rerank_requests_total", (("arm", "b"),))] == 0  # present before any traffic
+    assert samples[("gref_rerank_errors_total", (("arm", "b"),))] == 1
+    # 4 ms falls in the 5 ms bucket, 30 ms in the 35 ms one; sum in seconds
+    assert samples[("gref_rerank_latency_seconds_bucket", (("arm", "a"), ("le", "0.005")))] == 1
+    assert samples[("gref_rerank_latency_seconds_bucket", (("arm", "a"), ("le", "0.035")))] == 2
+    assert samples[("gref_rerank_latency_seconds_sum", a)] == pytest.approx(0.034)
+    assert samples[("gref_feedback_events_total", (("arm", "a"), ("kind", "click")))] == 2
+    assert samples[("gref_ignored_feature_values_total", a)] == 3
+    assert samples[("gref_arm_weight", (("arm", "b"),))] == 0.75
+    assert samples[("gref_store_rows", (("table", "served"),))] == 2
+    assert stats.snapshot({"a": 0.25})["a"]["latency_p50_ms"] == pytest.approx(17.0)
+
+
+def test_feedback_posts_are_validated_and_merged():
+    from gref.serving.requests import parse_feedback
+
+    post = parse_feedback({"request_id": "r1", "feedback": [{"item_id": "a", "click": 1}, {"item_id": "a", "like": 1},
+                                                            {"item_id": 7, "long_view": 0}]})
+    assert post.events == {"a": {"click": 1, "like": 1, "long_view": 0}, "7": {"click": 0, "like": 0, "long_view": 0}}
+    post.check_shown({"a", "7", "b"})
+    with pytest.raises(RequestError, match="not shown"):
+        post.check_shown({"a"})
+    for bad in ({"request_id": "r1", "feedback": [{"item_id": "a", "click": 1.0}]},
+                {"request_id": "r1", "feedback": [{"item_id": "a", "click": True}]},
+                {"request_id": "\ud800", "feedback": []}, {"request_id": "r1", "feedback": {}},
+                {"request_id": "r1", "feedback": [{"click": 1}]}):
+        with pytest.raises(RequestError) as err:
+            parse_feedback(bad)
+        assert 400 <= err.value.status < 500

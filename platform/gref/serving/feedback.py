@@ -2,17 +2,16 @@
 
 Every ``/rerank`` answer is written (request, user, time, arm, model, the candidates with their
 raw features in upstream order, the list shown) and every ``/feedback`` post is upserted, each
-committed to a sqlite file (WAL, synchronous=FULL) before the HTTP answer: a replica restart
-loses nothing. ``export_logs`` writes Parquet that ``jobs.prepare`` reads like any other logs --
-one row per candidate, ``position`` 1..n for the items shown, click/like/long_view 0/1 on them
+committed before the HTTP answer -- to a sqlite file (WAL, synchronous=FULL; one Router) or to
+PostgreSQL (a ``postgresql://`` URL; several Routers), the same statements on both
+(``gref.serving.sql``): a replica restart loses nothing. ``export_logs`` writes Parquet that
+``jobs.prepare`` reads like any other logs -- one row per candidate, ``position`` 1..n for the items shown, click/like/long_view 0/1 on them
 (a shown item without a feedback event was not clicked), null on the others.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,18 +19,21 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gref.serving import sql
+from gref.serving.sql import DuplicateRequest, StoreError  # noqa: F401 -- the store's errors, for its callers
 from gref.serving.stats import FEEDBACK_KINDS
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS served (
-    request_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, ts INTEGER NOT NULL, arm TEXT NOT NULL,
-    model TEXT NOT NULL, candidates TEXT NOT NULL, shown TEXT NOT NULL, body_sha TEXT, answer TEXT);
+    request_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, ts BIGINT NOT NULL, arm TEXT NOT NULL,
+    model TEXT NOT NULL, candidates TEXT NOT NULL, shown TEXT NOT NULL, body_sha TEXT, answer TEXT, client TEXT);
 CREATE INDEX IF NOT EXISTS served_ts ON served (ts);
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT NOT NULL, item_id TEXT NOT NULL, click INTEGER NOT NULL, "like" INTEGER NOT NULL,
-    long_view INTEGER NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (request_id, item_id));
+    long_view INTEGER NOT NULL, ts BIGINT NOT NULL, PRIMARY KEY (request_id, item_id));
 """
-ADDED_COLUMNS = {"body_sha": "TEXT", "answer": "TEXT"}  # since the first release: stores made before get them
+ADDED_COLUMNS = {"body_sha": "TEXT", "answer": "TEXT", "client": "TEXT"}  # since the first release: older stores get them
+SERVED_COLUMNS = "request_id, user_id, ts, arm, model, candidates, shown, body_sha, answer, client"
 EXPORT_BATCH = 1000  # served lists per Parquet row group: the export streams, whatever the store's size
 
 
@@ -40,46 +42,41 @@ class UnknownRequest(KeyError):
 
 
 class FeedbackStore:
-    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0):
-        """``busy_timeout_s``: how long a write waits for a lock another process holds before
-        ``sqlite3.OperationalError`` (the Router answers 503 then, rather than stalling)."""
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(served)")}
+    def __init__(self, location: str | Path, busy_timeout_s: float = 30.0):
+        """``location``: a sqlite file path, or a ``postgresql://user:pass@host/db`` URL (several
+        Routers). ``busy_timeout_s``: how long a write waits for a lock another writer holds before
+        ``StoreError`` (the Router answers 503 then, rather than stalling)."""
+        self.db = sql.connect(location, busy_timeout_s)
+        self.db.script(SCHEMA)
+        have = self.db.columns("served")
         for column, kind in ADDED_COLUMNS.items():
             if column not in have:
-                self.db.execute(f"ALTER TABLE served ADD COLUMN {column} {kind}")
-        self.lock = threading.Lock()  # one connection, used from the replica's threads
+                self.db.run(f"ALTER TABLE served ADD COLUMN {column} {kind}")
 
     def record_served(self, request_id: str, user_id: str, arm: str, model: str,
                       candidates: list[dict[str, Any]], shown: list[str], body_sha: str = "",
-                      answer: dict[str, Any] | None = None) -> None:
+                      answer: dict[str, Any] | None = None, client: str = "") -> None:
         """``candidates``: the request's candidate objects (item_id + raw features), upstream order;
         ``body_sha`` / ``answer``: the request's digest and the answer given, so that a retry of the
-        same request (same id, same body) gets the same answer (``replay``)."""
-        with self.lock:
-            self.db.execute("INSERT INTO served VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            (request_id, user_id, int(time.time() * 1000), arm, model,
-                             json.dumps(candidates), json.dumps(shown), body_sha,
-                             None if answer is None else json.dumps(answer)))
+        same request (same id, same body) gets the same answer (``replay``); ``client``: the API
+        key's name that was served (only it may post the list's feedback). A request_id stored
+        already raises ``DuplicateRequest``."""
+        self.db.run(f"INSERT INTO served ({SERVED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (request_id, user_id, int(time.time() * 1000), arm, model, json.dumps(candidates),
+                     json.dumps(shown), body_sha, None if answer is None else json.dumps(answer), client))
 
     def replay(self, request_id: str) -> tuple[str, dict[str, Any] | None] | None:
         """(body digest, answer) of a served request id, None when it was not served here."""
-        with self.lock:
-            row = self.db.execute("SELECT body_sha, answer FROM served WHERE request_id = ?", (request_id,)).fetchone()
-        return None if row is None else (row[0] or "", None if row[1] is None else json.loads(row[1]))
+        rows = self.db.query("SELECT body_sha, answer FROM served WHERE request_id = ?", (request_id,))
+        return None if not rows else (rows[0][0] or "", None if rows[0][1] is None else json.loads(rows[0][1]))
 
     def served(self, request_id: str) -> dict[str, Any]:
-        with self.lock:
-            row = self.db.execute("SELECT user_id, arm, model, shown FROM served WHERE request_id = ?",
-                                  (request_id,)).fetchone()
-        if row is None:
+        rows = self.db.query("SELECT user_id, arm, model, shown, client FROM served WHERE request_id = ?",
+                             (request_id,))
+        if not rows:
             raise UnknownRequest(request_id)
-        return {"user_id": row[0], "arm": row[1], "model": row[2], "shown": json.loads(row[3])}
+        row = rows[0]
+        return {"user_id": row[0], "arm": row[1], "model": row[2], "shown": json.loads(row[3]), "client": row[4] or ""}
 
     def record_feedback(self, request_id: str, events: dict[str, dict[str, int]]) -> tuple[bool, dict[str, int]]:
         """``events``: item id -> {click, like, long_view} (0/1); repeated posts keep the max.
@@ -88,14 +85,18 @@ class FeedbackStore:
         and the store agree however often a client re-posts."""
         now = int(time.time() * 1000)
         items = list(events)
-        with self.lock, self.db:  # one transaction: the read and the upsert see the same rows
-            self.db.execute("BEGIN IMMEDIATE")
-            before = {row[0]: row[1:] for row in self.db.execute(
+        g = self.db.greatest
+        with self.db.transaction() as tx:  # the read and the upsert see the same rows
+            tx.query(f"SELECT 1 FROM served WHERE request_id = ?{self.db.row_lock}", (request_id,))
+            before = {row[0]: row[1:] for row in tx.query(
                 f'SELECT item_id, click, "like", long_view FROM feedback WHERE request_id = ? '
                 f'AND item_id IN ({",".join("?" * len(items))})', (request_id, *items))}
-            first = self.db.execute("SELECT 1 FROM feedback WHERE request_id = ? LIMIT 1",
-                                    (request_id,)).fetchone() is None
-            self._upsert(request_id, events, now)
+            first = not tx.query("SELECT 1 FROM feedback WHERE request_id = ? LIMIT 1", (request_id,))
+            tx.run_many(
+                'INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, item_id) DO UPDATE SET '
+                f'click = {g}(feedback.click, excluded.click), "like" = {g}(feedback."like", excluded."like"), '
+                f'long_view = {g}(feedback.long_view, excluded.long_view), ts = excluded.ts',
+                [(request_id, item, *(int(e.get(k, 0)) for k in FEEDBACK_KINDS), now) for item, e in events.items()])
         new = dict.fromkeys(FEEDBACK_KINDS, 0)
         for item, e in events.items():
             old = before.get(item, (0,) * len(FEEDBACK_KINDS))
@@ -103,42 +104,33 @@ class FeedbackStore:
                 new[kind] += int(int(e.get(kind, 0)) > old[k])
         return first, new
 
-    def _upsert(self, request_id: str, events: dict[str, dict[str, int]], now: int) -> None:
-        self.db.executemany(
-            'INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, item_id) DO UPDATE SET '
-            'click = max(click, excluded.click), "like" = max("like", excluded."like"), '
-            'long_view = max(long_view, excluded.long_view), ts = excluded.ts',
-            [(request_id, item, *(int(e.get(k, 0)) for k in FEEDBACK_KINDS), now) for item, e in events.items()])
-
     def prune(self, older_than_ms: int) -> int:
         """Delete the lists served before ``older_than_ms`` (epoch ms) and their feedback; returns
         how many lists went (the Router's ``retention_days``)."""
-        with self.lock, self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("DELETE FROM feedback WHERE request_id IN (SELECT request_id FROM served WHERE ts < ?)",
-                            (older_than_ms,))
-            return self.db.execute("DELETE FROM served WHERE ts < ?", (older_than_ms,)).rowcount
+        with self.db.transaction() as tx:
+            tx.run("DELETE FROM feedback WHERE request_id IN (SELECT request_id FROM served WHERE ts < ?)",
+                   (older_than_ms,))
+            return tx.run("DELETE FROM served WHERE ts < ?", (older_than_ms,))
 
     def counts(self) -> dict[str, int]:
-        with self.lock:
-            served = self.db.execute("SELECT count(*) FROM served").fetchone()[0]
-            fb = self.db.execute("SELECT count(DISTINCT request_id), count(*) FROM feedback").fetchone()
-        return {"served": served, "lists_with_feedback": fb[0], "feedback_rows": fb[1]}
+        served = self.db.query("SELECT count(*) FROM served")[0][0]
+        lists, rows = self.db.query("SELECT count(DISTINCT request_id), count(*) FROM feedback")[0]
+        return {"served": served, "lists_with_feedback": lists, "feedback_rows": rows}
 
     def _served_batches(self):
         """The served lists in time order, EXPORT_BATCH at a time, each with its feedback rows
         (a read snapshot per batch: the export holds no lock while it writes)."""
         last_ts, last_id = -1, ""
         while True:
-            with self.lock:
-                rows = self.db.execute("SELECT * FROM served WHERE (ts, request_id) > (?, ?) "
-                                       "ORDER BY ts, request_id LIMIT ?", (last_ts, last_id, EXPORT_BATCH)).fetchall()
+            with self.db.transaction() as tx:
+                rows = tx.query(f"SELECT {SERVED_COLUMNS} FROM served WHERE ts > ? OR (ts = ? AND request_id > ?) "
+                                "ORDER BY ts, request_id LIMIT ?", (last_ts, last_ts, last_id, EXPORT_BATCH))
                 if not rows:
                     return
                 ids = [r[0] for r in rows]
-                feedback = {(r, i): (c, lk, lv) for r, i, c, lk, lv in self.db.execute(
+                feedback = {(r, i): (c, lk, lv) for r, i, c, lk, lv in tx.query(
                     f'SELECT request_id, item_id, click, "like", long_view FROM feedback '
-                    f'WHERE request_id IN ({",".join("?" * len(ids))})', ids)}
+                    f'WHERE request_id IN ({",".join("?" * len(ids))})', tuple(ids))}
             last_ts, last_id = rows[-1][2], rows[-1][0]
             yield rows, feedback
 

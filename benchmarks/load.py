@@ -1,0 +1,164 @@
+"""Load with faults: steady traffic while a reranker replica and then a Router are killed
+(prints JSON; loopback only; not a test).
+
+    python -m benchmarks.load [--seconds 180] [--clients 8] [--store postgres|sqlite]
+
+The app (a tiny untrained GReF arm, ``benchmarks.tiny_app``) runs 2 reranker replicas and, with
+``--store postgres`` (default: a pgserver-started PostgreSQL), 2 Routers writing one database;
+with ``--store sqlite``, 1 Router. ``--clients`` clients each loop: /rerank with a request_id of
+their own, then /feedback (a click on the first item). A client retries a call that got no answer
+or a 5xx with the same body and request_id, for up to ``--retry-s`` seconds -- safe because both
+calls are idempotent -- and a request counts as failed only when it never got its 200.
+
+At 1/3 of the run one reranker replica is killed, at 2/3 one Router. Reported: p50/p99 latency
+of answered calls before, during (10 s after each kill) and after; requests answered / failed /
+retried; and, read from the store afterwards, the lists and feedback rows against what clients
+were answered: lost = answered but not stored, doubled = stored more than once (impossible by
+the primary keys, counted anyway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from benchmarks.tiny_app import tiny_app
+
+KILL_WINDOW_S = 10.0  # "during" = this long after a kill
+
+
+def _kill_one(deployment: str) -> str:
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == "serve" and f"#{deployment}#" in a["name"]]
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    return names[0]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=180.0)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--store", choices=["postgres", "sqlite"], default="postgres")
+    p.add_argument("--retry-s", type=float, default=30.0, help="how long a client keeps retrying one call")
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="gref-load-"))
+    if args.store == "postgres":
+        import pgserver
+
+        server = pgserver.get_server(tmp / "pg", cleanup_mode="stop")
+        db, routers = server.get_uri(), 2
+    else:
+        db, routers = str(tmp / "fb.db"), 1
+    url, key = tiny_app(tmp, name="load", feedback_db=db, replicas=2, routers=routers, reranker_cpus=0.2,
+                        router_cpus=0.1)
+    candidates = [{"item_id": f"i{i}", "num_item_f0": 0.1 * i} for i in range(30)]
+    events: list[tuple[float, str, float]] = []  # (time, call, latency ms) of answered calls
+    answered: dict[str, int] = {"rerank": 0, "feedback": 0}
+    failed: dict[str, int] = {"rerank": 0, "feedback": 0}
+    retried = {"calls": 0}
+    served_ids, clicked_ids = [], []
+    lock, stop = threading.Lock(), threading.Event()
+
+    def call(session, path, body) -> dict | None:
+        started, deadline = time.perf_counter(), time.time() + args.retry_s
+        first = True
+        while time.time() < deadline:
+            if not first:
+                with lock:
+                    retried["calls"] += 1
+                time.sleep(0.2)
+            first = False
+            try:
+                r = session.post(f"{url}{path}", json=body, timeout=30)
+            except requests.RequestException:
+                continue
+            if r.status_code < 500:
+                if r.status_code != 200:
+                    raise AssertionError(f"{path}: {r.status_code} {r.text[:200]}")
+                with lock:
+                    events.append((time.time(), path, 1000 * (time.perf_counter() - started)))
+                return r.json()
+        return None
+
+    def client(c: int):
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {key}"
+        while not stop.is_set():
+            request_id = f"load-{c}-{uuid.uuid4().hex[:12]}"
+            answer = call(session, "/rerank", {"user_id": f"user-{c}-{request_id[-2:]}", "n": 10,
+                                              "candidates": candidates, "request_id": request_id})
+            with lock:
+                if answer:
+                    answered["rerank"] += 1
+                    served_ids.append(request_id)
+                else:
+                    failed["rerank"] += 1
+            if not answer:
+                continue
+            ok = call(session, "/feedback", {"request_id": request_id,
+                                             "feedback": [{"item_id": answer["items"][0], "click": 1}]})
+            with lock:
+                if ok:
+                    answered["feedback"] += 1
+                    clicked_ids.append(request_id)
+                else:
+                    failed["feedback"] += 1
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
+    t0 = time.time()
+    for t in threads:
+        t.start()
+    kills = {}
+    time.sleep(args.seconds / 3)
+    kills["reranker"] = (time.time(), _kill_one("reranker-gref"))
+    time.sleep(args.seconds / 3)
+    kills["router"] = (time.time(), _kill_one("Router"))
+    time.sleep(args.seconds / 3)
+    stop.set()
+    for t in threads:
+        t.join()
+
+    def phase(at: float) -> str:
+        for name, (when, _) in kills.items():
+            if when <= at < when + KILL_WINDOW_S:
+                return f"during_{name}_kill"
+        return "before" if at < kills["reranker"][0] else "after"
+
+    latency = {}
+    for name in ("before", "during_reranker_kill", "during_router_kill", "after"):
+        lat = np.array([ms for at, path, ms in events if path == "/rerank" and phase(at) == name])
+        latency[name] = ({"requests": int(lat.size), "p50_ms": round(float(np.percentile(lat, 50)), 1),
+                          "p99_ms": round(float(np.percentile(lat, 99)), 1)} if lat.size else {"requests": 0})
+
+    from gref.serving.feedback import FeedbackStore
+
+    store = FeedbackStore(db)
+    stored = {r[0] for r in store.db.query("SELECT request_id FROM served WHERE request_id LIKE 'load-%'")}
+    with_feedback = {r[0]: r[1] for r in store.db.query(
+        "SELECT request_id, count(*) FROM feedback WHERE request_id LIKE 'load-%' GROUP BY request_id")}
+    result = {
+        "store": args.store, "routers": routers, "reranker_replicas": 2, "clients": args.clients,
+        "seconds": round(time.time() - t0, 1), "killed": {k: v[1] for k, v in kills.items()},
+        "answered": answered, "failed": failed, "retried_calls": retried["calls"], "latency": latency,
+        "lists_answered": len(served_ids), "lists_stored": len(stored),
+        "lists_lost": len(set(served_ids) - stored), "lists_doubled": len(served_ids) - len(set(served_ids)),
+        "feedback_answered": len(clicked_ids), "feedback_rows": sum(with_feedback.values()),
+        "feedback_lost": len(set(clicked_ids) - set(with_feedback)),
+        "feedback_doubled": sum(n - 1 for n in with_feedback.values() if n > 1),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
