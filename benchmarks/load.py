@@ -6,9 +6,9 @@
 The app (a tiny untrained GReF arm, ``benchmarks.tiny_app``) runs 2 reranker replicas and, with
 ``--store postgres`` (default: a pgserver-started PostgreSQL), 2 Routers writing one database;
 with ``--store sqlite``, 1 Router. ``--clients`` clients each loop: /rerank with a request_id of
-their own, then /feedback (a click on the first item). A client retries a call that got no answer
-or a 5xx with the same body and request_id, for up to ``--retry-s`` seconds -- safe because both
-calls are idempotent -- and a request counts as failed only when it never got its 200.
+their own, then /feedback (a click on the first item). A client retries a call that got no answer,
+a 5xx, a 408 or a 429 with the same body and request_id, for up to ``--retry-s`` seconds -- safe
+because both calls are idempotent -- and a request counts as failed when it never got its 200.
 
 At 1/3 of the run one reranker replica is killed, at 2/3 one Router. Reported: p50/p99 latency
 of answered calls before, during (10 s after each kill) and after; requests answered / failed /
@@ -33,6 +33,7 @@ import requests
 from benchmarks.tiny_app import tiny_app
 
 KILL_WINDOW_S = 10.0  # "during" = this long after a kill
+RETRYABLE = (408, 429)  # HTTP says a client may repeat these (a body cut off in a dying Router: 408)
 
 
 def _kill_one(deployment: str) -> str:
@@ -67,6 +68,8 @@ def main() -> None:
     answered: dict[str, int] = {"rerank": 0, "feedback": 0}
     failed: dict[str, int] = {"rerank": 0, "feedback": 0}
     retried = {"calls": 0}
+    retried_status: dict[int, int] = {}  # answers that were retried, by status
+    refused: list[str] = []
     served_ids, clicked_ids = [], []
     lock, stop = threading.Lock(), threading.Event()
 
@@ -83,12 +86,17 @@ def main() -> None:
                 r = session.post(f"{url}{path}", json=body, timeout=30)
             except requests.RequestException:
                 continue
-            if r.status_code < 500:
-                if r.status_code != 200:
-                    raise AssertionError(f"{path}: {r.status_code} {r.text[:200]}")
+            if r.status_code in RETRYABLE or r.status_code >= 500:
                 with lock:
-                    events.append((time.time(), path, 1000 * (time.perf_counter() - started)))
-                return r.json()
+                    retried_status[r.status_code] = retried_status.get(r.status_code, 0) + 1
+                continue
+            if r.status_code != 200:  # a refusal no retry can change: counted as failed
+                with lock:
+                    refused.append(f"{path}: {r.status_code} {r.text[:200]}")
+                return None
+            with lock:
+                events.append((time.time(), path, 1000 * (time.perf_counter() - started)))
+            return r.json()
         return None
 
     def client(c: int):
@@ -150,7 +158,8 @@ def main() -> None:
     result = {
         "store": args.store, "routers": routers, "reranker_replicas": 2, "clients": args.clients,
         "seconds": round(time.time() - t0, 1), "killed": {k: v[1] for k, v in kills.items()},
-        "answered": answered, "failed": failed, "retried_calls": retried["calls"], "latency": latency,
+        "answered": answered, "failed": failed, "retried_calls": retried["calls"],
+        "retried_after_status": retried_status, "refused_examples": refused[:5], "latency": latency,
         "lists_answered": len(served_ids), "lists_stored": len(stored),
         "lists_lost": len(set(served_ids) - stored), "lists_doubled": len(served_ids) - len(set(served_ids)),
         "feedback_answered": len(clicked_ids), "feedback_rows": sum(with_feedback.values()),

@@ -40,7 +40,7 @@ from ray.serve.handle import DeploymentHandle
 from gref.config import from_dict
 from gref.serving.ab import assign_arm, check_weights, experiment_salt
 from gref.serving.auth import Authenticator, AuthError, presented_key
-from gref.serving.feedback import DuplicateRequest, FeedbackStore, StoreError, UnknownRequest
+from gref.serving.feedback import DuplicateRequest, ReopeningStore, StoreError, UnknownRequest
 from gref.serving.requests import (
     RequestError,
     check_content_type,
@@ -204,7 +204,11 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 class Router:
     def __init__(self, arms: dict[str, DeploymentHandle], cfg: ServeConfig):
         self.arms, self.cfg = arms, cfg
-        self.store = FeedbackStore(cfg.feedback_db, busy_timeout_s=cfg.store_timeout_s)
+        self.store = ReopeningStore(cfg.feedback_db, busy_timeout_s=cfg.store_timeout_s)
+        try:
+            self.store.open()
+        except StoreError as err:  # a read-only disk or a database that is down: start, answer 503 meanwhile
+            logging.getLogger("ray.serve").error("%s -- /rerank and /feedback answer 503 until it opens", err)
         self.served_since_prune = 0
         self._prune()
         self.stats = RouterStats(list(arms))
@@ -225,7 +229,7 @@ class Router:
         self.served_since_prune = 0
         if self.cfg.retention_days > 0:
             try:
-                self.store.prune(int((time.time() - self.cfg.retention_days * 86400) * 1000))
+                self.store.call("prune", int((time.time() - self.cfg.retention_days * 86400) * 1000))
             except StoreError as err:  # busy or full: the next pass tries again
                 logging.getLogger("ray.serve").warning("feedback store: retention pass skipped (%s)", err)
 
@@ -233,7 +237,7 @@ class Router:
         """A feedback-store call off the event loop (the database calls block), bounded by
         ``store_timeout_s``; raises StoreError (-> 503) when the database is locked, full,
         read-only or unreachable."""
-        return await asyncio.to_thread(getattr(self.store, method), *args)
+        return await asyncio.to_thread(self.store.call, method, *args)
 
     def _client(self, request: Request, scope: str) -> str:
         """The name of the calling client (AuthError 401/403 unless its key holds ``scope``); "" when
@@ -329,7 +333,9 @@ class Router:
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "weights": self.weights}
+        """Open to anyone; says whether the feedback store could be opened (else /rerank answers 503)."""
+        return {"status": "ok", "weights": self.weights, "store": f"unavailable: {self.store.error}"
+                if self.store.error else "ok"}
 
     @app.get("/metrics")
     async def metrics(self, request: Request) -> Response:

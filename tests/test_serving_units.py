@@ -335,3 +335,21 @@ def test_feedback_posts_are_validated_and_merged():
         with pytest.raises(RequestError) as err:
             parse_feedback(bad)
         assert 400 <= err.value.status < 500
+
+
+def test_an_unopenable_store_is_a_store_error_and_reopens_when_it_can(tmp_path):
+    """Review defect: a read-only feedback directory failed the Router's start. The Router's store
+    now raises StoreError (-> 503 with the reason) at each call until the database opens."""
+    from gref.serving.feedback import ReopeningStore
+
+    blocker = tmp_path / "serve"
+    blocker.write_text("a file where the store's directory should be")
+    store = ReopeningStore(blocker / "feedback.db", busy_timeout_s=0.2)
+    with pytest.raises(StoreError, match="cannot create"):
+        store.call("counts")
+    assert "cannot create" in store.error
+    blocker.unlink()  # the disk is fixed: the next call opens the store
+    assert store.call("counts") == {"served": 0, "lists_with_feedback": 0, "feedback_rows": 0}
+    assert store.error == ""
+    with pytest.raises(StoreError, match="unavailable"):
+        ReopeningStore("postgresql://nobody@127.0.0.1:1/none", busy_timeout_s=0.5).call("counts")

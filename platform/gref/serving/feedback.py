@@ -175,3 +175,28 @@ class FeedbackStore:
             if total == 0:
                 writer.write_table(schema.empty_table())
         return total
+
+
+class ReopeningStore:
+    """The Router's store: opened at the first call and again after a call found it unopenable
+    (an unreachable server, a read-only or missing directory), so that the Router starts anyway and
+    answers 503 with the reason until the database is back."""
+
+    def __init__(self, location: str | Path, busy_timeout_s: float):
+        self.location, self.busy_timeout_s = location, busy_timeout_s
+        self._store: FeedbackStore | None = None
+        self.error = ""  # why the last open failed
+
+    def open(self) -> FeedbackStore:
+        if self._store is None:
+            try:
+                self._store = FeedbackStore(self.location, self.busy_timeout_s)
+            except StoreError as err:
+                self.error = str(err)
+                raise
+            self.error = ""
+        return self._store
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.open(), method)(*args)
+

@@ -34,14 +34,19 @@ class SqliteDB:
 
     def __init__(self, path: str | Path, timeout_s: float):
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = sqlite3.connect(path, timeout=timeout_s, check_same_thread=False, isolation_level=None)
-        self.con.execute("PRAGMA journal_mode=WAL")
-        self.con.execute("PRAGMA synchronous=FULL")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"feedback store unavailable: cannot create {path.parent} ({err})") from None
+        with self.errors():
+            self.con = sqlite3.connect(path, timeout=timeout_s, check_same_thread=False, isolation_level=None)
+            self.con.execute("PRAGMA journal_mode=WAL")
+            self.con.execute("PRAGMA synchronous=FULL")
         self.lock = threading.Lock()  # one connection, used from the Router's threads
 
     def script(self, sql: str) -> None:
-        self.con.executescript(sql)
+        with self.errors():
+            self.con.executescript(sql)
 
     def columns(self, table: str) -> set[str]:
         return {row[1] for row in self.con.execute(f"PRAGMA table_info({table})")}
