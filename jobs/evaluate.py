@@ -79,7 +79,6 @@ def run(data: str | Path, models: dict[str, Any], out: str | Path, world_dir: st
     for f in ("report.json", "report.md", "expected_clicks.png", "estimate_audit.json"):
         if (out / f).exists():
             mlflow.log_artifact(str(out / f), artifact_path="evaluation")
-    print(md, flush=True)
     return rows
 
 
@@ -113,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
                            **{f"model.{mlflow_key(k)}": v for k, v in (s.partition("=")[::2] for s in args.model)}})
         rows = run(args.data, models, args.out, args.world, args.split, args.max_requests, args.device,
                    estimate=not args.no_estimate)
+    print((Path(args.out) / "report.md").read_text(), flush=True)
     print_json({"report": str(Path(args.out).resolve() / "report.md")})
     return rows
 

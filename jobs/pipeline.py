@@ -213,14 +213,15 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = resolve_config(PipelineConfig, args)
     baseline_kinds(cfg.baselines)  # a typo fails now, not after the GReF stages
     summary = run(cfg)
-    from gref.evaluation import markdown_table
+    from gref.evaluation import SUMMARY_KEYS, markdown_table
 
     reg = summary["registry"]
     print("\n== GReF pipeline summary ==")
     print(f"data: {summary['data']['requests_read']:,} requests -> sequences {summary['data']['sequences']}, "
           f"pairs {summary['data']['pairs']}, quarantined {summary['data']['quarantined']}")
     print(f"time (s): {summary['timings_s']}")
-    print(f"\ntest split:\n{markdown_table(summary['test'])}\n")
+    print(f"\ntest split (every column: {Path(summary['out']) / 'report' / 'report.md'}):\n"
+          f"{markdown_table(summary['test'], SUMMARY_KEYS)}\n")
     print(f"registry: {reg['registered_model']} v{reg['version']} aliases {sorted(reg['aliases'])}"
           + ("" if reg["promoted"] else f" (champion stays v{reg['previous_champion']['version']})"))
     print(f"summary: {Path(summary['out']) / 'summary.json'}   MLflow run: {summary['mlflow_run_id']}")

@@ -269,7 +269,7 @@ class Router:
             req = parse_rerank(body, self.cfg.max_candidates, self.cfg.max_n)
             # a client-chosen request_id: a retry of the same request gets the stored answer (only
             # then is the request hashed: a server-made id is never retried)
-            digest = req.digest() if req.request_id else ""
+            digest = req.digest(client) if req.request_id else ""
             if req.request_id and (previous := await self._store("replay", req.request_id)):
                 return _replayed(req.request_id, digest, previous)
         except (AuthError, RequestError) as err:

@@ -203,6 +203,10 @@ def test_api_keys_scopes_rotation_and_feedback_bound_to_the_client(app, candidat
     r = call(app, "POST", "/feedback", key="other", json=post)  # a client that was not served this list
     assert r.status_code == 403 and "another client" in r.json()["error"], r.text
     assert call(app, "POST", "/feedback", json=post).status_code == 200
+    retried = {**body, "request_id": "auth-retry"}  # an idempotent retry returns the answer to its own client only
+    assert call(app, "POST", "/rerank", json=retried).status_code == 200
+    assert call(app, "POST", "/rerank", json=retried).status_code == 200
+    assert call(app, "POST", "/rerank", key="other", json=retried).status_code == 409
     from gref.serving.feedback import FeedbackStore
 
     assert FeedbackStore(app["args"]["feedback_db"]).served(served["request_id"])["client"] == "tester"

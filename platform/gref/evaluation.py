@@ -292,8 +292,12 @@ COLUMNS = [("oracle_clicks", "E[clicks]", "{:.4f}"), ("click_lift", "vs logged",
            ("latency_ms", "ms/req (batch)", "{:.3f}"), ("latency_ms_b1", "ms/req (1 by 1)", "{:.2f}")]
 
 
-def markdown_table(rows: dict[str, dict[str, float]]) -> str:
-    cols = [c for c in COLUMNS if any(c[0] in r for r in rows.values())]
+SUMMARY_KEYS = ("oracle_clicks", "click_lift", "headroom_share", "est_lift_pbm", "est_lift_dbn", "est_lift_pbm_features")
+
+
+def markdown_table(rows: dict[str, dict[str, float]], keys: tuple[str, ...] | None = None) -> str:
+    """Every column some row has, or only ``keys`` among them (e.g. SUMMARY_KEYS: a console summary)."""
+    cols = [c for c in COLUMNS if any(c[0] in r for r in rows.values()) and (keys is None or c[0] in keys)]
     lines = ["| model | " + " | ".join(c[1] for c in cols) + " |",
              "|---|" + "---:|" * len(cols)]
     for name, r in rows.items():

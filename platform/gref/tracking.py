@@ -8,8 +8,10 @@ model.json + features.json; ``load_reranker_uri`` rebuilds it (GenReranker or a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ def setup(cfg: TrackingConfig) -> str:
     the experiment id."""
     import mlflow
 
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial ... tables"
     mlflow.set_tracking_uri(tracking_uri(cfg))
     exp = mlflow.get_experiment_by_name(cfg.experiment)
     return exp.experiment_id if exp else mlflow.create_experiment(cfg.experiment)
@@ -94,6 +97,7 @@ def log_training_inputs(data_dir: str | Path, train_path: str | Path) -> None:
                                      digest=digest), context=context)
 
 
+@functools.cache  # defined once per process: MLflow warns at each definition (predict has no type hints)
 def _pyfunc_class():
     import mlflow.pyfunc
 
@@ -108,7 +112,6 @@ def _pyfunc_class():
 
         def predict(self, context, model_input, params=None):
             import torch
-
 
             n = int((params or {}).get("n", 10))
             num = torch.tensor(model_input["num"], dtype=torch.float32)
@@ -135,9 +138,16 @@ def log_reranker(model_dir: str | Path, registered_model: str | None = None) -> 
     # model, measured); the gref package travels as code so the pyfunc loads without the repo
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={numpy.__version__}",
                     f"pyarrow=={pyarrow.__version__}", f"mlflow=={mlflow.__version__}"]
-    info = mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
-                                   artifacts={"reranker": str(model_dir)}, pip_requirements=requirements,
-                                   code_paths=[str(Path(gref.__file__).parent)])
+    # a notice per model that a user cannot act on: it is our own class that CloudPickle serialises
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_logger.level
+    pyfunc_logger.setLevel(logging.ERROR)
+    try:
+        info = mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
+                                       artifacts={"reranker": str(model_dir)}, pip_requirements=requirements,
+                                       code_paths=[str(Path(gref.__file__).parent)])
+    finally:
+        pyfunc_logger.setLevel(level)
     out = {"model_uri": info.model_uri, "version": None}
     if registered_model:
         mv = mlflow.register_model(info.model_uri, registered_model)

@@ -50,10 +50,11 @@ class RerankRequest:
     def item_ids(self) -> list[str]:
         return [c["item_id"] for c in self.candidates]
 
-    def digest(self) -> str:
-        """SHA-256 of what the model sees (user, n, the kept candidate fields): a retry with the
-        same id and digest gets the stored answer. Keys no model reads do not change it."""
-        seen = {"user_id": self.user_id, "n": self.n, "candidates": self.candidates}
+    def digest(self, client: str = "") -> str:
+        """SHA-256 of what the model sees (user, n, the kept candidate fields) and of the calling
+        client: a retry with the same id and digest gets the stored answer -- never another
+        client's. Keys no model reads do not change it."""
+        seen = {"user_id": self.user_id, "n": self.n, "candidates": self.candidates, "client": client}
         return hashlib.sha256(json.dumps(seen, sort_keys=True).encode()).hexdigest()
 
 

@@ -47,7 +47,7 @@ class RunSettings:
     storage: str = "runs"  # Ray Train storage path (made absolute)
     max_failures: int = 1  # worker failures tolerated; training resumes from the last checkpoint
     seed: int = 0
-    log_every_steps: int = 50  # progress line every N steps on rank 0 (0 = per epoch only)
+    log_every_steps: int = 0  # also a progress line every N steps on rank 0 (0 = one line per epoch)
     fail_once_at_epoch: int = -1  # fault injection for tests: raise once after this epoch's checkpoint, before its MLflow log
 
 

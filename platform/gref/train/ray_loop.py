@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import sys
 import tempfile
 import time
@@ -169,12 +170,24 @@ SHOWN = ("train_loss", "val_nll", "val_loss", "val_dpo_loss", "val_distill_nll",
          "oracle_clicks", "oracle_click_lift", "est_clicks_dbn")
 
 
+def _quiet_train_reports() -> None:
+    """Ray Train logs each ray.train.report as a full ``TrainingReport(...)`` dump at INFO on the
+    worker (a logger named by its file path, outside Train's LoggingConfig): our own epoch line says
+    it in one line, so that logger goes to WARNING here. Ray is pinned; if the module moves, nothing breaks."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
     stage, cfg, meta = config["stage"], config["cfg"], config["meta"]
     tracking = config.get("tracking")
+    _quiet_train_reports()
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.manual_seed(cfg.run.seed + rank)
