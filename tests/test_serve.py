@@ -278,7 +278,7 @@ def test_routing_is_sticky_weighted_and_reweighted_without_dropping_requests(app
     thread = threading.Thread(target=traffic)
     thread.start()
     try:
-        _redeploy(app, {"gref": 9, "nar4rec": 1})  # only user_config changes: reconfigure in place
+        _redeploy(app, {"gref": 9, "nar4rec": 1})  # new weights while traffic flows (serve.run rolls the Router)
     finally:
         done.set()
         thread.join()
