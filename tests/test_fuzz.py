@@ -4,6 +4,8 @@ the Router would turn into a 500. The same bodies go over real HTTP in tests/tes
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 
@@ -31,6 +33,7 @@ def _outcome(data: bytes, content_type: str) -> int:
         req = parse_rerank(parse_json(data, LIMIT), max_candidates=200, max_n=32)
     except RequestError as err:
         assert 400 <= err.status < 500 and str(err), (err.status, str(err))
+        json.dumps({"error": str(err)}, ensure_ascii=False).encode("utf-8")  # as the Router's JSON answer is
         return err.status
     num, cat = encode_candidates(req.candidates, SPEC)
     assert np.isfinite(num).all() and num.dtype == np.float32 and cat.min(initial=0) >= 0
@@ -43,7 +46,8 @@ def test_hand_picked_pathological_bodies_get_a_4xx_or_are_served():
     # the ones that broke the parser before (500s): now a 4xx naming the problem
     for name in ("deep array", "deep object", "deeper inside a valid body", "huge integer feature",
                  "float past float32", "lone surrogate id", "lone surrogate item", "lone surrogate category",
-                 "duplicate keys", "text/plain JSON", "form encoding", "two documents", "empty body"):
+                 "duplicate keys", "text/plain JSON", "form encoding", "two documents", "empty body",
+                 "lone surrogate in a duplicate key", "lone surrogate in a feature key"):
         assert 400 <= outcomes[name] < 500, (name, outcomes[name])
     assert outcomes["deep inside a valid body"] == 200  # 500 levels in a key no model reads: ignored
     assert outcomes["many keys per candidate"] == 200 and outcomes["negative zero and tiny floats"] == 200

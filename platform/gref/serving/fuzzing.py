@@ -40,6 +40,9 @@ def pathological(candidates: list[dict[str, Any]]) -> list[tuple[str, bytes, str
         ("lone surrogate item", b'{"user_id": "u", "n": 1, "candidates": [{"item_id": "\\udfff"}]}', JSON),
         ("lone surrogate category", ('{"user_id": "u", "n": 1, "candidates": [' + one
                                      + ', "cat_x": "\\ud800"}]}').encode(), JSON),
+        ("lone surrogate in a duplicate key", b'{"\\ud800": 1, "\\ud800": 2}', JSON),
+        ("lone surrogate in a feature key", ('{"user_id": "u", "n": 1, "candidates": [' + one
+                                             + ', "num_\\ud800": "x"}]}').encode(), JSON),
         ("NUL in an id", body(user_id="a\u0000b"), JSON),
         ("duplicate keys", b'{"user_id": "u", "user_id": "v", "candidates": '
          + json.dumps(candidates).encode() + b', "n": 1}', JSON),

@@ -35,7 +35,9 @@ MAX_EVENTS = 1000  # feedback events per post
 
 class RequestError(ValueError):
     def __init__(self, status: int, message: str):
-        super().__init__(message)
+        # a message may quote the client's keys: a lone surrogate in one would make the JSON answer
+        # itself fail to encode (a 500), so such characters are written as escapes
+        super().__init__(message.encode("utf-8", "backslashreplace").decode("utf-8"))
         self.status = status
 
 
