@@ -80,9 +80,10 @@ def mean_ci(values: np.ndarray) -> dict[str, float]:
 
 def lift_ci(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """b / a - 1 with a 95% CI by the delta method (independent arms)."""
-    ma, mb = a.mean(), b.mean()
-    var = (b.var(ddof=1) / len(b)) / ma**2 + (mb**2 * a.var(ddof=1) / len(a)) / ma**4
-    return {"lift": float(mb / ma - 1.0), "ci95": float(1.96 * math.sqrt(var))}
+    from gref.serving.promotion import lift_interval
+
+    lift, low, _ = lift_interval(a, b, 1.96)
+    return {"lift": lift, "ci95": lift - low}
 
 
 def summarize(records: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
@@ -133,8 +134,9 @@ def _one(url: str, world, req: dict[str, Any], n: int, rng_seed: int, api_key: s
 
     session = _session(api_key)
     t0 = time.perf_counter()
-    r = session.post(f"{url}/rerank", json={"user_id": str(req["user_id"]), "candidates": req["candidates"], "n": n},
-                     timeout=60)
+    body = {"user_id": str(req["user_id"]), "candidates": req["candidates"], "n": n,
+            **({"request_id": req["request_id"]} if "request_id" in req else {})}  # a retry is then idempotent
+    r = session.post(f"{url}/rerank", json=body, timeout=60)
     latency = 1000 * (time.perf_counter() - t0)
     if r.status_code != 200:
         return {"error": f"{r.status_code} {r.text[:200]}"}
@@ -151,9 +153,25 @@ def _one(url: str, world, req: dict[str, Any], n: int, rng_seed: int, api_key: s
             return {"error": f"feedback {fb.status_code} {fb.text[:200]}"}
     version = answer["model"]["version"]
     return {"arm": answer["arm"], "model": answer["model"]["name"] + (f" v{version}" if version else ""),
+            "request_id": answer["request_id"], "explored": bool(answer.get("explored")),
             "shown": items.shape[1], "latency_ms": latency,
             "sampled": {k: int(drawn[k].sum()) for k in KINDS},
             "oracle": {k: float(oracle[k].sum()) for k in KINDS}}
+
+
+def send_traffic(url: str, world, reqs: list[dict[str, Any]], n: int, seed: int, concurrency: int, api_key: str,
+                 label: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each request over HTTP, its simulated reaction back as feedback (request i draws its clicks
+    from seed * 1_000_003 + i: a re-sent request draws the same). -> (records, errors)"""
+    records, errors = [], []
+    with ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(_one, url, world, req, n, seed * 1_000_003 + i, api_key) for i, req in enumerate(reqs)]
+        for i, f in enumerate(futures):
+            rec = f.result()
+            (errors if "error" in rec else records).append(rec)
+            if (i + 1) % max(1, len(reqs) // 10) == 0:
+                log(label, f"{i + 1}/{len(reqs)} requests, {len(errors)} errors")
+    return records, errors
 
 
 def run(cfg: ABTestConfig) -> dict[str, Any]:
@@ -182,15 +200,7 @@ def run(cfg: ABTestConfig) -> dict[str, Any]:
         log("ab_test", f"app started at {url}")
     arms = sorted(http.get(f"{url}/healthz", timeout=30).json()["weights"])
     t0 = time.time()
-    records, errors = [], []
-    with ThreadPoolExecutor(cfg.concurrency) as pool:
-        futures = [pool.submit(_one, url, world, req, cfg.n, cfg.seed * 1_000_003 + i, api_key)
-                   for i, req in enumerate(reqs)]
-        for i, f in enumerate(futures):
-            rec = f.result()
-            (errors if "error" in rec else records).append(rec)
-            if (i + 1) % max(1, cfg.requests // 10) == 0:
-                log("ab_test", f"{i + 1}/{cfg.requests} requests, {len(errors)} errors")
+    records, errors = send_traffic(url, world, reqs, cfg.n, cfg.seed, cfg.concurrency, api_key, "ab_test")
     wall = time.time() - t0
     if started_here:
         from ray import serve

@@ -143,6 +143,12 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
             raise SchemaError("item_id_feature=true, but the logs already have a cat_item_id column")
         canonical.append("cat_item_id")
     num_cols, cat_cols = feature_columns(canonical)
+    fixed = FeatureSpec.load(cfg.features) if cfg.features else None
+    if fixed is not None:  # the model's features, nothing else: its spec decides what it reads
+        missing = sorted(set(fixed.num_cols + fixed.cat_cols) - set(num_cols + cat_cols))
+        if missing:
+            raise SchemaError(f"features={cfg.features}: the logs lack the feature column(s) {missing}")
+        num_cols, cat_cols = list(fixed.num_cols), list(fixed.cat_cols)
     log("prepare", f"{len(files)} file(s), {len(num_cols)} numeric and {len(cat_cols)} categorical features")
 
     init_ray()
@@ -179,10 +185,11 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
     parts = sequences.map_batches(stats_batch, batch_format="pyarrow", batch_size=None,
                                   fn_kwargs={"num_cols": num_cols, "cat_cols": cat_cols}).take_all()
     profile = merge_profiles([json.loads(r["profile"]) for r in parts])
-    spec = FeatureSpec.fit(merge_stats([_stats_from_json(r["stats"]) for r in parts]), num_cols, cat_cols,
-                           cfg.min_category_count)
+    spec = fixed or FeatureSpec.fit(merge_stats([_stats_from_json(r["stats"]) for r in parts]), num_cols, cat_cols,
+                                    cfg.min_category_count)
     encoded = sequences.map_batches(spec.encode, batch_format="pyarrow").materialize()
-    log("prepare", f"features fitted on train and encoded ({time.time() - start:.1f}s)")
+    log("prepare", f"features {'of ' + cfg.features if fixed else 'fitted on train'} and encoded "
+                   f"({time.time() - start:.1f}s)")
 
     for sub in ("sequences", "pairs", "quarantine"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)

@@ -38,7 +38,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from gref.config import from_dict
-from gref.serving.ab import assign_arm, check_weights, experiment_salt
+from gref.serving.ab import assign_arm, check_weights, experiment_salt, user_unit
 from gref.serving.auth import Authenticator, AuthError, presented_key
 from gref.serving.feedback import DuplicateRequest, ReopeningStore, StoreError, UnknownRequest
 from gref.serving.requests import (
@@ -81,6 +81,9 @@ class ServeConfig:
     body_timeout_s: float = 10.0  # a request body must arrive within this (slow clients get a 408, not a slot)
     store_timeout_s: float = 2.0  # longest wait for the feedback store's lock; then a 503 with the reason
     retention_days: float = 0.0  # served lists (and their feedback) older than this are deleted; 0 = kept
+    explore: float = 0.0  # share of requests served a list sampled from the model (GReF arms), not its greedy
+    #                       list: training data with alternatives; the list's log-probability is stored
+    explore_temperature: float = 1.0  # sampling temperature of those lists (1 = the model's own distribution)
 
 
 def _device():
@@ -92,7 +95,7 @@ def _device():
 @serve.deployment(max_ongoing_requests=32)
 class Reranker:
     def __init__(self, arm: str, model_uri: str, tracking_uri: str, max_batch_size: int, batch_wait_timeout_s: float,
-                 decode_mode: str = "auto"):
+                 decode_mode: str = "auto", explore_temperature: float = 1.0):
         import mlflow
 
         from gref import tracking
@@ -110,6 +113,10 @@ class Reranker:
         if decode_mode == "auto":
             decode_mode = "cuda_graphs" if self.device.type == "cuda" else "eager"
         self.decode = accelerated_rerank(self.model, decode_mode)  # the same lists as model.rerank, tested
+        from gref.model.reranker import GenReranker
+
+        self.explorable = isinstance(self.model, GenReranker)  # a list can be sampled (and its probability known)
+        self.explore_temperature = explore_temperature
         self.spec = FeatureSpec.load(directory / "features.json")
         self.features = ["item_id", *self.spec.num_cols, *self.spec.cat_cols]  # what the store keeps of a candidate
         # in every answer: the weights that ran (the Router caches nothing; a replica restarted
@@ -122,11 +129,15 @@ class Reranker:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def rerank(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Each request: {"candidates": [...validated...], "n": int} -> {"order": [candidate indices],
-        "model": the name, version, kind and heads of the weights that ran} or {"error": message}
+        """Each request: {"candidates": [...validated...], "n": int, "explore": bool} -> {"order":
+        [candidate indices], "model": the name, version, kind and heads of the weights that ran,
+        "explored": whether the list was sampled (explore, on a GReF model), "log_propensity": its
+        log-probability under the sampling policy (0 for the greedy list)} or {"error": message}
         for a request this model cannot serve."""
         import numpy as np
         import torch
+
+        from gref.model.decoding import decode
 
         limit_m, limit_n = self.model.cfg.max_candidates, self.model.cfg.max_length
         out: list[dict[str, Any] | None] = [None] * len(requests)
@@ -146,15 +157,23 @@ class Reranker:
                 num[b, :len(x)], cat[b, :len(c)], mask[b, :len(x)] = x, c, True
             num_t, cat_t, mask_t = (torch.from_numpy(a).to(self.device) for a in (num, cat, mask))
             ns = np.array([requests[i]["n"] for i in ok])
-            # one decode per distinct n: a non-autoregressive model's list depends on its length
-            for n in np.unique(ns):
-                rows = np.flatnonzero(ns == n)
+            explore = np.array([self.explorable and requests[i].get("explore", False) for i in ok])
+            # one decode per distinct (n, explore): a non-autoregressive model's list depends on its length
+            for n, sampled in {(int(n), bool(e)) for n, e in zip(ns, explore)}:
+                rows = np.flatnonzero((ns == n) & (explore == sampled))
                 sel = torch.from_numpy(rows).to(self.device)
                 with torch.no_grad():  # any platform reranker: GReF's OMTP decoding or a baseline's
-                    placed = self.decode(num_t[sel], cat_t[sel], mask_t[sel], int(n)).cpu().numpy()
+                    if sampled:
+                        placed, log_p = decode(self.model, num_t[sel], cat_t[sel], mask_t[sel], n,
+                                               temperature=self.explore_temperature, return_log_prob=True)
+                        placed, log_p = placed.cpu().numpy(), log_p.cpu().numpy()
+                    else:
+                        placed = self.decode(num_t[sel], cat_t[sel], mask_t[sel], n).cpu().numpy()
+                        log_p = np.zeros(len(rows))
                 for b, row in enumerate(rows):
                     out[ok[row]] = {"order": [int(j) for j in placed[b] if j >= 0], "model": self.served_by,
-                                    "features": self.features}
+                                    "features": self.features, "explored": sampled,
+                                    "log_propensity": float(log_p[b])}
         return out
 
 
@@ -277,8 +296,11 @@ class Router:
         except StoreError as err:
             return _error(503, str(err))
         arm = assign_arm(req.user_id, self.weights, self.salt)
+        request_id = req.request_id or uuid.uuid4().hex
+        # a fixed function of the request id: a retry of an explored request is explored again
+        explore = self.cfg.explore > 0 and user_unit(request_id, self.salt, "explore") < self.cfg.explore
         try:
-            result = await self._call(arm, "rerank", {"candidates": req.candidates, "n": req.n})
+            result = await self._call(arm, "rerank", {"candidates": req.candidates, "n": req.n, "explore": explore})
         except Exception as err:  # noqa: BLE001 -- whatever took the arm down: a counted 503, never a 500
             self.stats.error(arm)
             return _error(503, f"arm '{arm}' is unavailable: {type(err).__name__}")
@@ -288,13 +310,12 @@ class Router:
         model = result["model"]  # from the replica that ran: a restarted one may hold another version
         keep = set(result["features"])  # only the model's feature columns are stored (the rest counted)
         stored = [{k: v for k, v in c.items() if k in keep} for c in req.candidates]
-        request_id = req.request_id or uuid.uuid4().hex
         latency = 1000.0 * (time.perf_counter() - started)
         answer = {"request_id": request_id, "items": items, "arm": arm, "model": model,
-                  "latency_ms": round(latency, 3)}
+                  "explored": result["explored"], "latency_ms": round(latency, 3)}
         try:
             await self._store("record_served", request_id, req.user_id, arm, f"{model['name']}#{model['version']}",
-                              stored, items, digest, answer, client)
+                              stored, items, digest, answer, client, result["explored"], result["log_propensity"])
         except DuplicateRequest:  # the same request_id arrived twice at once: one of them was stored
             previous = await self._store("replay", request_id)
             return _replayed(request_id, digest, previous)
@@ -380,6 +401,9 @@ def build_app(args: dict[str, Any] | None = None):
 
     if cfg.decode_mode not in ("auto", *MODES):
         raise ValueError(f"decode_mode must be auto or one of {', '.join(MODES)}, got '{cfg.decode_mode}'")
+    if not 0.0 <= cfg.explore <= 1.0 or cfg.explore_temperature <= 0:
+        raise ValueError(f"explore must be in [0, 1] and explore_temperature > 0, got {cfg.explore}, "
+                         f"{cfg.explore_temperature}")
     if "://" not in cfg.feedback_db:
         cfg.feedback_db = str(Path(cfg.feedback_db).resolve())  # replicas run in other directories
     cfg.api_keys = cfg.api_keys or os.environ.get("GREF_API_KEYS_FILE", "")
@@ -397,7 +421,8 @@ def build_app(args: dict[str, Any] | None = None):
     gpus = _gpus(cfg.reranker_gpus)
     arms = {arm: Reranker.options(name=f"reranker-{arm}", max_ongoing_requests=max(32, 2 * cfg.max_batch_size),
                                   ray_actor_options={"num_cpus": cfg.reranker_cpus, "num_gpus": gpus}, **scale)
-            .bind(arm, uri, cfg.tracking_uri, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.decode_mode)
+            .bind(arm, uri, cfg.tracking_uri, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.decode_mode,
+                  cfg.explore_temperature)
             for arm, uri in cfg.arms.items()}
     return Router.options(num_replicas=cfg.routers,
                           ray_actor_options={"num_cpus": cfg.router_cpus, "resources": cfg.router_resources},

@@ -84,6 +84,22 @@ def test_sampling_follows_the_policys_softmax():
     assert freq == pytest.approx(expect, abs=0.03)
 
 
+def test_a_sampled_lists_log_probability_is_the_policys():
+    """decode(return_log_prob) gives log P(list) under the policy that drew it: at temperature 1 the
+    teacher-forced sequence_log_prob of the same list (k = 2 heads, list bias on); at T = 2 the first
+    placement's log-softmax(logits / 2), by hand; greedy lists are deterministic (0)."""
+    model, b = tiny(k=2), batch(B=4, M=6)
+    gen = torch.Generator().manual_seed(5)
+    y, lp = decode(model, b.num, b.cat, b.cand_mask, 3, temperature=1.0, generator=gen, return_log_prob=True)
+    forced = sequence_log_prob(model(b.num, b.cat, b.cand_mask, y[:, None])[:, 0], y, torch.full((4,), 3), 2)
+    assert lp.tolist() == pytest.approx(forced.tolist(), abs=1e-5)
+    y1, lp1 = decode(model, b.num, b.cat, b.cand_mask, 1, temperature=2.0, generator=gen, return_log_prob=True)
+    logits = model(b.num, b.cat, b.cand_mask, y1[:, None])[:, 0, 0, 0]  # head 0, step 0: [B, M]
+    assert lp1.tolist() == pytest.approx((logits / 2).log_softmax(-1).gather(1, y1)[:, 0].tolist(), abs=1e-5)
+    _, lp0 = decode(model, b.num, b.cat, b.cand_mask, 3, return_log_prob=True)
+    assert lp0.tolist() == [0.0] * 4
+
+
 def test_onpolicy_batch_pairs_the_rewards_best_and_worst_lists():
     model, b = tiny(), batch()
     values = torch.arange(24, dtype=torch.float32).view(4, 6).flip(1)  # candidate 0 is best everywhere

@@ -257,6 +257,27 @@ def test_export_streams_in_row_groups(db, tmp_path, monkeypatch):
     assert store.export_logs(tmp_path / "empty.parquet", ["num_a"], []) == 10
 
 
+def test_export_carries_exploration_and_exports_a_time_window(db, tmp_path):
+    """An explored list keeps its log-propensity through the export; a [since, until) window of
+    served times exports exactly the lists served in it (continuous training's round partitions)."""
+    import time
+
+    store = FeedbackStore(db)
+    store.record_served("greedy", "u", "a", "m#1", [{"item_id": "i1"}, {"item_id": "i2"}], ["i2", "i1"])
+    store.record_served("sampled", "u", "a", "m#1", [{"item_id": "i1"}, {"item_id": "i2"}], ["i1", "i2"],
+                        explored=True, log_propensity=-0.6931)
+    time.sleep(0.01)
+    middle = int(time.time() * 1000)
+    time.sleep(0.01)
+    store.record_served("later", "u", "a", "m#1", [{"item_id": "i1"}], ["i1"])
+    assert store.export_logs(tmp_path / "all.parquet") == 5
+    flags = {(r["request_id"], r["explored"], r["log_propensity"]) for r in pq.read_table(tmp_path / "all.parquet").to_pylist()}
+    assert flags == {("greedy", False, 0.0), ("sampled", True, -0.6931), ("later", False, 0.0)}
+    assert store.export_logs(tmp_path / "before.parquet", until_ms=middle) == 4
+    assert store.export_logs(tmp_path / "after.parquet", since_ms=middle) == 1
+    assert set(pq.read_table(tmp_path / "after.parquet").column("request_id").to_pylist()) == {"later"}
+
+
 def test_api_keys_are_stored_hashed_and_checked_with_scopes(tmp_path, monkeypatch):
     from gref.serving import auth
 

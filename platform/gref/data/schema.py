@@ -38,6 +38,8 @@ class DatasetConfig:
     min_category_count: int = 1  # categorical values seen fewer times in train map to OOV (id columns: 5+)
     buckets: int = 16  # hash buckets of request_id: the groupby key (each bucket = many requests)
     shuffle_partitions: int = 8  # Ray Data hash-shuffle partitions for the groupby
+    features: str = ""  # a features.json to encode with instead of fitting one (incremental prepare: a model's
+    #                    standardisation and vocabularies carry over; unseen categories -> OOV)
 
 
 def canonical_schema(schema: pa.Schema, cfg: DatasetConfig) -> dict[str, str]:

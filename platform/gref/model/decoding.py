@@ -18,7 +18,7 @@ from gref.model.reranker import GenReranker, ListBiasState
 @torch.no_grad()
 def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: int,
            heads: int | None = None, use_cache: bool = True, temperature: float = 0.0,
-           generator: torch.Generator | None = None) -> Tensor:
+           generator: torch.Generator | None = None, return_log_prob: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """OMTP decoding, greedy or sampled. num [B, M, F], cat [B, M, C], cand_mask [B, M] -> [B, n]
     candidate indices in display order; -1 where a request has fewer than n candidates.
 
@@ -28,6 +28,9 @@ def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: i
     temperature > 0 samples each placement from softmax(logits / temperature) over the items not
     yet placed (Gumbel-max), i.e. from the policy whose log-probability ``sequence_log_prob``
     gives at temperature 1 -- the lists on-policy post-training learns from.
+    return_log_prob: also return log P(list) [B] under the policy that drew it (softmax(logits /
+    temperature) per placement; 0 for greedy decoding, which is deterministic) -- the propensity
+    that exploration traffic logs.
     """
     heads = heads or model.k
     if not 1 <= heads <= model.k:
@@ -42,6 +45,8 @@ def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: i
     x = model.bos_input(B, z.device)  # tokens the next pass feeds the decoder
     bias = ListBiasState(model.list_bias, cat) if model.list_bias is not None else None
     cache = None
+    log_prob = torch.zeros(B, device=z.device)
+    m = cand_mask.sum(1)
     t = 0
     while t < n:
         if use_cache:
@@ -55,9 +60,14 @@ def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: i
         for j in range(take):
             head = logits[:, j] if bias is None else logits[:, j] + bias.current()
             if temperature > 0:  # Gumbel-max: a sample of softmax(head / temperature) over the unblocked
+                scaled = (head / temperature).masked_fill(blocked, float("-inf"))
                 u = torch.rand(head.shape, device=head.device, generator=generator).clamp_(1e-9, 1 - 1e-9)
-                head = head / temperature - torch.log(-torch.log(u))
-            choice = head.masked_fill(blocked, float("-inf")).argmax(dim=-1)
+                choice = (scaled - torch.log(-torch.log(u))).argmax(dim=-1)
+                if return_log_prob:  # (a request already out of candidates adds nothing)
+                    step = scaled.log_softmax(-1).gather(1, choice[:, None])[:, 0]
+                    log_prob += torch.where(m > t, step, torch.zeros_like(step))
+            else:
+                choice = head.masked_fill(blocked, float("-inf")).argmax(dim=-1)
             placed[:, t] = choice
             blocked.scatter_(1, choice[:, None], True)  # (not index_put: capturable in a CUDA graph)
             if bias is not None:
@@ -67,7 +77,8 @@ def decode(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: i
             new = model.embed_placed(z, placed[:, t - take: t], t - take)
             x = new if use_cache else torch.cat([x, new], dim=1)
     # a request with fewer than n candidates: positions past its m hold no item
-    return placed.masked_fill(torch.arange(n, device=z.device)[None] >= cand_mask.sum(1, keepdim=True), -1)
+    placed = placed.masked_fill(torch.arange(n, device=z.device)[None] >= m[:, None], -1)
+    return (placed, log_prob) if return_log_prob else placed
 
 
 @torch.no_grad()

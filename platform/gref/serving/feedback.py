@@ -26,14 +26,16 @@ from gref.serving.stats import FEEDBACK_KINDS
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS served (
     request_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, ts BIGINT NOT NULL, arm TEXT NOT NULL,
-    model TEXT NOT NULL, candidates TEXT NOT NULL, shown TEXT NOT NULL, body_sha TEXT, answer TEXT, client TEXT);
+    model TEXT NOT NULL, candidates TEXT NOT NULL, shown TEXT NOT NULL, body_sha TEXT, answer TEXT, client TEXT,
+    explored INTEGER, log_propensity DOUBLE PRECISION);
 CREATE INDEX IF NOT EXISTS served_ts ON served (ts);
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT NOT NULL, item_id TEXT NOT NULL, click INTEGER NOT NULL, "like" INTEGER NOT NULL,
     long_view INTEGER NOT NULL, ts BIGINT NOT NULL, PRIMARY KEY (request_id, item_id));
 """
-ADDED_COLUMNS = {"body_sha": "TEXT", "answer": "TEXT", "client": "TEXT"}  # since the first release: older stores get them
-SERVED_COLUMNS = "request_id, user_id, ts, arm, model, candidates, shown, body_sha, answer, client"
+ADDED_COLUMNS = {"body_sha": "TEXT", "answer": "TEXT", "client": "TEXT",  # since the first release: older stores get them
+                 "explored": "INTEGER", "log_propensity": "DOUBLE PRECISION"}
+SERVED_COLUMNS = "request_id, user_id, ts, arm, model, candidates, shown, body_sha, answer, client, explored, log_propensity"
 EXPORT_BATCH = 1000  # served lists per Parquet row group: the export streams, whatever the store's size
 
 
@@ -55,15 +57,19 @@ class FeedbackStore:
 
     def record_served(self, request_id: str, user_id: str, arm: str, model: str,
                       candidates: list[dict[str, Any]], shown: list[str], body_sha: str = "",
-                      answer: dict[str, Any] | None = None, client: str = "") -> None:
+                      answer: dict[str, Any] | None = None, client: str = "", explored: bool = False,
+                      log_propensity: float = 0.0) -> None:
         """``candidates``: the request's candidate objects (item_id + raw features), upstream order;
         ``body_sha`` / ``answer``: the request's digest and the answer given, so that a retry of the
         same request (same id, same body) gets the same answer (``replay``); ``client``: the API
-        key's name that was served (only it may post the list's feedback). A request_id stored
+        key's name that was served (only it may post the list's feedback); ``explored`` /
+        ``log_propensity``: whether the list was sampled from the model (exploration) and its
+        log-probability under the sampling policy (0 for a greedy list). A request_id stored
         already raises ``DuplicateRequest``."""
-        self.db.run(f"INSERT INTO served ({SERVED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self.db.run(f"INSERT INTO served ({SERVED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (request_id, user_id, int(time.time() * 1000), arm, model, json.dumps(candidates),
-                     json.dumps(shown), body_sha, None if answer is None else json.dumps(answer), client))
+                     json.dumps(shown), body_sha, None if answer is None else json.dumps(answer), client,
+                     int(explored), float(log_propensity)))
 
     def replay(self, request_id: str) -> tuple[str, dict[str, Any] | None] | None:
         """(body digest, answer) of a served request id, None when it was not served here."""
@@ -117,14 +123,15 @@ class FeedbackStore:
         lists, rows = self.db.query("SELECT count(DISTINCT request_id), count(*) FROM feedback")[0]
         return {"served": served, "lists_with_feedback": lists, "feedback_rows": rows}
 
-    def _served_batches(self):
-        """The served lists in time order, EXPORT_BATCH at a time, each with its feedback rows
-        (a read snapshot per batch: the export holds no lock while it writes)."""
-        last_ts, last_id = -1, ""
+    def _served_batches(self, since_ms: int = 0, until_ms: int = 2**62):
+        """The lists served in [since_ms, until_ms) in time order, EXPORT_BATCH at a time, each with
+        its feedback rows (a read snapshot per batch: the export holds no lock while it writes)."""
+        last_ts, last_id = since_ms - 1, ""
         while True:
             with self.db.transaction() as tx:
-                rows = tx.query(f"SELECT {SERVED_COLUMNS} FROM served WHERE ts > ? OR (ts = ? AND request_id > ?) "
-                                "ORDER BY ts, request_id LIMIT ?", (last_ts, last_ts, last_id, EXPORT_BATCH))
+                rows = tx.query(f"SELECT {SERVED_COLUMNS} FROM served WHERE (ts > ? OR (ts = ? AND request_id > ?)) "
+                                "AND ts < ? ORDER BY ts, request_id LIMIT ?",
+                                (last_ts, last_ts, last_id, until_ms, EXPORT_BATCH))
                 if not rows:
                     return
                 ids = [r[0] for r in rows]
@@ -135,26 +142,30 @@ class FeedbackStore:
             yield rows, feedback
 
     def export_logs(self, out: str | Path, num_cols: list[str] | None = None,
-                    cat_cols: list[str] | None = None) -> int:
-        """Write every served list as raw-log Parquet rows, streaming (one row group per
-        EXPORT_BATCH lists); returns the number of rows. Feature columns: the given ones, or every
-        ``num_*`` / ``cat_*`` key the stored candidates carry (the Router stores only its models'
-        feature columns)."""
+                    cat_cols: list[str] | None = None, since_ms: int = 0, until_ms: int = 2**62) -> int:
+        """Write every list served in [since_ms, until_ms) (epoch ms; default all) as raw-log Parquet
+        rows, streaming (one row group per EXPORT_BATCH lists); returns the number of rows. Feature
+        columns: the given ones, or every ``num_*`` / ``cat_*`` key the stored candidates carry (the
+        Router stores only its models' feature columns). Besides the contract's columns: the arm and
+        model that served the list, whether it was explored (sampled) and its log-propensity."""
+        window = (since_ms, until_ms)
         if num_cols is None or cat_cols is None:
-            keys = {k for rows, _ in self._served_batches() for row in rows for cand in json.loads(row[5]) for k in cand}
+            keys = {k for rows, _ in self._served_batches(*window) for row in rows for cand in json.loads(row[5])
+                    for k in cand}
             num_cols = sorted(k for k in keys if k.startswith("num_")) if num_cols is None else num_cols
             cat_cols = sorted(k for k in keys if k.startswith("cat_")) if cat_cols is None else cat_cols
         types = {"request_id": pa.string(), "user_id": pa.string(), "ts": pa.int64(), "item_id": pa.string(),
                  "upstream_rank": pa.int32(), "position": pa.int32(), "click": pa.int8(), "like": pa.int8(),
-                 "long_view": pa.int8(), "arm": pa.string(), "model": pa.string(),
+                 "long_view": pa.int8(), "arm": pa.string(), "model": pa.string(), "explored": pa.bool_(),
+                 "log_propensity": pa.float64(),
                  **{c: pa.float64() for c in num_cols}, **{c: pa.string() for c in cat_cols}}
         schema = pa.schema(list(types.items()))
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         total = 0
         with pq.ParquetWriter(out, schema) as writer:
-            for served, feedback in self._served_batches():
+            for served, feedback in self._served_batches(*window):
                 cols: dict[str, list] = {k: [] for k in types}
-                for rid, uid, ts, arm, model, cands, shown, *_ in served:
+                for rid, uid, ts, arm, model, cands, shown, _sha, _answer, _client, explored, log_p in served:
                     position = {item: p + 1 for p, item in enumerate(json.loads(shown))}
                     for rank, cand in enumerate(json.loads(cands), start=1):
                         item = str(cand["item_id"])
@@ -162,7 +173,8 @@ class FeedbackStore:
                         fb = feedback.get((rid, item), (0, 0, 0)) if pos else (None, None, None)
                         for key, value in (("request_id", rid), ("user_id", uid), ("ts", ts), ("item_id", item),
                                            ("upstream_rank", rank), ("position", pos), ("click", fb[0]),
-                                           ("like", fb[1]), ("long_view", fb[2]), ("arm", arm), ("model", model)):
+                                           ("like", fb[1]), ("long_view", fb[2]), ("arm", arm), ("model", model),
+                                           ("explored", bool(explored)), ("log_propensity", log_p or 0.0)):
                             cols[key].append(value)
                         for c in num_cols:
                             cols[c].append(cand.get(c))

@@ -1,0 +1,495 @@
+"""Continuous training: serve -> learn from what was served -> challenge -> promote only what is proven better.
+
+    python -m jobs.continuous [--config configs/continuous.yaml] [key=value ...]
+
+Round 0 serves the champion alone (``champion``: a registered version, alias, run or directory;
+registered into ``tracking.registered_model`` when it is not). Every round r >= 1 then:
+  1. post-trains a challenger from the champion on the traffic of the last ``1 + replay_rounds``
+     rounds (``reward`` + ``dpo``: the pipeline's recipe, oracle-free: models are selected on
+     held-out clicks) and registers it with the alias ``challenger``;
+  2. serves champion and challenger side by side (Ray Serve, users split by a hash) to the
+     simulated users of ``world``, ``requests`` requests per look; a share ``explore`` of the
+     requests get a list sampled from the model (temperature ``explore_temperature``) instead of
+     its greedy list, its log-probability stored with it -- training data with alternatives;
+  3. decides on the served clicks per greedy request (gref.serving.promotion: promote when the
+     interval of the lift is above 0, roll back when below, else one more look, up to
+     ``rule.max_looks``); a promotion moves the alias ``champion``. The simulated oracle audits
+     every decision (the lift of expected clicks, on the A/B and on a fixed audit set) but never
+     makes one;
+  4. exports the round's lists + feedback (a time window of the feedback store: no row twice) and
+     prepares them alone, with the round-0 champion's feature spec (unseen values -> OOV).
+A challenger that fails to train leaves the champion serving alone for that round. ``aa=true`` is
+the false-promotion check: the challenger is the champion itself (nothing trained). MLflow: one
+parent run, a nested run per round, a plot of both arms per round; the registry keeps the
+history (aliases + a tag per challenger version). Killed, the same command resumes where it
+stopped (``out``/state.json; a look's requests carry fixed ids, so re-sent ones are replayed by
+the store, never counted twice). Writes ``out``/summary.json and prints the rounds' table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gref.cli import log, parser, resolve_config
+from gref.config import flatten, save_yaml, to_dict
+from gref.data.schema import DatasetConfig
+from gref.serving.promotion import PromotionRule, decide, lift_interval
+from gref.tracking import TrackingConfig
+from gref.train.config import DPOConfig, RewardConfig
+
+APP = "gref-loop"
+
+
+@dataclass
+class ContinuousConfig:
+    out: str = "runs/continuous"  # state.json, feedback.db, rounds/<r>/{logs,prep,window}, ray/, summary.json
+    world: str = "runs/pipeline/sim/world"  # the simulated users (their clicks; the oracle only audits)
+    champion: str = "models:/gref-reranker@champion"  # round 0's champion
+    rounds: int = 6  # challengers trained and decided (round 0, serving only, comes first)
+    requests: int = 4000  # simulated requests per A/B look (both arms; round 0: the champion alone)
+    concurrency: int = 8  # requests in flight
+    n: int = 10  # list length
+    explore: float = 0.1  # share of requests served a sampled list (training data with alternatives)
+    explore_temperature: float = 1.0  # their sampling temperature
+    replay_rounds: int = 1  # earlier rounds' traffic trained on besides the newest round's
+    rule: PromotionRule = field(default_factory=PromotionRule)
+    aa: bool = False  # A/A check: the challenger is the champion itself (a promotion is a false one)
+    audit_requests: int = 2000  # a fixed set of simulated requests the oracle scores every version on (0 = off)
+    seed: int = 0
+    port: int = 8000  # HTTP port of the Serve app the loop runs
+    app: dict = field(default_factory=dict)  # more serve.app ServeConfig args (replicas, reranker_cpus, ...)
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(
+        split="quantile", valid_fraction=0.15, test_fraction=0.05))  # a round spans minutes: split by time quantiles
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(objective="distill"))
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+class State:
+    """What the loop has done, on disk after every step (``out``/state.json): a killed run resumes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"rounds": {}}
+
+    def round(self, r: int) -> dict[str, Any]:
+        return self.data["rounds"].setdefault(str(r), {"round": r})
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)
+
+
+# ---------------------------------------------------------------- registry
+
+
+def _registry_uri(cfg: ContinuousConfig, version: int) -> str:
+    return f"models:/{cfg.tracking.registered_model}/{version}"
+
+
+def _start_champion(cfg: ContinuousConfig) -> int:
+    """The round-0 champion as a version of ``tracking.registered_model`` (registered when it is a
+    directory, a run or another registered model), with the alias ``champion``."""
+    from gref import tracking
+
+    name = cfg.tracking.registered_model
+    pinned, version = tracking.pin_version(cfg.champion)
+    if not (pinned.startswith(f"models:/{name}/") and version):
+        version = tracking.log_reranker(tracking.reranker_dir(pinned), name)["version"]
+    tracking.set_aliases(name, {"champion": int(version)})
+    return int(version)
+
+
+def _tag(cfg: ContinuousConfig, version: int, key: str, value: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_model_version_tag(cfg.tracking.registered_model, str(version), key, value)
+
+
+# ---------------------------------------------------------------- serving and traffic
+
+
+def _deploy(cfg: ContinuousConfig, arms: dict[str, int]) -> str:
+    """(Re)deploy the loop's Serve app with these arms (name -> registered version)."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    args = {"tracking_uri": cfg.tracking.uri, "feedback_db": str(Path(cfg.out).resolve() / "feedback.db"),
+            "explore": cfg.explore, "explore_temperature": cfg.explore_temperature, **cfg.app,
+            "arms": {arm: _registry_uri(cfg, v) for arm, v in arms.items()}}
+    serve.run(build_app(args), name=APP, route_prefix="/", logging_config={"enable_access_log": False})
+    return f"http://127.0.0.1:{cfg.port}"
+
+
+def _look(cfg: ContinuousConfig, world, url: str, r: int, look: int) -> list[dict[str, Any]]:
+    """One look's traffic: ``requests`` simulated requests with fixed ids (r<r>-l<look>-<i>)."""
+    from jobs.ab_test import send_traffic, simulated_requests
+
+    seed = cfg.seed * 100_003 + r * 101 + look
+    reqs = simulated_requests(world, cfg.requests, seed)
+    for i, req in enumerate(reqs):
+        req["request_id"] = f"s{cfg.seed}-r{r}-l{look}-{i}"
+    records, errors = send_traffic(url, world, reqs, cfg.n, seed, cfg.concurrency, "", f"round {r} look {look}")
+    if errors:
+        raise RuntimeError(f"round {r} look {look}: {len(errors)} requests failed, e.g. {errors[:2]}")
+    return records
+
+
+def _arm_values(records: list[dict[str, Any]], arm: str, key: str) -> np.ndarray:
+    """Clicks per greedy request of ``arm`` (``key`` = sampled: served clicks | oracle: expected)."""
+    return np.array([rec[key]["click"] for rec in records if rec["arm"] == arm and not rec["explored"]], float)
+
+
+# ---------------------------------------------------------------- data and training
+
+
+def _prepare_round(cfg: ContinuousConfig, rnd: dict[str, Any], features: Path) -> dict[str, Any]:
+    """Export the round's window of the feedback store and prepare it alone (the fixed spec)."""
+    from gref.serving.feedback import FeedbackStore
+    from jobs import prepare
+
+    root = Path(cfg.out) / "rounds" / str(rnd["round"])
+    rows = FeedbackStore(Path(cfg.out) / "feedback.db").export_logs(
+        root / "logs" / "served.parquet", since_ms=rnd["since_ms"], until_ms=rnd["until_ms"])
+    summary = prepare.run(str(root / "logs"), str(root / "prep"), replace(cfg.dataset, features=str(features)))
+    return {"rows": rows, "sequences": summary["sequences"], "quarantined": summary["quarantined"]}
+
+
+def _window(cfg: ContinuousConfig, r: int) -> Path:
+    """Round r's training data: the prepared traffic of rounds r-1-replay_rounds .. r-1, linked
+    into one prepared-data directory (same feature spec; the newest round's summary)."""
+    rounds = Path(cfg.out) / "rounds"
+    parts = [k for k in range(max(0, r - 1 - cfg.replay_rounds), r)]
+    out = rounds / str(r) / "window"
+    shutil.rmtree(out, ignore_errors=True)
+    for split in ("train", "valid"):
+        (out / "sequences" / split).mkdir(parents=True)
+        for k in parts:
+            for f in sorted((rounds / str(k) / "prep" / "sequences" / split).glob("*.parquet")):
+                os.link(f, out / "sequences" / split / f"round{k}-{f.name}")
+    newest = rounds / str(r - 1) / "prep"
+    shutil.copy(newest / "features.json", out / "features.json")
+    summary = json.loads((newest / "summary.json").read_text())
+    summary["window_rounds"] = parts
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return out
+
+
+def _train_challenger(cfg: ContinuousConfig, r: int, champion: int, data: Path) -> int:
+    """Reward model + post-training from the champion on ``data``; the registered version."""
+    from gref import tracking
+    from gref.train.runner import run_training
+    from jobs import reward as reward_job
+
+    storage = str(Path(cfg.out).resolve() / "ray")
+    rcfg = replace(cfg.reward, data=str(data), init=_registry_uri(cfg, champion), tracking=cfg.tracking,
+                   eval=replace(cfg.reward.eval, world=""), run=replace(cfg.reward.run, name=f"round{r}-reward",
+                                                                        storage=storage))
+    reward = reward_job.train(rcfg)
+    dcfg = replace(cfg.dpo, data=str(data), reward=reward["model_dir"], register=True, tracking=cfg.tracking,
+                   eval=replace(cfg.dpo.eval, world=""),  # oracle-free model selection
+                   run=replace(cfg.dpo.run, name=f"round{r}-post", storage=storage))
+    outcome = run_training("dpo", dcfg, init=tracking.load_reranker_uri(_registry_uri(cfg, champion)))
+    version = int(outcome["registered_version"])
+    tracking.set_aliases(cfg.tracking.registered_model, {"challenger": version})
+    return version
+
+
+# ---------------------------------------------------------------- the oracle's audit
+
+
+def _audit_values(cfg: ContinuousConfig, world, version: int) -> np.ndarray:
+    """E[clicks] (the oracle) of the version's greedy lists on the fixed audit requests, per request."""
+    import torch
+
+    from gref import tracking
+    from gref.data.features import FeatureSpec
+    from gref.serving.requests import encode_candidates
+    from gref.sim.user_model import expected_feedback
+    from jobs.ab_test import simulated_requests
+
+    cache = Path(cfg.out) / "audit" / f"v{version}.npy"
+    if cache.exists():
+        return np.load(cache)
+    uri = _registry_uri(cfg, version)
+    model = tracking.load_reranker_uri(uri).eval()
+    spec = FeatureSpec.load(tracking.reranker_dir(uri) / "features.json")
+    reqs = simulated_requests(world, cfg.audit_requests, 999_983 + cfg.seed)
+    values = []
+    for start in range(0, len(reqs), 256):
+        chunk = reqs[start:start + 256]
+        encoded = [encode_candidates(req["candidates"], spec) for req in chunk]
+        M = max(x.shape[0] for x, _ in encoded)
+        num = np.zeros((len(chunk), M, len(spec.num_cols)), np.float32)
+        cat = np.zeros((len(chunk), M, len(spec.cat_cols)), np.int64)
+        mask = np.zeros((len(chunk), M), bool)
+        for b, (x, c) in enumerate(encoded):
+            num[b, :len(x)], cat[b, :len(c)], mask[b, :len(x)] = x, c, True
+        with torch.no_grad():
+            placed = model.rerank(torch.from_numpy(num), torch.from_numpy(cat), torch.from_numpy(mask), cfg.n).numpy()
+        items = np.array([[int(req["candidates"][j]["item_id"]) if j >= 0 else -1 for j in row]
+                          for req, row in zip(chunk, placed)], np.int64)
+        users = np.array([req["user_id"] for req in chunk], np.int64)
+        values.append(expected_feedback(world, users, items)["click"])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, np.concatenate(values))
+    return np.load(cache)
+
+
+def paired_lift(base: np.ndarray, new: np.ndarray) -> dict[str, float]:
+    """mean(new) / mean(base) - 1 on the same requests, with a 95 % interval (delta method, paired)."""
+    lift = float(new.mean() / base.mean() - 1.0)
+    half = 1.96 * float(np.std(new - (1.0 + lift) * base, ddof=1)) / (np.sqrt(len(base)) * float(base.mean()))
+    return {"lift": lift, "low": lift - half, "high": lift + half}
+
+
+# ---------------------------------------------------------------- one round
+
+
+def _serve_round(cfg: ContinuousConfig, state: State, world, r: int, arms: dict[str, int]) -> None:
+    """The round's A/B looks (round 0 / no challenger: one look, nothing to decide)."""
+    import mlflow
+
+    rnd = state.round(r)
+    rnd.setdefault("since_ms", int(time.time() * 1000))  # the round's window opens once, resumed or not
+    state.save()
+    url = _deploy(cfg, arms)
+    looks = rnd.setdefault("looks", [])
+    records_dir = Path(cfg.out) / "rounds" / str(r)
+    records_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    for look in range(1, len(looks) + 1):  # looks done before a restart: their records are on disk
+        records += json.loads((records_dir / f"look{look}.json").read_text())
+    while rnd.get("decision") is None:
+        look = len(looks) + 1
+        new = _look(cfg, world, url, r, look)
+        (records_dir / f"look{look}.json").write_text(json.dumps(new))
+        records += new
+        summary = {"look": look, "requests": len(records),
+                   **{f"{arm}_clicks": float(_arm_values(records, arm, "sampled").mean()) for arm in arms}}
+        if "challenger" not in arms:
+            looks.append(summary)
+            rnd["decision"] = {"action": "none", "why": "no challenger this round"}
+            break
+        d = decide(_arm_values(records, "champion", "sampled"), _arm_values(records, "challenger", "sampled"),
+                   look, cfg.rule)
+        oracle = lift_interval(_arm_values(records, "champion", "oracle"),
+                               _arm_values(records, "challenger", "oracle"), 1.96)
+        summary.update({"action": d.action, "lift": d.lift, "low": d.low, "high": d.high, "why": d.why,
+                        "oracle_lift": oracle[0], "oracle_low": oracle[1], "oracle_high": oracle[2]})
+        looks.append(summary)
+        log("continuous", f"round {r} look {look}: {d.why} -> {d.action} "
+                          f"(oracle lift {oracle[0]:+.2%} [{oracle[1]:+.2%}, {oracle[2]:+.2%}])")
+        if d.action != "continue":
+            rnd["decision"] = summary
+        state.save()
+    rnd["explored"] = sum(rec["explored"] for rec in records)
+    rnd["until_ms"] = int(time.time() * 1000)
+    state.save()
+    if mlflow.active_run() is not None:
+        mlflow.log_dict({"looks": looks}, "ab_looks.json")
+
+
+def _apply(cfg: ContinuousConfig, state: State, r: int) -> None:
+    """Move the champion alias on a promotion; tag the challenger version with what happened."""
+    from gref import tracking
+
+    rnd = state.round(r)
+    challenger, action = rnd.get("challenger"), rnd["decision"]["action"]
+    if challenger is None or rnd.get("applied"):
+        return
+    if action == "promote" and not cfg.aa:
+        tracking.set_aliases(cfg.tracking.registered_model, {"champion": challenger})
+        state.data["champion"] = challenger
+    if not cfg.aa:
+        _tag(cfg, challenger, "gref.loop", f"round {r}: {action} ({rnd['decision']['why']})")
+    rnd["applied"] = True
+    state.save()
+
+
+def run(cfg: ContinuousConfig) -> dict[str, Any]:
+    import mlflow
+    from ray import serve
+
+    from gref import tracking
+    from gref.ray_utils import init_ray
+    from gref.sim.world import World
+
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "continuous.yaml")
+    state = State(out / "state.json")
+    world = World.load(cfg.world)
+    tracking.setup(cfg.tracking)
+    mlflow.set_experiment(cfg.tracking.experiment)
+    init_ray()
+    serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
+    started = time.time()
+    parent, _ = tracking.resumable_run(out / "mlflow_run_id", f"continuous-{time.strftime('%Y%m%d-%H%M%S')}")
+    with parent:
+        if "champion" not in state.data:
+            state.data["champion"] = state.data["round0_champion"] = _start_champion(cfg)
+            mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()})
+            state.save()
+        features = tracking.reranker_dir(_registry_uri(cfg, state.data["round0_champion"])) / "features.json"
+        for r in range(cfg.rounds + 1):
+            rnd = state.round(r)
+            if rnd.get("prepared"):
+                continue
+            (out / "rounds" / str(r)).mkdir(parents=True, exist_ok=True)
+            round_run, _ = tracking.resumable_run(out / "rounds" / str(r) / "mlflow_run_id", f"round-{r}", nested=True)
+            with round_run:
+                champion = rnd.setdefault("champion", state.data["champion"])
+                if r > 0 and "challenger" not in rnd and "train_error" not in rnd:
+                    if cfg.aa:
+                        rnd["challenger"] = champion
+                    else:
+                        log("continuous", f"round {r}: training a challenger from champion v{champion}")
+                        try:
+                            rnd["challenger"] = _train_challenger(cfg, r, champion, _window(cfg, r))
+                        except Exception as err:  # noqa: BLE001 -- the champion keeps serving whatever broke
+                            rnd["train_error"] = f"{type(err).__name__}: {err}"[:2000]
+                            log("continuous", f"round {r}: the challenger failed to train ({rnd['train_error']}); "
+                                              "the champion serves alone")
+                    state.save()
+                arms = {"champion": champion, **({"challenger": rnd["challenger"]} if "challenger" in rnd else {})}
+                if rnd.get("decision") is None or "until_ms" not in rnd:
+                    _serve_round(cfg, state, world, r, arms)
+                _apply(cfg, state, r)
+                if cfg.audit_requests:
+                    base = _audit_values(cfg, world, state.data["round0_champion"])
+                    for role in ("champion", "challenger"):
+                        if role in arms:
+                            values = _audit_values(cfg, world, arms[role])
+                            rnd[f"audit_{role}"] = float(values.mean())
+                            rnd[f"audit_{role}_vs_round0"] = paired_lift(base, values)
+                    if "challenger" in arms:
+                        rnd["audit_lift"] = paired_lift(_audit_values(cfg, world, champion),
+                                                        _audit_values(cfg, world, arms["challenger"]))
+                # the last round's traffic would only train a challenger never decided; A/A trains nothing
+                if r < cfg.rounds and not cfg.aa:
+                    rnd["data"] = _prepare_round(cfg, rnd, features)
+                rnd["prepared"] = True
+                state.save()
+                metrics = {k: v for k, v in _round_metrics(rnd).items() if math.isfinite(v)}
+                mlflow.log_metrics(metrics)
+            mlflow.log_metrics(metrics, step=r, run_id=parent.info.run_id)  # per-round curves on the parent
+        summary = _summary(cfg, state, time.time() - started)
+        if cfg.audit_requests:
+            summary["final_vs_round0"] = paired_lift(_audit_values(cfg, world, state.data["round0_champion"]),
+                                                     _audit_values(cfg, world, state.data["champion"]))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        mlflow.log_artifact(str(out / "summary.json"))
+        mlflow.log_artifact(str(_plot(summary, out / "rounds.png")))
+        mlflow.log_metrics({"false_or_regressing_promotions": summary["regressions_promoted"],
+                            "promotions": summary["promotions"]})
+    serve.delete(APP)
+    return summary
+
+
+def _round_metrics(rnd: dict[str, Any]) -> dict[str, float]:
+    """A round's numbers: the decision's lift and interval, the oracle's, both arms' clicks."""
+    d = rnd.get("decision") or {}
+    out = {k: float(d[k]) for k in ("lift", "low", "high", "oracle_lift") if k in d}
+    out.update({k: float(rnd[k]) for k in ("audit_champion", "audit_challenger") if k in rnd})
+    out.update({k: float(v) for k, v in rnd["looks"][-1].items() if k.endswith("_clicks")})
+    out["looks"] = float(len(rnd["looks"]))
+    return out
+
+
+def _summary(cfg: ContinuousConfig, state: State, seconds: float) -> dict[str, Any]:
+    rounds = [state.round(r) for r in range(cfg.rounds + 1)]
+    promoted = [rnd for rnd in rounds if (rnd.get("decision") or {}).get("action") == "promote"]
+    # a promotion that regressed: the promoted version's oracle E[clicks] on the audit set is lower
+    regressions = sum(1 for rnd in promoted if cfg.aa or rnd.get("audit_lift", {}).get("lift", 0.0) < 0)
+    final = state.data["champion"]
+    out = {"out": str(Path(cfg.out).resolve()), "aa": cfg.aa, "round0_champion": state.data["round0_champion"],
+           "final_champion": final, "promotions": len(promoted), "regressions_promoted": regressions,
+           "rollbacks": sum(1 for rnd in rounds if (rnd.get("decision") or {}).get("action") == "rollback"),
+           "minutes": round(seconds / 60, 1), "rounds": rounds}
+    return out
+
+
+def _plot(summary: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = summary["rounds"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    xs = [rnd["round"] for rnd in rounds]
+    for role, style in (("champion", "o-"), ("challenger", "s--")):
+        pts = [(rnd["round"], rnd[f"audit_{role}"]) for rnd in rounds if f"audit_{role}" in rnd]
+        if pts:
+            axes[0].plot(*zip(*pts), style, label=role)
+        pts = [(rnd["round"], rnd["looks"][-1].get(f"{role}_clicks")) for rnd in rounds if rnd.get("looks")]
+        pts = [(x, y) for x, y in pts if y is not None]
+        if pts:
+            axes[1].plot(*zip(*pts), style, label=role)
+    for rnd in rounds:
+        action = (rnd.get("decision") or {}).get("action")
+        if action in ("promote", "rollback"):
+            axes[0].annotate(action, (rnd["round"], rnd.get("audit_challenger", np.nan)), fontsize=8)
+    axes[0].set_title("oracle E[clicks] / request (fixed audit set)")
+    axes[1].set_title("served clicks / greedy request (A/B)")
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.set_xticks(xs)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _interval(x: dict[str, float] | None) -> str:
+    return f"{x['lift']:+.2%} [{x['low']:+.2%}, {x['high']:+.2%}]" if x and math.isfinite(x.get("lift", math.nan)) else "–"
+
+
+def _print(summary: dict[str, Any]) -> None:
+    print(f"\n== continuous training: {len(summary['rounds']) - 1} rounds{' (A/A)' if summary['aa'] else ''}, "
+          f"{summary['minutes']} min ==")
+    print("| round | champion | challenger | looks | served clicks lift [interval] | decision "
+          "| oracle lift (A/B) | oracle lift (audit set, paired) | champion vs round 0 (oracle) |")
+    print("|---:|---:|---:|---:|---|---|---|---|---|")
+    for rnd in summary["rounds"]:
+        d = rnd.get("decision") or {}
+        oracle = {"lift": d["oracle_lift"], "low": d["oracle_low"], "high": d["oracle_high"]} if "oracle_lift" in d \
+            else None
+        challenger = f"v{rnd['challenger']}" if "challenger" in rnd else "–"
+        print(f"| {rnd['round']} | v{rnd.get('champion')} | {challenger} | {len(rnd.get('looks', []))} "
+              f"| {_interval(d if 'lift' in d else None)} | {d.get('action') or rnd.get('train_error', '–')} "
+              f"| {_interval(oracle)} | {_interval(rnd.get('audit_lift'))} "
+              f"| {_interval(rnd.get('audit_champion_vs_round0'))} |")
+    final = summary.get("final_vs_round0")
+    print(f"promotions {summary['promotions']} (regressions by the oracle: {summary['regressions_promoted']}), "
+          f"rollbacks {summary['rollbacks']}; final champion v{summary['final_champion']}"
+          + (f": {_interval(final)} over the round-0 champion (oracle, audit set)" if final else ""))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser("jobs.continuous", __doc__)
+    args = p.parse_args(argv)
+    cfg = resolve_config(ContinuousConfig, args)
+    if not (Path(cfg.world) / "world.json").exists():
+        raise SystemExit(f"no simulated world at '{cfg.world}' (make demo / jobs.simulate write DIR/world)")
+    summary = run(cfg)
+    _print(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

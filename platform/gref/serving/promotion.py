@@ -1,0 +1,75 @@
+"""When a challenger replaces the champion: the rule continuous training applies to an A/B test.
+
+The primary metric is a per-request value (served clicks per request) on each arm's *greedy*
+requests (explored lists are another policy). The lift of the challenger over the champion is
+b / a - 1 with a delta-method interval (independent arms: users are split by a hash). The test
+may look at the data up to ``max_looks`` times (each look adds traffic); every look uses the
+Bonferroni level alpha / max_looks, so the chance that an A/A test ever promotes stays <= alpha / 2
+however many looks it takes (one look: the usual 95 % interval).
+
+    promote   the interval is above 0
+    rollback  the interval is below 0 (the challenger is worse: it is dropped)
+    continue  neither, and looks remain: collect more traffic
+    keep      neither after the last look: the champion stays (no evidence either way)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+
+@dataclass
+class PromotionRule:
+    alpha: float = 0.05  # two-sided error level over all looks (0.05: a 95 % interval with one look)
+    max_looks: int = 3  # looks at the A/B data before giving up (traffic grows by one batch per look)
+    min_requests: int = 100  # greedy requests per arm before a look can decide anything
+
+    def z(self) -> float:
+        """The interval's half-width in standard errors at every look (Bonferroni over the looks)."""
+        return NormalDist().inv_cdf(1.0 - self.alpha / (2 * self.max_looks))
+
+
+@dataclass
+class Decision:
+    action: str  # promote | rollback | continue | keep
+    lift: float  # challenger / champion - 1 on the primary metric
+    low: float  # the interval at this look's level
+    high: float
+    z: float
+    champion_requests: int
+    challenger_requests: int
+    why: str
+
+
+def lift_interval(champion: np.ndarray, challenger: np.ndarray, z: float) -> tuple[float, float, float]:
+    """(lift, low, high) of mean(challenger) / mean(champion) - 1, delta method, independent arms."""
+    a, b = np.asarray(champion, float), np.asarray(challenger, float)
+    ma, mb = a.mean(), b.mean()
+    var = (b.var(ddof=1) / len(b)) / ma**2 + (mb**2 * a.var(ddof=1) / len(a)) / ma**4
+    lift, half = float(mb / ma - 1.0), float(z * math.sqrt(var))
+    return lift, lift - half, lift + half
+
+
+def decide(champion: np.ndarray, challenger: np.ndarray, look: int, rule: PromotionRule) -> Decision:
+    """The action after ``look`` (1-based) given every greedy request's value so far, per arm."""
+    z = rule.z()
+    na, nb = len(champion), len(challenger)
+    last = look >= rule.max_looks
+    if min(na, nb) < max(rule.min_requests, 2) or float(np.mean(champion)) <= 0:
+        action = "keep" if last else "continue"
+        return Decision(action, float("nan"), float("nan"), float("nan"), z, na, nb,
+                        f"too little data ({na} / {nb} requests, minimum {rule.min_requests})")
+    lift, low, high = lift_interval(champion, challenger, z)
+    if low > 0:
+        action, why = "promote", f"lift {lift:+.2%}, interval [{low:+.2%}, {high:+.2%}] above 0"
+    elif high < 0:
+        action, why = "rollback", f"lift {lift:+.2%}, interval [{low:+.2%}, {high:+.2%}] below 0"
+    else:
+        action = "keep" if last else "continue"
+        why = f"lift {lift:+.2%}, interval [{low:+.2%}, {high:+.2%}] contains 0" + (
+            f" after the last look ({rule.max_looks})" if last else f": look {look + 1} of {rule.max_looks} next")
+    return Decision(action, lift, low, high, z, na, nb, why)

@@ -1,0 +1,104 @@
+"""Continuous training end to end on the real local Ray (Serve + Train + Data + MLflow): two rounds
+on the small world, the second one killed in the middle of its A/B traffic and resumed by the
+same call -- nothing counted twice, the loop's records in the store, the registry and MLflow."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def champion(prep_dir, tmp_path_factory):
+    """A tiny untrained GReF as a model directory (the loop registers it as round 0's champion)."""
+    from gref.model.config import ModelConfig
+    from gref.model.io import save_reranker
+    from gref.train.steps import build_model, data_meta
+
+    root = tmp_path_factory.mktemp("loop-champion")
+    model = build_model(ModelConfig(d_model=32, enc_layers=1, dec_layers=1, omtp_heads=2), data_meta(prep_dir))
+    return save_reranker(root / "gref", model, prep_dir / "features.json")
+
+
+class Killed(Exception):
+    """Stands for the driver dying mid-look."""
+
+
+def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir, champion, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from gref.config import load_config
+    from gref.serving.feedback import FeedbackStore
+    from jobs import ab_test, continuous
+
+    overrides = [f"out={tmp_path / 'loop'}", f"world={sim_dir / 'world'}", f"champion={champion}", "rounds=2",
+                 "requests=120", "concurrency=4", "explore=0.25", "audit_requests=100", "rule.max_looks=2",
+                 "rule.min_requests=20", f"port={_free_port()}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                 "app.reranker_cpus=0.1", "app.router_cpus=0.05", "dataset.shuffle_partitions=2",
+                 *[f"{stage}.{key}" for stage in ("reward", "dpo") for key in (
+                     "optim.epochs=1", "optim.batch_size=64", "scaling.num_workers=0", "eval.max_requests=200")]]
+    cfg = load_config(continuous.ContinuousConfig, "configs/continuous.yaml", overrides)
+
+    real = ab_test.send_traffic
+
+    def dies_in_round_2(url, world, reqs, n, seed, concurrency, api_key, label):
+        if label.startswith("round 2"):
+            real(url, world, reqs[:50], n, seed, concurrency, api_key, label)  # half of the look is served
+            raise Killed(label)
+        return real(url, world, reqs, n, seed, concurrency, api_key, label)
+
+    monkeypatch.setattr(ab_test, "send_traffic", dies_in_round_2)
+    with pytest.raises(Killed):
+        continuous.run(cfg)
+    state = json.loads((tmp_path / "loop" / "state.json").read_text())
+    assert state["rounds"]["1"]["prepared"] and "decision" not in state["rounds"]["2"]
+    monkeypatch.setattr(ab_test, "send_traffic", real)
+    summary = continuous.run(cfg)  # the same call: resumes round 2
+
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[0]["decision"]["action"] == "none" and "challenger" not in rounds[0]
+    for r in rounds[1:]:
+        assert r["challenger"] > summary["round0_champion"]  # trained and registered this round
+        assert r["decision"]["action"] in ("promote", "rollback", "keep")
+        assert 1 <= len(r["looks"]) <= 2 and "oracle_lift" in r["decision"]
+        assert "audit_lift" in r and r["audit_champion"] > 0
+    # the store: every request once, though round 2's first 50 were sent twice
+    sent = sum(len(r["looks"]) * 120 for r in rounds)
+    counts = FeedbackStore(tmp_path / "loop" / "feedback.db").counts()
+    assert counts["served"] == sent
+    # each round's partition = its own requests, exploration logged with its propensity
+    for r in rounds[:2]:
+        table = pq.read_table(tmp_path / "loop" / "rounds" / str(r["round"]) / "logs" / "served.parquet")
+        assert len(set(table.column("request_id").to_pylist())) == len(r["looks"]) * 120
+        explored = table.filter(table.column("explored")).column("log_propensity").to_pylist()
+        greedy = table.filter(pc.invert(table.column("explored"))).column("log_propensity").to_pylist()
+        assert explored and max(explored) < 0 and set(greedy) == {0.0}
+        assert r["data"]["sequences"]["train"] > 0
+    # the registry: the champion alias is the final champion, the challenger alias the last one, each
+    # challenger version tagged with its decision
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    assert int(client.get_model_version_by_alias("gref-reranker", "champion").version) == summary["final_champion"]
+    assert int(client.get_model_version_by_alias("gref-reranker", "challenger").version) == rounds[2]["challenger"]
+    for r in rounds[1:]:
+        tag = client.get_model_version("gref-reranker", str(r["challenger"])).tags["gref.loop"]
+        assert tag.startswith(f"round {r['round']}: {r['decision']['action']}")
+    # MLflow: one parent run with a nested run per round, the plot logged
+    parent = (tmp_path / "loop" / "mlflow_run_id").read_text().strip()
+    nested = client.search_runs([client.get_run(parent).info.experiment_id],
+                                filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert {"round-0", "round-1", "round-2"} <= {run.info.run_name for run in nested}
+    assert "rounds.png" in {a.path for a in client.list_artifacts(parent)}
+    assert len(client.get_metric_history(parent, "audit_champion")) == 3

@@ -1,0 +1,71 @@
+"""The promotion rule of continuous training on hand-made A/B results (no Ray): the interval by hand,
+each action, the Bonferroni level over looks, and the false-promotion rate of A/A tests."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gref.serving.promotion import PromotionRule, decide, lift_interval
+
+
+def test_lift_interval_by_hand():
+    # champion [1, 1, 2, 2]: mean 1.5, var (ddof 1) 1/3; challenger [2, 2, 3, 3]: mean 2.5, var 1/3
+    # var(lift) = (1/3 / 4) / 1.5^2 + 2.5^2 * (1/3 / 4) / 1.5^4 = 0.0370370 + 0.1028807 = 0.1399177
+    lift, low, high = lift_interval(np.array([1, 1, 2, 2]), np.array([2, 2, 3, 3]), 1.96)
+    assert lift == pytest.approx(2.5 / 1.5 - 1)
+    assert high - lift == pytest.approx(1.96 * math.sqrt(0.1399177), rel=1e-6)
+    assert lift - low == pytest.approx(high - lift)
+
+
+def test_bonferroni_level_over_looks():
+    assert PromotionRule(alpha=0.05, max_looks=1).z() == pytest.approx(1.959964, abs=1e-6)
+    assert PromotionRule(alpha=0.05, max_looks=3).z() == pytest.approx(2.393980, abs=1e-6)  # Phi^-1(1 - 0.05/6)
+
+
+def _arms(champion_mean: float, challenger_mean: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Values with exactly these means and variance 1 (alternating mean -+ 1, n even)."""
+    wiggle = np.tile([-1.0, 1.0], n // 2)
+    return champion_mean + wiggle, challenger_mean + wiggle
+
+
+@pytest.mark.parametrize(("challenger", "look", "action"), [
+    (2.2, 1, "promote"),  # +10 % with se ~ 2.9 %: far above 0 at look 1
+    (1.8, 1, "rollback"),  # -10 %
+    (2.02, 1, "continue"),  # +1 %: the interval holds 0, looks remain
+    (2.02, 3, "keep"),  # the same at the last look: the champion stays
+])
+def test_each_action(challenger, look, action):
+    # n = 400 per arm, var 1 (ddof 1: 400/399): se(lift) ~ sqrt(1/400/4 + c^2/400/16) -> ~3.6 % at c = 2.2
+    a, b = _arms(2.0, challenger, 400)
+    d = decide(a, b, look, PromotionRule(max_looks=3, min_requests=100))
+    assert d.action == action
+    assert d.lift == pytest.approx(challenger / 2.0 - 1)
+    assert d.z == pytest.approx(2.393980, abs=1e-6)
+    assert (d.champion_requests, d.challenger_requests) == (400, 400)
+
+
+def test_too_little_data_decides_nothing():
+    a, b = _arms(2.0, 3.0, 40)
+    assert decide(a, b, 1, PromotionRule(min_requests=100)).action == "continue"
+    assert decide(a, b, 3, PromotionRule(min_requests=100, max_looks=3)).action == "keep"
+
+
+def test_aa_tests_rarely_promote_however_many_looks():
+    """2,000 simulated A/A tests (Poisson clicks, same mean, 3 looks of 500 requests per arm): the
+    rule promotes at most alpha / 2 = 2.5 % of them (Bonferroni keeps the repeated looks honest),
+    where one look at 95 % per look would promote more."""
+    rng = np.random.default_rng(0)
+    rule, naive = PromotionRule(max_looks=3, min_requests=100), PromotionRule(max_looks=1, min_requests=100)
+    promoted = naive_promoted = 0
+    for _ in range(2000):
+        a, b = rng.poisson(2.3, (3, 500)), rng.poisson(2.3, (3, 500))
+        actions = [decide(a[:k].ravel(), b[:k].ravel(), k, rule).action for k in (1, 2, 3)]
+        stop = next((x for x in actions if x != "continue"), "keep")
+        promoted += stop == "promote"
+        # the naive rule: a 95 % interval at every look, promote the first time it clears 0
+        naive_promoted += any(lift_interval(a[:k].ravel(), b[:k].ravel(), naive.z())[1] > 0 for k in (1, 2, 3))
+    assert promoted / 2000 <= 0.025
+    assert naive_promoted > promoted
