@@ -34,9 +34,11 @@ class Killed(Exception):
     """Stands for the driver dying mid-look."""
 
 
-def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir, champion, tmp_path, monkeypatch):
+def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir, champion, tmp_path, monkeypatch,
+                                                           request):
     import mlflow
     from mlflow import MlflowClient
+    from ray import serve
 
     from gref.config import load_config
     from gref.serving.feedback import FeedbackStore
@@ -58,6 +60,7 @@ def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir,
             raise Killed(label)
         return real(url, world, reqs, n, seed, concurrency, api_key, label)
 
+    request.addfinalizer(serve.shutdown)  # later modules start Serve on their own port (http_options apply at start)
     monkeypatch.setattr(ab_test, "send_traffic", dies_in_round_2)
     with pytest.raises(Killed):
         continuous.run(cfg)
