@@ -78,11 +78,12 @@ def mean_ci(values: np.ndarray) -> dict[str, float]:
     return {"mean": mean, "ci95": half}
 
 
-def lift_ci(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """b / a - 1 with a 95% CI by the delta method (independent arms)."""
+def lift_ci(a: np.ndarray, b: np.ndarray, users_a: np.ndarray | None = None,
+            users_b: np.ndarray | None = None) -> dict[str, float]:
+    """b / a - 1 with a 95% CI by the delta method (independent arms; users given: users are the units)."""
     from gref.serving.promotion import lift_interval
 
-    lift, low, _ = lift_interval(a, b, 1.96)
+    lift, low, _ = lift_interval(a, b, 1.96, users_a, users_b)
     return {"lift": lift, "ci95": lift - low}
 
 
@@ -110,8 +111,9 @@ def summarize(records: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
         recs = per_arm[arm]
         if len(base) < 2 or len(recs) < 2:
             continue
+        users = np.array([r["user"] for r in base]), np.array([r["user"] for r in recs])  # the split's unit
         out["lift"][arm] = {f"{src}{kind}s": lift_ci(np.array([r[key][kind] for r in base], float),
-                                                     np.array([r[key][kind] for r in recs], float))
+                                                     np.array([r[key][kind] for r in recs], float), *users)
                             for kind in KINDS for src, key in (("", "sampled"), ("oracle_", "oracle"))}
     return out
 
@@ -153,7 +155,8 @@ def _one(url: str, world, req: dict[str, Any], n: int, rng_seed: int, api_key: s
             return {"error": f"feedback {fb.status_code} {fb.text[:200]}"}
     version = answer["model"]["version"]
     return {"arm": answer["arm"], "model": answer["model"]["name"] + (f" v{version}" if version else ""),
-            "request_id": answer["request_id"], "explored": bool(answer.get("explored")),
+            "request_id": answer["request_id"], "user": str(req["user_id"]),
+            "explored": bool(answer.get("explored")),
             "shown": items.shape[1], "latency_ms": latency,
             "sampled": {k: int(drawn[k].sum()) for k in KINDS},
             "oracle": {k: float(oracle[k].sum()) for k in KINDS}}

@@ -119,14 +119,15 @@ def _tag(cfg: ContinuousConfig, version: int, key: str, value: str) -> None:
 # ---------------------------------------------------------------- serving and traffic
 
 
-def _deploy(cfg: ContinuousConfig, arms: dict[str, int]) -> str:
-    """(Re)deploy the loop's Serve app with these arms (name -> registered version)."""
+def _deploy(cfg: ContinuousConfig, arms: dict[str, int], salt: str) -> str:
+    """(Re)deploy the loop's Serve app with these arms (name -> registered version) and user split."""
     from ray import serve
 
     from serve.app import build_app
 
     args = {"tracking_uri": cfg.tracking.uri, "feedback_db": str(Path(cfg.out).resolve() / "feedback.db"),
-            "explore": cfg.explore, "explore_temperature": cfg.explore_temperature, **cfg.app,
+            "explore": cfg.explore, "explore_temperature": cfg.explore_temperature,
+            "salt": salt, **cfg.app,
             "arms": {arm: _registry_uri(cfg, v) for arm, v in arms.items()}}
     serve.run(build_app(args), name=APP, route_prefix="/", logging_config={"enable_access_log": False})
     return f"http://127.0.0.1:{cfg.port}"
@@ -149,6 +150,12 @@ def _look(cfg: ContinuousConfig, world, url: str, r: int, look: int) -> list[dic
 def _arm_values(records: list[dict[str, Any]], arm: str, key: str) -> np.ndarray:
     """Clicks per greedy request of ``arm`` (``key`` = sampled: served clicks | oracle: expected)."""
     return np.array([rec[key]["click"] for rec in records if rec["arm"] == arm and not rec["explored"]], float)
+
+
+def _arm_users(records: list[dict[str, Any]], arm: str) -> np.ndarray:
+    """The user of each of ``_arm_values``' requests (records without one: the request is its own unit)."""
+    return np.array([str(rec.get("user", rec["request_id"])) for rec in records
+                     if rec["arm"] == arm and not rec["explored"]])
 
 
 # ---------------------------------------------------------------- data and training
@@ -215,7 +222,7 @@ def _audit_values(cfg: ContinuousConfig, world, version: int) -> np.ndarray:
 
     from gref import tracking
     from gref.data.features import FeatureSpec
-    from gref.serving.requests import encode_candidates
+    from gref.serving.requests import encode_batch
     from gref.sim.user_model import expected_feedback
     from jobs.ab_test import simulated_requests
 
@@ -229,13 +236,7 @@ def _audit_values(cfg: ContinuousConfig, world, version: int) -> np.ndarray:
     values = []
     for start in range(0, len(reqs), 256):
         chunk = reqs[start:start + 256]
-        encoded = [encode_candidates(req["candidates"], spec) for req in chunk]
-        M = max(x.shape[0] for x, _ in encoded)
-        num = np.zeros((len(chunk), M, len(spec.num_cols)), np.float32)
-        cat = np.zeros((len(chunk), M, len(spec.cat_cols)), np.int64)
-        mask = np.zeros((len(chunk), M), bool)
-        for b, (x, c) in enumerate(encoded):
-            num[b, :len(x)], cat[b, :len(c)], mask[b, :len(x)] = x, c, True
+        num, cat, mask = encode_batch([req["candidates"] for req in chunk], spec)
         with torch.no_grad():
             placed = model.rerank(torch.from_numpy(num), torch.from_numpy(cat), torch.from_numpy(mask), cfg.n).numpy()
         items = np.array([[int(req["candidates"][j]["item_id"]) if j >= 0 else -1 for j in row]
@@ -264,7 +265,9 @@ def _serve_round(cfg: ContinuousConfig, state: State, world, r: int, arms: dict[
     rnd = state.round(r)
     rnd.setdefault("since_ms", int(time.time() * 1000))  # the round's window opens once, resumed or not
     state.save()
-    url = _deploy(cfg, arms)
+    # each round is a new experiment with its own user split: a verdict never rides on an earlier
+    # round's luck of the split (an A/A loop's arms never change, so a hash of them would split alike)
+    url = _deploy(cfg, arms, rnd.setdefault("salt", f"continuous-s{cfg.seed}-r{r}"))
     looks = rnd.setdefault("looks", [])
     records_dir = Path(cfg.out) / "rounds" / str(r)
     records_dir.mkdir(parents=True, exist_ok=True)
@@ -282,10 +285,12 @@ def _serve_round(cfg: ContinuousConfig, state: State, world, r: int, arms: dict[
             looks.append(summary)
             rnd["decision"] = {"action": "none", "why": "no challenger this round"}
             break
+        users = _arm_users(records, "champion"), _arm_users(records, "challenger")
         d = decide(_arm_values(records, "champion", "sampled"), _arm_values(records, "challenger", "sampled"),
-                   look, cfg.rule)
+                   look, cfg.rule, *users)
         oracle = lift_interval(_arm_values(records, "champion", "oracle"),
-                               _arm_values(records, "challenger", "oracle"), 1.96)
+                               _arm_values(records, "challenger", "oracle"), 1.96,
+                               *(users if cfg.rule.unit == "user" else (None, None)))
         summary.update({"action": d.action, "lift": d.lift, "low": d.low, "high": d.high, "why": d.why,
                         "oracle_lift": oracle[0], "oracle_low": oracle[1], "oracle_high": oracle[2]})
         looks.append(summary)

@@ -44,7 +44,7 @@ from gref.serving.feedback import DuplicateRequest, ReopeningStore, StoreError, 
 from gref.serving.requests import (
     RequestError,
     check_content_type,
-    encode_candidates,
+    encode_batch,
     parse_feedback,
     parse_json,
     parse_rerank,
@@ -148,13 +148,7 @@ class Reranker:
             else:
                 ok.append(i)
         if ok:
-            encoded = [encode_candidates(requests[i]["candidates"], self.spec) for i in ok]
-            M = max(num.shape[0] for num, _ in encoded)
-            num = np.zeros((len(ok), M, len(self.spec.num_cols)), np.float32)
-            cat = np.zeros((len(ok), M, len(self.spec.cat_cols)), np.int64)
-            mask = np.zeros((len(ok), M), bool)
-            for b, (x, c) in enumerate(encoded):
-                num[b, :len(x)], cat[b, :len(c)], mask[b, :len(x)] = x, c, True
+            num, cat, mask = encode_batch([requests[i]["candidates"] for i in ok], self.spec)
             num_t, cat_t, mask_t = (torch.from_numpy(a).to(self.device) for a in (num, cat, mask))
             ns = np.array([requests[i]["n"] for i in ok])
             explore = np.array([self.explorable and requests[i].get("explore", False) for i in ok])

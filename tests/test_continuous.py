@@ -41,6 +41,7 @@ def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir,
     from ray import serve
 
     from gref.config import load_config
+    from gref.serving.ab import assign_arm
     from gref.serving.feedback import FeedbackStore
     from jobs import ab_test, continuous
 
@@ -89,6 +90,14 @@ def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir,
         greedy = table.filter(pc.invert(table.column("explored"))).column("log_propensity").to_pylist()
         assert explored and max(explored) < 0 and set(greedy) == {0.0}
         assert r["data"]["sequences"]["train"] > 0
+    # every round splits users by its own salt, and the Router followed it
+    assert len({r["salt"] for r in rounds}) == 3
+    for r in rounds[1:]:
+        records = [rec for k in range(1, len(r["looks"]) + 1) for rec in json.loads(
+            (tmp_path / "loop" / "rounds" / str(r["round"]) / f"look{k}.json").read_text())]
+        assert {rec["arm"] for rec in records} == {"champion", "challenger"}
+        assert all(rec["arm"] == assign_arm(rec["user"], {"champion": 1.0, "challenger": 1.0}, r["salt"])
+                   for rec in records)
     # the registry: the champion alias is the final champion, the challenger alias the last one, each
     # challenger version tagged with its decision
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")

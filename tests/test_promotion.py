@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gref.serving.promotion import PromotionRule, decide, lift_interval
+from gref.serving.promotion import PromotionRule, decide, lift_interval, mean_and_variance
 
 
 def test_lift_interval_by_hand():
@@ -18,6 +18,17 @@ def test_lift_interval_by_hand():
     assert lift == pytest.approx(2.5 / 1.5 - 1)
     assert high - lift == pytest.approx(1.96 * math.sqrt(0.1399177), rel=1e-6)
     assert lift - low == pytest.approx(high - lift)
+
+
+def test_user_level_variance_by_hand():
+    # requests [1, 0, 2, 1] of users [u1, u1, u2, u3]: sums y = (1, 2, 1), n = (2, 1, 1), mean 4 / 4 = 1;
+    # residuals y - n = (-1, 1, 0): var (ddof 1) 1; var(mean) = 1 / (3 users * (4/3)^2) = 0.1875
+    mean, var = mean_and_variance(np.array([1, 0, 2, 1]), np.array(["u1", "u1", "u2", "u3"]))
+    assert (mean, var) == (pytest.approx(1.0), pytest.approx(0.1875))
+    # one request per user: the per-request formula
+    values = np.array([3.0, 1.0, 4.0, 1.0, 5.0])
+    assert mean_and_variance(values, np.arange(5)) == pytest.approx(mean_and_variance(values))
+    assert mean_and_variance(values)[1] == pytest.approx(values.var(ddof=1) / 5)
 
 
 def test_bonferroni_level_over_looks():
@@ -69,3 +80,26 @@ def test_aa_tests_rarely_promote_however_many_looks():
         naive_promoted += any(lift_interval(a[:k].ravel(), b[:k].ravel(), naive.z())[1] > 0 for k in (1, 2, 3))
     assert promoted / 2000 <= 0.025
     assert naive_promoted > promoted
+
+
+def test_aa_tests_with_correlated_users_need_the_user_level_interval():
+    """Requests of one user share the user's click rate (5 requests per user, rates Gamma(0.5) around
+    2.3: a design effect ~4): counting requests as independent promotes A/A tests far above the
+    level, counting users keeps it (2,000 simulated A/A tests of 3 looks, 100 users per arm per look)."""
+    rng = np.random.default_rng(1)
+    by_user, by_request = PromotionRule(max_looks=3), PromotionRule(max_looks=3, unit="request")
+    promoted = {"user": 0, "request": 0}
+    users = np.repeat(np.arange(300), 5)  # 300 users per arm over the 3 looks, 5 requests each
+    for _ in range(2000):
+        a, b = (rng.poisson(np.repeat(rng.gamma(0.5, 4.6, 300), 5)) for _ in range(2))
+        for rule in (by_user, by_request):
+            actions = [decide(a[:500 * k], b[:500 * k], k, rule, users[:500 * k], users[:500 * k]).action
+                       for k in (1, 2, 3)]
+            promoted[rule.unit] += next((x for x in actions if x != "continue"), "keep") == "promote"
+    assert promoted["user"] / 2000 <= 0.025
+    assert promoted["request"] / 2000 > 0.1
+
+
+def test_unknown_unit_is_an_error():
+    with pytest.raises(ValueError, match="rule.unit"):
+        decide(np.ones(200), np.ones(200), 1, PromotionRule(unit="session"))

@@ -2,7 +2,12 @@
 
 The primary metric is a per-request value (served clicks per request) on each arm's *greedy*
 requests (explored lists are another policy). The lift of the challenger over the champion is
-b / a - 1 with a delta-method interval (independent arms: users are split by a hash). The test
+b / a - 1 with a delta-method interval. Users, not requests, are what the hash splits between the
+arms, and one user's requests are correlated (the same tastes, the same activity), so when the
+requests' users are given the interval treats each user as one unit: each arm's mean is a ratio
+sum(clicks) / sum(requests) over its users, and its variance comes from the users' residuals
+clicks_u - mean * requests_u (the delta method for a ratio metric, Deng et al., KDD 2018). With one
+request per user this is the per-request formula. The test
 may look at the data up to ``max_looks`` times (each look adds traffic); every look uses the
 Bonferroni level alpha / max_looks, so the chance that an A/A test ever promotes stays <= alpha / 2
 however many looks it takes (one look: the usual 95 % interval).
@@ -27,6 +32,7 @@ class PromotionRule:
     alpha: float = 0.05  # two-sided error level over all looks (0.05: a 95 % interval with one look)
     max_looks: int = 3  # looks at the A/B data before giving up (traffic grows by one batch per look)
     min_requests: int = 100  # greedy requests per arm before a look can decide anything
+    unit: str = "user"  # what the interval counts as independent: user (the split's unit) | request
 
     def z(self) -> float:
         """The interval's half-width in standard errors at every look (Bonferroni over the looks)."""
@@ -45,17 +51,40 @@ class Decision:
     why: str
 
 
-def lift_interval(champion: np.ndarray, challenger: np.ndarray, z: float) -> tuple[float, float, float]:
-    """(lift, low, high) of mean(challenger) / mean(champion) - 1, delta method, independent arms."""
-    a, b = np.asarray(champion, float), np.asarray(challenger, float)
-    ma, mb = a.mean(), b.mean()
-    var = (b.var(ddof=1) / len(b)) / ma**2 + (mb**2 * a.var(ddof=1) / len(a)) / ma**4
+def mean_and_variance(values: np.ndarray, units: np.ndarray | None = None) -> tuple[float, float]:
+    """The arm's mean per request and that mean's variance. values [n]; units [n] (the user of each
+    request) or None (every request its own unit).
+
+    With units: mean = sum(y) / sum(n) over the units' sums y_u, n_u, and var(mean) =
+    var_u(y_u - mean * n_u) / (U * mean(n_u)^2) over the U units (ddof 1)."""
+    y = np.asarray(values, float)
+    if units is None:
+        return float(y.mean()), float(y.var(ddof=1) / len(y))
+    _, index = np.unique(np.asarray(units), return_inverse=True)
+    y_u, n_u = np.bincount(index, weights=y), np.bincount(index).astype(float)
+    mean = float(y_u.sum() / n_u.sum())
+    return mean, float((y_u - mean * n_u).var(ddof=1) / (len(y_u) * n_u.mean() ** 2))
+
+
+def lift_interval(champion: np.ndarray, challenger: np.ndarray, z: float, champion_units: np.ndarray | None = None,
+                  challenger_units: np.ndarray | None = None) -> tuple[float, float, float]:
+    """(lift, low, high) of mean(challenger) / mean(champion) - 1, delta method, independent arms;
+    ``*_units`` (the user of each value) make the interval count users, not requests."""
+    ma, va = mean_and_variance(champion, champion_units)
+    mb, vb = mean_and_variance(challenger, challenger_units)
+    var = vb / ma**2 + mb**2 * va / ma**4
     lift, half = float(mb / ma - 1.0), float(z * math.sqrt(var))
     return lift, lift - half, lift + half
 
 
-def decide(champion: np.ndarray, challenger: np.ndarray, look: int, rule: PromotionRule) -> Decision:
-    """The action after ``look`` (1-based) given every greedy request's value so far, per arm."""
+def decide(champion: np.ndarray, challenger: np.ndarray, look: int, rule: PromotionRule,
+           champion_units: np.ndarray | None = None, challenger_units: np.ndarray | None = None) -> Decision:
+    """The action after ``look`` (1-based) given every greedy request's value so far, per arm
+    (and, optionally, each request's user: the interval then counts users)."""
+    if rule.unit not in ("user", "request"):
+        raise ValueError(f"rule.unit must be user or request, got {rule.unit!r}")
+    if rule.unit == "request":
+        champion_units = challenger_units = None
     z = rule.z()
     na, nb = len(champion), len(challenger)
     last = look >= rule.max_looks
@@ -63,7 +92,7 @@ def decide(champion: np.ndarray, challenger: np.ndarray, look: int, rule: Promot
         action = "keep" if last else "continue"
         return Decision(action, float("nan"), float("nan"), float("nan"), z, na, nb,
                         f"too little data ({na} / {nb} requests, minimum {rule.min_requests})")
-    lift, low, high = lift_interval(champion, challenger, z)
+    lift, low, high = lift_interval(champion, challenger, z, champion_units, challenger_units)
     if low > 0:
         action, why = "promote", f"lift {lift:+.2%}, interval [{low:+.2%}, {high:+.2%}] above 0"
     elif high < 0:

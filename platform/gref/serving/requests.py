@@ -223,3 +223,17 @@ def encode_candidates(candidates: list[dict[str, Any]], spec: FeatureSpec) -> tu
     for j, col in enumerate(spec.cat_cols):
         cat[:, j] = spec.encode_cat(col, [c.get(col) for c in candidates])
     return num, cat
+
+
+def encode_batch(candidate_lists: list[list[dict[str, Any]]], spec: FeatureSpec
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """B requests' candidates -> (num [B, M, F], cat [B, M, C], mask [B, M]) padded to the longest
+    (M = its length; padding: zeros, masked out)."""
+    encoded = [encode_candidates(cands, spec) for cands in candidate_lists]
+    M = max(x.shape[0] for x, _ in encoded)
+    num = np.zeros((len(encoded), M, len(spec.num_cols)), np.float32)
+    cat = np.zeros((len(encoded), M, len(spec.cat_cols)), np.int64)
+    mask = np.zeros((len(encoded), M), bool)
+    for b, (x, c) in enumerate(encoded):
+        num[b, :len(x)], cat[b, :len(c)], mask[b, :len(x)] = x, c, True
+    return num, cat, mask
