@@ -117,7 +117,7 @@ def main() -> None:
 
     result = {"world": args.world, "model": args.model, "experiments": args.experiments,
               "requests_per_look": args.requests, "looks": args.looks, "explore": args.explore, "alpha": args.alpha,
-              "bound": args.alpha / 2, "pool": args.pool, "pool_distinct_users": int(len(distinct)),
+              "bound": args.alpha / 2, "pool": args.pool, "pool_distinct_users": len(distinct),
               "pool_s": round(pool_s, 1), "wall_s": round(time.time() - t0, 1),
               "clicks_per_request": float(drawn.mean()),
               "variance_share_of_expected_clicks": float(expected.var() / drawn.var()), "rules": {}}

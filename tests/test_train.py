@@ -122,31 +122,24 @@ def test_dpo_moves_towards_winners(ray_cluster, prep_dir, sim_dir, tmp_path, mlf
     assert isinstance(model, torch.nn.Module) and model.k == 2
 
 
-def test_resume_after_worker_failure(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri, capfd):
-    """A worker dies after epoch 1's checkpoint; Ray restarts it and training resumes at
-    epoch 2 without redoing finished epochs."""
+def test_two_worker_ddp_resumes_after_a_worker_failure(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri, capfd):
+    """Two DDP workers, each on its half of the data; they die after epoch 1's checkpoint, Ray
+    restarts them and training resumes at epoch 2 without redoing finished epochs."""
+    from mlflow import MlflowClient
+
     from gref.train.runner import run_training
 
-    cfg = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=1", "optim.epochs=3",
+    cfg = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=2", "optim.epochs=3",
                        "run.fail_once_at_epoch=1", "run.max_failures=1")
     out = run_training("pretrain", cfg)
     assert [h["epoch"] for h in out["history"]] == [0, 1, 2]
     assert "resumed from the checkpoint of epoch 1" in capfd.readouterr().out
-    from mlflow import MlflowClient
-
     steps = [m.step for m in MlflowClient(mlflow_uri).get_metric_history(out["mlflow_run_id"], "train_loss")]
     assert steps == [0, 1, 2]  # each epoch logged once: epoch 1 (checkpointed, not yet logged) by the resume
-
-
-def test_two_worker_ddp(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):
-    from gref.train.runner import run_training
-
-    cfg = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=2", "optim.epochs=1")
-    out = run_training("pretrain", cfg)
     n_train = json.loads((prep_dir / "summary.json").read_text())["sequences"]["train"]
-    h = out["history"][0]
-    assert 0.4 * n_train <= h["train_samples"] <= 0.6 * n_train  # rank 0 trained on its half
-    assert h["val_nll"] > 0 and h["oracle_clicks"] > 0
+    for h in out["history"]:
+        assert 0.4 * n_train <= h["train_samples"] <= 0.6 * n_train  # rank 0 trained on its half
+        assert h["val_nll"] > 0 and h["oracle_clicks"] > 0
 
 
 def test_pipeline_end_to_end(ray_cluster, tmp_path, mlflow_uri):
