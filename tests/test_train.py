@@ -123,19 +123,19 @@ def test_dpo_moves_towards_winners(ray_cluster, prep_dir, sim_dir, tmp_path, mlf
 
 
 def test_two_worker_ddp_resumes_after_a_worker_failure(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri, capfd):
-    """Two DDP workers, each on its half of the data; they die after epoch 1's checkpoint, Ray
-    restarts them and training resumes at epoch 2 without redoing finished epochs."""
+    """Two DDP workers, each on its half of the data; they die after epoch 0's checkpoint, Ray
+    restarts them and training resumes at epoch 1 without redoing the finished epoch."""
     from mlflow import MlflowClient
 
     from gref.train.runner import run_training
 
-    cfg = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=2", "optim.epochs=3",
-                       "run.fail_once_at_epoch=1", "run.max_failures=1")
+    cfg = pretrain_cfg(prep_dir, sim_dir, tmp_path, mlflow_uri, "scaling.num_workers=2", "optim.epochs=2",
+                       "run.fail_once_at_epoch=0", "run.max_failures=1")
     out = run_training("pretrain", cfg)
-    assert [h["epoch"] for h in out["history"]] == [0, 1, 2]
-    assert "resumed from the checkpoint of epoch 1" in capfd.readouterr().out
+    assert [h["epoch"] for h in out["history"]] == [0, 1]
+    assert "resumed from the checkpoint of epoch 0" in capfd.readouterr().out
     steps = [m.step for m in MlflowClient(mlflow_uri).get_metric_history(out["mlflow_run_id"], "train_loss")]
-    assert steps == [0, 1, 2]  # each epoch logged once: epoch 1 (checkpointed, not yet logged) by the resume
+    assert steps == [0, 1]  # each epoch logged once: epoch 0 (checkpointed, not yet logged) by the resume
     n_train = json.loads((prep_dir / "summary.json").read_text())["sequences"]["train"]
     for h in out["history"]:
         assert 0.4 * n_train <= h["train_samples"] <= 0.6 * n_train  # rank 0 trained on its half
