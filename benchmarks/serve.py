@@ -4,12 +4,19 @@
 
 For each concurrency level (clients in flight), the same simulated rerank requests (30
 candidates with raw features, n = 10) go to:
-  in_process  parse + encode + decode in this process, no HTTP (the floor)
-  serve       the Ray Serve app (serve/app.py: proxy -> router -> reranker with @serve.batch,
-              one arm, served lists recorded in sqlite), over loopback HTTP
-  plain       the same model in one FastAPI + uvicorn process (benchmarks/plain_server.py:
-              same validation, decoding and sqlite record, one request at a time), over loopback
-Levels run interleaved (in_process, serve, plain, next level) so machine noise hits all alike.
+  in_process    parse + encode + decode in this process, no HTTP (the floor)
+  serve         the Ray Serve app (serve/app.py: proxy -> router -> reranker with @serve.batch,
+                one arm, served lists recorded in sqlite), over loopback HTTP, its batches waiting
+                up to ``--batch-wait-ms`` (the app's default) to fill
+  serve_nowait  the same app beside it whose batches never wait: a batch is what has queued
+                while the previous one ran (batch_wait_timeout_s = 0)
+  plain         the same model in one FastAPI + uvicorn process (benchmarks/plain_server.py:
+                same validation, decoding and sqlite record, one request at a time), over loopback
+Levels run interleaved (in_process, serve, serve_nowait, plain, next level) so machine noise hits
+all alike. For the Serve targets ``breakdown_ms`` says where a request's time went, from the app's
+``Server-Timing`` header (means over the level's requests): parse, arm (the Router's await of the
+reranker) = queue (hop + batch wait) + encode + decode + the hop back, store, total (the Router's
+handling) and proxy_http = the client's latency beyond the Router's total (HTTP proxy, loopback).
 """
 
 from __future__ import annotations
@@ -51,35 +58,58 @@ def _wait(url: str, seconds: float = 120) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def parse_server_timing(header: str) -> dict[str, float]:
+    """``a;dur=1.5, b;dur=2, c;desc="4"`` -> {"a": 1.5, "b": 2.0, "c": 4.0} (a desc that is a number)."""
+    out = {}
+    for part in header.split(","):
+        name, _, value = part.strip().partition(";")
+        value = value.removeprefix("dur=").removeprefix("desc=").strip('"')
+        try:
+            out[name] = float(value)
+        except ValueError:
+            pass
+    return out
+
+
 def measure(call, bodies: list[dict], concurrency: int) -> dict[str, float]:
-    """Send every body with ``concurrency`` clients; latency percentiles and throughput."""
+    """Send every body with ``concurrency`` clients; latency percentiles and throughput, and the
+    mean ``breakdown_ms`` of the server's stages when ``call`` returns a Server-Timing header."""
     latencies: list[float] = []
+    stages: list[dict[str, float]] = []
     lock = threading.Lock()
 
     def one(body):
         t0 = time.perf_counter()
-        call(body)
+        header = call(body)
+        latency = 1000 * (time.perf_counter() - t0)
         with lock:
-            latencies.append(1000 * (time.perf_counter() - t0))
+            latencies.append(latency)
+            if header:
+                timing = parse_server_timing(header)
+                stages.append({**timing, "proxy_http": latency - timing["total"]})
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, bodies))
     wall = time.perf_counter() - t0
     lat = np.asarray(latencies)
-    return {"requests_per_s": round(len(bodies) / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 2),
-            "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+    out = {"requests_per_s": round(len(bodies) / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 2),
+           "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+    if stages:
+        out["breakdown_ms"] = {k: round(float(np.mean([s[k] for s in stages])), 2) for k in stages[0]}
+    return out
 
 
 def http_caller(url: str):
     local = threading.local()
 
-    def call(body):
+    def call(body) -> str | None:
         if not hasattr(local, "s"):
             local.s = requests.Session()
         r = local.s.post(f"{url}/rerank", json=body, timeout=120)
         if r.status_code != 200:
             raise RuntimeError(f"{url}: {r.status_code} {r.text[:200]}")
+        return r.headers.get("Server-Timing")
     return call
 
 
@@ -107,6 +137,7 @@ def main() -> None:
     p.add_argument("--levels", default="1,4,16")
     p.add_argument("--requests", type=int, default=300, help="requests per level and target")
     p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="the serve target's batch_wait_timeout_s, in ms")
     args = p.parse_args()
     model_dir = args.model or json.loads((REPO / "runs/pipeline/summary.json").read_text())["dpo"]["model_dir"]
     torch.set_num_threads(1)
@@ -130,10 +161,13 @@ def main() -> None:
     init_ray()
     serve_port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-    serve.run(build_app({"arms": {"gref": model_dir}, "feedback_db": str(tmp / "serve.db"), "replicas": 1,
-                         "reranker_cpus": 0.5, "max_batch_size": args.max_batch_size}), name="bench", route_prefix="/")
+    for name, prefix, wait_ms in (("bench", "/", args.batch_wait_ms), ("bench-nowait", "/nowait", 0.0)):
+        serve.run(build_app({"arms": {"gref": model_dir}, "feedback_db": str(tmp / f"{name}.db"), "replicas": 1,
+                             "reranker_cpus": 0.5, "max_batch_size": args.max_batch_size,
+                             "batch_wait_timeout_s": wait_ms / 1000}), name=name, route_prefix=prefix)
     targets = {"in_process": in_process_caller(model_dir),
                "serve": http_caller(f"http://127.0.0.1:{serve_port}"),
+               "serve_nowait": http_caller(f"http://127.0.0.1:{serve_port}/nowait"),
                "plain": http_caller(f"http://127.0.0.1:{plain_port}")}
     try:
         _wait(f"http://127.0.0.1:{plain_port}")
@@ -146,11 +180,15 @@ def main() -> None:
     finally:
         plain.terminate()
         serve.delete("bench")
-    ratios = {level: {"serve_vs_plain_throughput": round(r["serve"]["requests_per_s"] / r["plain"]["requests_per_s"], 2),
-                      "serve_vs_in_process_p50": round(r["serve"]["p50_ms"] / r["in_process"]["p50_ms"], 2)}
+        serve.delete("bench-nowait")
+    ratios = {level: {f"{t}_vs_plain_throughput": round(r[t]["requests_per_s"] / r["plain"]["requests_per_s"], 2)
+                      for t in ("serve", "serve_nowait")}
+              | {f"{t}_minus_plain_p50_ms": round(r[t]["p50_ms"] - r["plain"]["p50_ms"], 2)
+                 for t in ("serve", "serve_nowait")}
               for level, r in results.items()}
     print(json.dumps({"model": model_dir, "requests_per_level": args.requests, "cpus": os.cpu_count(),
-                      "max_batch_size": args.max_batch_size, "results": results, "ratios": ratios}, indent=2))
+                      "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms,
+                      "results": results, "ratios": ratios}, indent=2))
 
 
 if __name__ == "__main__":

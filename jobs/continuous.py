@@ -127,7 +127,7 @@ def _deploy(cfg: ContinuousConfig, arms: dict[str, int], salt: str) -> str:
 
     args = {"tracking_uri": cfg.tracking.uri, "feedback_db": str(Path(cfg.out).resolve() / "feedback.db"),
             "explore": cfg.explore, "explore_temperature": cfg.explore_temperature,
-            "salt": salt, **cfg.app,
+            **cfg.app, "salt": salt,  # the round's salt, as state.json records it
             "arms": {arm: _registry_uri(cfg, v) for arm, v in arms.items()}}
     serve.run(build_app(args), name=APP, route_prefix="/", logging_config={"enable_access_log": False})
     return f"http://127.0.0.1:{cfg.port}"
@@ -267,7 +267,8 @@ def _serve_round(cfg: ContinuousConfig, state: State, world, r: int, arms: dict[
     state.save()
     # each round is a new experiment with its own user split: a verdict never rides on an earlier
     # round's luck of the split (an A/A loop's arms never change, so a hash of them would split alike)
-    url = _deploy(cfg, arms, rnd.setdefault("salt", f"continuous-s{cfg.seed}-r{r}"))
+    # a salt of the user's (app.salt) prefixes the round's: every round still splits users anew
+    url = _deploy(cfg, arms, rnd.setdefault("salt", f"{cfg.app.get('salt') or 'continuous'}-s{cfg.seed}-r{r}"))
     looks = rnd.setdefault("looks", [])
     records_dir = Path(cfg.out) / "rounds" / str(r)
     records_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """Evaluate rerankers on a prepared split: AUC / NDCG (gref.metrics); the expected clicks of
 every row's lists estimated by click models (PBM, DBN) fitted by EM on the split's logged
-clicks, with bootstrap 95 % CIs -- no oracle needed, so real logs get it too; and with a
+clicks, with bootstrap 95 % CIs -- no oracle needed, so real logs get it too; where the logs
+mark a randomisation bucket (``randomized``), an inverse-propensity estimate on it beside them
+(``ips_clicks``, ``ips_lift`` over production: gref.evaluation.randomized_ips); and with a
 simulated world the oracle's expected clicks / likes / long views, beside the logged exposure
 order and the upstream order (and how far the estimate agrees with the oracle:
 estimate_audit.json). Writes report.json, report.md and a bar chart, and logs them to MLflow.
@@ -69,7 +71,12 @@ def run(data: str | Path, models: dict[str, Any], out: str | Path, world_dir: st
         (out / "estimate_audit.json").write_text(json.dumps(audit, indent=2))
         md += "\n\nClick-model estimate vs the oracle over these rows: " + "; ".join(
             f"{k.upper()} Kendall tau {a['kendall_tau']:.2f}, bias on the logged order {a['logged_bias']:+.1%}, "
-            f"mean |lift error| {a['mean_abs_lift_error']:.1%}" for k, a in audit.items())
+            f"mean |lift error| {a['mean_abs_lift_error']:.1%}" for k, a in audit.items() if k != "ips")
+        if "ips" in audit:
+            a = audit["ips"]
+            md += (f"\n\nIPS on the randomisation bucket ({a['requests']} requests) vs the oracle over {a['rows']} "
+                   f"rows: Kendall tau {a['kendall_tau']:.2f}, mean |relative error| {a['mean_abs_rel_error']:.1%} "
+                   f"(mean {a['mean_rel_error']:+.1%})")
     (out / "report.md").write_text(f"# Offline evaluation ({split} split, {table.num_rows} requests)\n\n{md}\n")
     if world is not None or estimate:
         bar_chart(rows, out / "expected_clicks.png")

@@ -2,8 +2,11 @@
 beside the ceilings no model can reach), Table 3 and the options beyond the paper (training
 stages, the OMTP loss, post-training signals, reward models), and the OMTP head count k.
 
-    python -m jobs.experiments [--config configs/experiments.yaml] [key=value ...]
+    python -m jobs.experiments --config configs/experiments.yaml [key=value ...]   # the README's tables
     python -m jobs.experiments --config configs/ablations.yaml          # the ablation tables
+
+Without ``--config`` the config is ExperimentConfig's defaults: every stage's own defaults (the
+job's, not the README recipe) and one unit at a time.
 
 For every world (a named set of WorldConfig overrides) and seed: simulate ``requests`` with
 world seed = seed, prepare them (Ray Data), train every model a requested table needs through

@@ -18,7 +18,8 @@
   answer (``gref.serving.feedback``; off the event loop, a 503 with the reason when the database
   is locked, full or unreachable) and export as raw logs for
   ``jobs.prepare``. A request_id the client chose makes a retry idempotent: the same body gets
-  the stored answer, another body a 409. Every answer names the model version that ran it.
+  the stored answer, another body a 409. Every answer names the model version that ran it, and
+  carries a ``Server-Timing`` header: where its time went (``server_timing``).
 """
 
 # no `from __future__ import annotations` here: FastAPI must see the real `Request` type of the
@@ -132,13 +133,17 @@ class Reranker:
         """Each request: {"candidates": [...validated...], "n": int, "explore": bool} -> {"order":
         [candidate indices], "model": the name, version, kind and heads of the weights that ran,
         "explored": whether the list was sampled (explore, on a GReF model), "log_propensity": its
-        log-probability under the sampling policy (0 for the greedy list)} or {"error": message}
-        for a request this model cannot serve."""
+        log-probability under the sampling policy (0 for the greedy list), "timing": ms spent
+        before the batch ran ("queue": the hop from the Router + the batch's wait, from the
+        request's "sent_at" wall time) and in the batch's "encode" and "decode"} or {"error":
+        message} for a request this model cannot serve."""
         import numpy as np
         import torch
 
         from gref.model.decoding import decode
 
+        started = time.time()
+        encode_s = decode_s = 0.0
         limit_m, limit_n = self.model.cfg.max_candidates, self.model.cfg.max_length
         out: list[dict[str, Any] | None] = [None] * len(requests)
         ok = []
@@ -150,6 +155,7 @@ class Reranker:
         if ok:
             num, cat, mask = encode_batch([requests[i]["candidates"] for i in ok], self.spec)
             num_t, cat_t, mask_t = (torch.from_numpy(a).to(self.device) for a in (num, cat, mask))
+            encode_s = time.time() - started
             ns = np.array([requests[i]["n"] for i in ok])
             explore = np.array([self.explorable and requests[i].get("explore", False) for i in ok])
             # one decode per distinct (n, explore): a non-autoregressive model's list depends on its length
@@ -168,6 +174,10 @@ class Reranker:
                     out[ok[row]] = {"order": [int(j) for j in placed[b] if j >= 0], "model": self.served_by,
                                     "features": self.features, "explored": sampled,
                                     "log_propensity": float(log_p[b])}
+            decode_s = time.time() - started - encode_s
+        for r, o in zip(requests, out):
+            o["timing"] = {"queue": 1000.0 * max(started - r.get("sent_at", started), 0.0),
+                           "encode": 1000.0 * encode_s, "decode": 1000.0 * decode_s, "batch": len(requests)}
         return out
 
 
@@ -179,6 +189,19 @@ PRUNE_EVERY = 1000  # served lists between two retention passes
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def server_timing(parse_s: float, arm_s: float, reranker: dict[str, float], store_s: float, total_s: float) -> str:
+    """The ``Server-Timing`` header (W3C) of a served request, in ms: ``parse`` (key, body, JSON,
+    validation, replay lookup), ``arm`` (the Router's await of the reranker: both hops, the batch's
+    wait, encode, decode), of which the reranker's ``queue`` (hop there + batch wait), ``encode`` and
+    ``decode`` (its batch of ``batch`` requests), ``store`` (the served list recorded) and ``total``
+    (the Router's handling; a client's latency beyond it is the HTTP proxy and the network)."""
+    stages = {"parse": 1000.0 * parse_s, "arm": 1000.0 * arm_s,
+              **{k: reranker[k] for k in ("queue", "encode", "decode") if k in reranker},  # (a replica of an
+              "store": 1000.0 * store_s, "total": 1000.0 * total_s}                      # older release: none)
+    batch = [f'batch;desc="{reranker["batch"]}"'] if "batch" in reranker else []
+    return ", ".join([*(f"{k};dur={v:.3f}" for k, v in stages.items()), *batch])
 
 
 def _replayed(request_id: str, digest: str, previous: tuple[str, dict[str, Any] | None] | None) -> JSONResponse:
@@ -293,13 +316,16 @@ class Router:
         request_id = req.request_id or uuid.uuid4().hex
         # a fixed function of the request id: a retry of an explored request is explored again
         explore = self.cfg.explore > 0 and user_unit(request_id, self.salt, "explore") < self.cfg.explore
+        parsed = time.perf_counter()
         try:
-            result = await self._call(arm, "rerank", {"candidates": req.candidates, "n": req.n, "explore": explore})
+            result = await self._call(arm, "rerank", {"candidates": req.candidates, "n": req.n, "explore": explore,
+                                                      "sent_at": time.time()})
         except Exception as err:  # noqa: BLE001 -- whatever took the arm down: a counted 503, never a 500
             self.stats.error(arm)
             return _error(503, f"arm '{arm}' is unavailable: {type(err).__name__}")
         if "error" in result:
             return _error(422, result["error"])
+        ranked = time.perf_counter()
         items = [req.candidates[j]["item_id"] for j in result["order"]]
         model = result["model"]  # from the replica that ran: a restarted one may hold another version
         keep = set(result["features"])  # only the model's feature columns are stored (the rest counted)
@@ -320,7 +346,9 @@ class Router:
         self.served_since_prune += 1
         if self.cfg.retention_days > 0 and self.served_since_prune >= PRUNE_EVERY:
             await asyncio.to_thread(self._prune)
-        return JSONResponse(answer)
+        timing = server_timing(parsed - started, ranked - parsed, result.get("timing", {}), time.perf_counter() - ranked,
+                               time.perf_counter() - started)
+        return JSONResponse(answer, headers={"Server-Timing": timing})
 
     @app.post("/feedback")
     async def feedback(self, request: Request) -> JSONResponse:

@@ -107,7 +107,8 @@ def test_missing_column_fails_fast_naming_it(tmp_path, sim_dir):
 
 
 def test_column_map_and_string_ids(ray_cluster, tmp_path, sim_dir):
-    """A team's logs with other names, string ids and a timestamp ts, mapped by a dataset config."""
+    """A team's logs with other names, string ids and a timestamp ts, mapped by a dataset config;
+    a randomisation bucket marked by a bool column of its own name."""
     from jobs import prepare
 
     table = pq.read_table(next((sim_dir / "logs").glob("*.parquet"))).slice(0, 200 * 30)
@@ -116,12 +117,20 @@ def test_column_map_and_string_ids(ray_cluster, tmp_path, sim_dir):
                                  pa.compute.cast(renamed.column("req"), pa.string()))
     renamed = renamed.set_column(renamed.schema.get_field_index("ts"), "ts",
                                  pa.compute.cast(renamed.column("ts"), pa.timestamp("ms")))
+    request_ids = renamed.column("req").to_numpy(zero_copy_only=False)
+    bucket = {r for r in set(request_ids) if int(r) % 4 == 0}  # every 4th request was randomised
+    renamed = renamed.append_column("in_bucket", pa.array([r in bucket for r in request_ids]))
     (tmp_path / "logs").mkdir()
     pq.write_table(renamed, tmp_path / "logs" / "part.parquet")
     cfg = tmp_path / "dataset.yaml"
-    cfg.write_text("column_map:\n  req: request_id\n  rank: upstream_rank\n")
+    cfg.write_text("column_map:\n  req: request_id\n  rank: upstream_rank\n  in_bucket: randomized\n")
     summary = prepare.main(["--logs", str(tmp_path / "logs"), "--out", str(tmp_path / "out"),
                             "--config", str(cfg), "valid_days=1", "test_days=1"])
     assert summary["requests_read"] == 200
     seqs = read(tmp_path / "out" / "sequences" / "train")
     assert pa.types.is_string(seqs.schema.field("request_id").type)
+    everything = read(tmp_path / "out" / "sequences")
+    marked = {r for r, flag in zip(everything.column("request_id").to_pylist(),
+                                   everything.column("randomized").to_pylist()) if flag}
+    quarantined = set(read(tmp_path / "out" / "quarantine").column("request_id").to_pylist())
+    assert marked == bucket - quarantined and summary["profile"]["randomized_requests"] == len(marked)

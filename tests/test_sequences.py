@@ -28,10 +28,12 @@ def request(rid, m=4, shown=(3, 1), clicks=(1, 0), user=7, ts=10 * DAY, changes=
 
 
 def build(rows, max_candidates=200):
-    table = pa.Table.from_pylist(rows, schema=pa.schema([
-        ("request_id", pa.int64()), ("user_id", pa.int64()), ("ts", pa.int64()), ("item_id", pa.int64()),
-        ("upstream_rank", pa.int32()), ("position", pa.int32()), ("click", pa.int8()),
-        ("num_a", pa.float64()), ("cat_c", pa.string())]))
+    fields = [("request_id", pa.int64()), ("user_id", pa.int64()), ("ts", pa.int64()), ("item_id", pa.int64()),
+              ("upstream_rank", pa.int32()), ("position", pa.int32()), ("click", pa.int8()),
+              ("num_a", pa.float64()), ("cat_c", pa.string())]
+    if any("randomized" in r for r in rows):  # the optional request-level column
+        fields.append(("randomized", pa.int8()))
+    table = pa.Table.from_pylist(rows, schema=pa.schema(fields))
     return build_sequences(table, ["num_a"], ["cat_c"], (20 * DAY, 25 * DAY), max_candidates)
 
 
@@ -76,6 +78,7 @@ CASES = {
     "invalid_feedback": {(3, "click"): 2},
     "feedback_without_exposure": {(0, "click"): 1},
     "non_finite_feature": {(2, "num_a"): float("inf")},
+    "invalid_randomized": {(1, "randomized"): 1},  # one row of the request says so, the others not
 }
 
 
@@ -94,6 +97,18 @@ def test_every_quarantine_reason(reason):
     assert q[0]["request_id"] == "2" and q[0]["n_rows"] == len(bad)
     kept = json.loads(q[0]["raw_rows"])  # the request's rows, nothing lost
     assert sorted(map(str, (r["item_id"] for r in kept))) == sorted(map(str, (r["item_id"] for r in bad)))
+
+
+def test_the_randomisation_flag_is_carried_per_request():
+    rows = request(1) + [{**r, "randomized": 1} for r in request(2)] + [{**r, "randomized": None} for r in request(3)]
+    seqs, quarantine = build(rows + [{**r, "randomized": 2} for r in request(4)])
+    assert seqs.column("randomized").to_pylist() == [0, 1, 0]  # absent or null: not randomised
+    assert quarantine.column("reason").to_pylist() == ["invalid_randomized"]  # 2 is no flag
+    seqs, _ = build(request(1))
+    assert "randomized" not in seqs.column_names  # logs without the column: records without it
+    schema = pa.schema([(c, pa.int64()) for c in ("request_id", "user_id", "ts", "item_id", "upstream_rank",
+                                                  "position", "click")] + [("randomized", pa.bool_())])
+    assert canonical_schema(schema, DatasetConfig())["randomized"] == "randomized"  # a bool column is fine
 
 
 def test_null_request_id_is_quarantined():

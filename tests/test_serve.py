@@ -111,6 +111,13 @@ def test_rerank_answers_with_the_arm_and_its_model_version(app, candidates):
     assert out["model"]["name"] == {"gref": "models:/gref-reranker@champion",
                                     "nar4rec": "models:/gref-nar4rec@champion"}[out["arm"]]
     assert out["latency_ms"] > 0
+    # where the time went (W3C Server-Timing): every stage, in ms, within the Router's total
+    stages = dict(part.strip().split(";", 1) for part in r.headers["Server-Timing"].split(","))
+    ms = {k: float(v.removeprefix("dur=")) for k, v in stages.items() if v.startswith("dur=")}
+    assert set(ms) == {"parse", "arm", "queue", "encode", "decode", "store", "total"} and min(ms.values()) >= 0
+    assert ms["decode"] > 0 and ms["encode"] + ms["decode"] <= ms["arm"] + 0.01 and ms["arm"] <= ms["total"]
+    assert ms["parse"] + ms["arm"] + ms["store"] <= ms["total"] + 0.01
+    assert int(stages["batch"].removeprefix('desc="').rstrip('"')) >= 1  # the requests decoded together
     assert requests.get(f"{app['url']}/healthz", timeout=10).json()["status"] == "ok"
 
 

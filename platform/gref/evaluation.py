@@ -12,7 +12,9 @@ Reference rows: ``logged`` (the exposure order the production policy showed) and
 gref.sim.reference (the oracle's best list and pointwise sort, and the same two from the
 observable features only) and each row's share of the headroom (features-only best list over
 the logged order) it captures. Without an oracle (real logs), and beside it: the click-model
-estimate of every row's expected clicks (gref.clickmodel.estimate), with bootstrap CIs.
+estimate of every row's expected clicks (gref.clickmodel.estimate), with bootstrap CIs; where
+the logs mark requests of a randomisation bucket (``randomized``), also an inverse-propensity
+estimate on those requests alone (``ips_clicks``, ``randomized_ips``).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from gref.clickmodel.estimate import ClickEstimator, bootstrap_summary
+from gref.clickmodel.estimate import BOOTSTRAP, ClickEstimator, bootstrap_summary
 from gref.data.batch import Batch, collate, iter_tables
 from gref.data.pairs import padded
 from gref.losses import multi_token_loss
@@ -95,7 +98,7 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
     from gref.sim.user_model import expected_feedback
 
     acc: dict[str, list] = {k: [] for k in ("cs", "cl", "es", "el", "ns", "ng", "nv", "div",
-                                            "o_click", "o_like", "o_long")}
+                                            "o_click", "o_like", "o_long", "ips")}
     est: dict[str, list] = {}
     nll, n_req, width = 0.0, 0, 0
     div_col = meta.get("cat_cols", []).index(DIVERSITY_COLUMN) if DIVERSITY_COLUMN in meta.get("cat_cols", []) else None
@@ -122,6 +125,9 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
         acc["es"].append(scores[mask]); acc["el"].append(exposed[mask])
         acc["ns"].append(exp_scores); acc["ng"].append(click); acc["nv"].append(slot)
         width = max(width, exposure.shape[1])
+        if "randomized" in part.column_names:
+            acc["ips"].append(randomized_ips(placed, exposure, lengths, click, b.cand_mask.numpy().sum(1),
+                                             part.column("randomized").to_numpy(zero_copy_only=False) == 1))
         if div_col is not None:
             acc["div"].append(distinct_fraction(b.cat[..., div_col].numpy(), placed[:, : exposure.shape[1]], lengths))
         if world is not None:
@@ -148,7 +154,26 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
         out["oracle_long_views"] = float(np.concatenate(acc["o_long"]).mean())
     for kind, parts in est.items():
         out[f"_est_{kind}"] = np.concatenate(parts)
+    if acc["ips"]:
+        out["_ips"] = np.concatenate(acc["ips"])
     return out
+
+
+def randomized_ips(placed: np.ndarray, exposure: np.ndarray, lengths: np.ndarray, click: np.ndarray,
+                   m: np.ndarray, randomized: np.ndarray) -> np.ndarray:
+    """Per-request item-position IPS estimate of the clicks a list would get, from the requests
+    of a randomisation bucket (gref.sim.logs.randomize: every candidate on every slot with
+    probability 1/m): sum over slots k < n of 1[placed_k = shown_k] * click_k * m. Its mean over
+    the bucket is unbiased for the list's E[clicks] whenever a click on slot k depends only on
+    (request, item, k) -- no list effects (Li et al., 2018, "Offline evaluation of ranking
+    policies with click models"); with list effects it is biased, measured in the README.
+    placed [B, >=N] (-1 = none), exposure / click [B, N], lengths / m / randomized [B] -> [B]
+    (NaN for requests outside the bucket)."""
+    N = exposure.shape[1]
+    slot = np.arange(N)[None] < lengths[:, None]
+    match = (placed[:, :N] == exposure) & slot
+    values = (match * click).sum(1) * m
+    return np.where(randomized, values.astype(float), np.nan)
 
 
 def distinct_fraction(categories: np.ndarray, placed: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -226,6 +251,7 @@ def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, A
         rows[name] = evaluate_model(model, table, meta, world, batch_size, device, estimator)
         rows[name]["latency_ms_b1"] = single_request_latency(model, table, meta, device)
     add_estimates(rows)
+    add_ips(rows, table)
     if world is not None:
         base = rows["logged exposure"]["oracle_clicks"]
         for r in rows.values():
@@ -253,6 +279,44 @@ def add_estimates(rows: dict[str, dict[str, Any]]) -> None:
             r["est_lift_min"] = min(r[f"est_lift_{kind}"] for kind in kinds)
 
 
+def add_ips(rows: dict[str, dict[str, Any]], table: pa.Table, seed: int = 0) -> None:
+    """Replace every row's per-request ``_ips`` values by their mean over the randomisation bucket
+    (``ips_clicks``, 95 % bootstrap CI ``_lo`` / ``_hi``, ``ips_requests``) and its lift over
+    production (``ips_lift`` and CI): production's E[clicks] is its on-policy mean on the requests
+    outside the bucket, so the "logged exposure" row gets that mean (the bucket's own lists are
+    random, not production's). The two samples are independent: their resamples are too."""
+    if "_ips" not in rows["logged exposure"]:
+        return
+    values = {name: r.pop("_ips") for name, r in rows.items()}
+    randomized = table.column("randomized").to_numpy(zero_copy_only=False) == 1
+    click = table.column("click").combine_chunks()
+    per_request = np.bincount(pc.list_parent_indices(click).to_numpy(), minlength=table.num_rows,
+                              weights=pc.list_flatten(click).to_numpy(zero_copy_only=False))
+    production = per_request[~randomized]
+    R, P = int(randomized.sum()), len(production)
+    if not R:
+        return
+    samples = {name: values[name][randomized] for name in rows if name != "logged exposure"}
+    if P:
+        samples["logged exposure"] = production
+    rng = np.random.default_rng(seed)
+    means: dict[str, list] = {name: [] for name in samples}
+    for start in range(0, BOOTSTRAP, 100):  # 100 resamples at a time: bounded memory
+        k = min(100, BOOTSTRAP - start)
+        bucket_idx = rng.integers(R, size=(k, R))
+        production_idx = rng.integers(P, size=(k, P)) if P else None
+        for name, sample in samples.items():
+            means[name].append(sample[production_idx if name == "logged exposure" else bucket_idx].mean(1))
+    for name, sample in samples.items():
+        r, boot = rows[name], np.concatenate(means[name])
+        r["ips_clicks"], r["ips_requests"] = float(sample.mean()), len(sample)
+        r["ips_clicks_lo"], r["ips_clicks_hi"] = (float(q) for q in np.quantile(boot, [0.025, 0.975]))
+        if P:
+            base = np.concatenate(means["logged exposure"])
+            r["ips_lift"] = float(sample.mean() / production.mean() - 1.0)
+            r["ips_lift_lo"], r["ips_lift_hi"] = (float(q) for q in np.quantile(boot / base - 1.0, [0.025, 0.975]))
+
+
 def kendall_tau(a: list[float], b: list[float]) -> float:
     """Kendall's tau-a of two score lists over the same rows (ties count 0)."""
     a, b = np.asarray(a), np.asarray(b)
@@ -278,6 +342,15 @@ def estimate_audit(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float
         out[kind] = {"kendall_tau": kendall_tau(est, oracle), "rows": len(names),
                      "logged_bias": logged[f"est_clicks_{kind}"] / logged["oracle_clicks"] - 1.0,
                      "mean_abs_lift_error": float(np.mean(np.abs(lift_err))) if lift_err else float("nan")}
+    # the randomisation bucket's IPS estimate, on the rows it judges (a list per request: not the
+    # "logged exposure" row, which there is production's own mean outside the bucket)
+    ips = [n for n in names if "ips_clicks" in rows[n] and n != "logged exposure"]
+    if len(ips) >= 2:
+        err = [rows[n]["ips_clicks"] / rows[n]["oracle_clicks"] - 1.0 for n in ips]
+        out["ips"] = {"kendall_tau": kendall_tau([rows[n]["ips_clicks"] for n in ips],
+                                                 [rows[n]["oracle_clicks"] for n in ips]),
+                      "rows": len(ips), "requests": rows[ips[0]]["ips_requests"],
+                      "mean_abs_rel_error": float(np.mean(np.abs(err))), "mean_rel_error": float(np.mean(err))}
     return out
 
 
@@ -287,12 +360,15 @@ COLUMNS = [("oracle_clicks", "E[clicks]", "{:.4f}"), ("click_lift", "vs logged",
            ("est_clicks_dbn", "est. E[clicks] DBN", "{:.4f}"), ("est_lift_dbn", "DBN vs logged [95% CI]", "{:+.2%}"),
            ("est_clicks_pbm_features", "est. E[clicks] feature PBM", "{:.4f}"),
            ("est_lift_pbm_features", "feature PBM vs logged [95% CI]", "{:+.2%}"),
+           ("ips_clicks", "IPS E[clicks] (randomised bucket)", "{:.4f}"),
+           ("ips_lift", "IPS vs production [95% CI]", "{:+.2%}"),
            ("ndcg", "NDCG", "{:.4f}"), ("auc_click", "AUC click", "{:.4f}"),
            ("auc_exposure", "AUC exposure", "{:.4f}"), ("diversity", "diversity", "{:.3f}"),
            ("latency_ms", "ms/req (batch)", "{:.3f}"), ("latency_ms_b1", "ms/req (1 by 1)", "{:.2f}")]
 
 
-SUMMARY_KEYS = ("oracle_clicks", "click_lift", "headroom_share", "est_lift_pbm", "est_lift_dbn", "est_lift_pbm_features")
+SUMMARY_KEYS = ("oracle_clicks", "click_lift", "headroom_share", "est_lift_pbm", "est_lift_dbn", "est_lift_pbm_features",
+                "ips_lift")
 
 
 def markdown_table(rows: dict[str, dict[str, float]], keys: tuple[str, ...] | None = None) -> str:
@@ -305,7 +381,7 @@ def markdown_table(rows: dict[str, dict[str, float]], keys: tuple[str, ...] | No
         for key, _, fmt in cols:
             v = r.get(key)
             cell = "–" if v is None or v != v else fmt.format(v)
-            if key.startswith("est_lift_") and f"{key}_lo" in r and name != "logged exposure":
+            if key.startswith(("est_lift_", "ips_lift")) and f"{key}_lo" in r and name != "logged exposure":
                 cell += f" [{fmt.format(r[f'{key}_lo'])}, {fmt.format(r[f'{key}_hi'])}]"
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -107,7 +107,8 @@ def partial_profile(seqs: pa.Table) -> dict:
     return {"m": {int(k): int(v) for k, v in Counter(m.tolist()).items()},
             "n": {int(k): int(v) for k, v in Counter(n.tolist()).items()},
             "clicks_by_slot": clicks.tolist(), "shown_by_slot": shown.tolist(),
-            "all_shown": int((m == n).sum())}
+            "all_shown": int((m == n).sum()),
+            "randomized": int(seqs.column("randomized").to_numpy().sum()) if "randomized" in seqs.column_names else 0}
 
 
 def _add(a: list[float], b: list[float]) -> list[float]:
@@ -132,18 +133,19 @@ def merge_profiles(parts: list[dict]) -> dict:
     m, n = Counter(), Counter()
     clicks: list[float] = []
     shown: list[float] = []
-    all_shown = 0
+    all_shown = randomized = 0
     for p in parts:
         m.update({int(k): v for k, v in p["m"].items()})
         n.update({int(k): v for k, v in p["n"].items()})
         clicks, shown = _add(clicks, p["clicks_by_slot"]), _add(shown, p["shown_by_slot"])
         all_shown += p["all_shown"]
+        randomized += p.get("randomized", 0)
     requests = sum(m.values())
     ctr = [round(c / s, 4) if s else None for c, s in zip(clicks, shown)]
     return {"requests": requests, "m": _dist(m), "n": _dist(n),
             "all_candidates_shown": round(all_shown / requests, 4) if requests else None,
             "clicks_per_request": round(sum(clicks) / requests, 4) if requests else None,
-            "ctr_by_slot": ctr}
+            "ctr_by_slot": ctr, "randomized_requests": randomized}
 
 
 def profile_lines(profile: dict, splits: dict[str, int], quarantined: int) -> list[str]:
@@ -152,7 +154,9 @@ def profile_lines(profile: dict, splits: dict[str, int], quarantined: int) -> li
         return f"min {d['min']}, median {d['p50']}, p99 {d['p99']}, max {d['max']}" if d else "-"
     ctr = ", ".join(f"{c:.3f}" for c in profile["ctr_by_slot"][:10] if c is not None)
     sizes = ", ".join(f"{s} {c:,}" for s, c in splits.items())
-    return [f"{profile['requests']:,} requests ({sizes}), {quarantined:,} quarantined",
+    bucket = profile.get("randomized_requests", 0)
+    return [f"{profile['requests']:,} requests ({sizes}), {quarantined:,} quarantined"
+            + (f", {bucket:,} in a randomisation bucket" if bucket else ""),
             (f"candidates m: {dist(profile['m'])}; shown n: {dist(profile['n'])}; "
              f"all candidates shown in {profile['all_candidates_shown']:.0%} of requests"),
             f"clicks per request {profile['clicks_per_request']}; CTR by slot 1..10: {ctr}"]

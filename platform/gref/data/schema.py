@@ -9,6 +9,9 @@ import pyarrow as pa
 REQUIRED = ("request_id", "user_id", "ts", "item_id", "upstream_rank", "position", "click")
 OPTIONAL_FEEDBACK = ("like", "long_view")
 FEEDBACK = ("click", *OPTIONAL_FEEDBACK)
+# request-level, optional: 1 = the request was in a randomisation bucket (its n shown items a uniformly
+# random order of n of its m candidates), which makes unbiased offline estimates possible (gref.evaluation)
+OPTIONAL_REQUEST = ("randomized",)
 
 
 class SchemaError(ValueError):
@@ -57,9 +60,10 @@ def canonical_schema(schema: pa.Schema, cfg: DatasetConfig) -> dict[str, str]:
         if name not in canonical:
             raise SchemaError(f"required column '{name}' is missing from the logs "
                               f"(columns: {', '.join(schema.names)})")
-    for name in ("upstream_rank", "position", *[f for f in FEEDBACK if f in canonical]):
+    for name in ("upstream_rank", "position", *[f for f in (*FEEDBACK, *OPTIONAL_REQUEST) if f in canonical]):
         typ = schema.field(canonical[name]).type
-        if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_null(typ)):
+        if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_null(typ)
+                or (name in OPTIONAL_REQUEST and pa.types.is_boolean(typ))):
             raise SchemaError(f"column '{name}' must be numeric, got {typ}")
     ts_type = schema.field(canonical["ts"]).type
     if not (pa.types.is_integer(ts_type) or pa.types.is_timestamp(ts_type)):
@@ -69,7 +73,7 @@ def canonical_schema(schema: pa.Schema, cfg: DatasetConfig) -> dict[str, str]:
                                             or pa.types.is_integer(schema.field(raw).type)):
             raise SchemaError(f"column '{name}' must be numeric, got {schema.field(raw).type}")
     return {raw: canon for raw, canon in mapping.items()
-            if canon in REQUIRED or canon in OPTIONAL_FEEDBACK
+            if canon in REQUIRED or canon in OPTIONAL_FEEDBACK or canon in OPTIONAL_REQUEST
             or canon.startswith("num_") or canon.startswith("cat_")}
 
 

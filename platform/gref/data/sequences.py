@@ -11,6 +11,7 @@ Sequence record (one per valid request; lists are per request):
   cat_<name> [m]     raw categorical values per categorical column
   exposure   [n]     indices into the candidates, in display order (position ascending)
   click, like, long_view [n]  feedback per exposed slot (null like/long_view -> 0)
+  randomized         1 = a randomisation-bucket request (only when the logs have the column; null -> 0)
 Quarantine record: request_id, reason, detail, n_rows, raw_rows (the request's rows as JSON).
 """
 
@@ -29,6 +30,7 @@ DAY_MS = 86_400_000
 REASONS = {
     "null_key": "request_id, user_id, ts or item_id is null",
     "inconsistent_request": "user_id or ts differs between rows of one request",
+    "invalid_randomized": "randomized is not 0 or 1, or differs between rows of one request",
     "invalid_upstream_rank": "upstream_rank is null or < 1",
     "duplicate_upstream_rank": "two candidates share an upstream_rank",
     "duplicate_item": "an item_id appears twice among the candidates",
@@ -56,6 +58,11 @@ def _np(table: pa.Table, name: str, fill=None) -> np.ndarray:
     if fill is not None:
         col = pc.fill_null(col, fill)
     return col.to_numpy(zero_copy_only=False)
+
+
+def _randomized(table: pa.Table) -> np.ndarray:
+    """The ``randomized`` column (bool, int or float; null = 0) as float64 per row."""
+    return pc.fill_null(pc.cast(table.column("randomized"), pa.float64()), 0.0).to_numpy(zero_copy_only=False)
 
 
 def _per_group_any(flag: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -105,6 +112,8 @@ def build_sequences(table: pa.Table, num_cols: list[str], cat_cols: list[str],
     flags["null_key"] = null["request_id"] | null["user_id"] | null["ts"] | null["item_id"]
     first = np.repeat(starts, counts)
     flags["inconsistent_request"] = (user_codes != user_codes[first]) | (ts != ts[first])
+    randomized = _randomized(t) if "randomized" in t.column_names else np.zeros(n_rows)
+    flags["invalid_randomized"] = ((randomized != 0) & (randomized != 1)) | (randomized != randomized[first])
     flags["invalid_upstream_rank"] = null["upstream_rank"] | (rank < 1)
     flags["duplicate_upstream_rank"] = _adjacent_dup(g, rank, ~null["upstream_rank"])
     flags["duplicate_item"] = _adjacent_dup(g, item_codes, ~null["item_id"])
@@ -185,6 +194,8 @@ def _sequences(t: pa.Table, ok_row: np.ndarray, g: np.ndarray, num_cols: list[st
     for c in ("click", "like", "long_view"):
         values = _np(v, c, fill=0).astype(np.float32)[exp_rows] if c in fb_cols else np.zeros(len(exp_rows), np.float32)
         cols[c] = lists(pa.array(values), exp_offsets)
+    if "randomized" in v.column_names:
+        cols["randomized"] = pa.array(_randomized(v)[starts].astype(np.int8))
     return pa.table(cols)
 
 

@@ -33,6 +33,7 @@ class RequestBatch:
     candidates: np.ndarray  # [R, m] item ids in upstream order
     exposure: np.ndarray  # [R, n] indices into candidates, in display order
     feedback: dict[str, np.ndarray]  # click/like/long_view: [R, n] int8, per exposed slot
+    randomized: np.ndarray | None = None  # [R] bool: in the randomisation bucket (None: the world has none)
 
 
 def upstream_candidates(world: World, user_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -81,13 +82,27 @@ def simulate_requests(world: World, n_requests: int, first_request_id: int,
     ts = cfg.start_ts_ms + rng.integers(0, cfg.days * DAY_MS, size=n_requests)
     candidates = upstream_candidates(world, user_ids, rng)
     exposure = production_policy(world, user_ids, candidates, rng)
+    randomized = None
+    if cfg.randomized_share > 0:  # (no draws otherwise: a world without the bucket logs as before)
+        randomized, exposure = randomize(exposure, candidates.shape[1], cfg.randomized_share, rng)
     shown = np.take_along_axis(candidates, exposure, axis=1)
     fb = sample_feedback(world, user_ids, shown, rng)
     return RequestBatch(
         request_id=np.arange(first_request_id, first_request_id + n_requests, dtype=np.int64),
         user_id=user_ids.astype(np.int64), ts=ts.astype(np.int64), candidates=candidates,
         exposure=exposure, feedback={k: fb[k] for k in ("click", "like", "long_view")},
+        randomized=randomized,
     )
+
+
+def randomize(exposure: np.ndarray, m: int, share: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The randomisation bucket: each request joins it with probability ``share`` and then shows
+    n of its m candidates in a uniformly random order (every candidate lands on every slot with
+    probability 1/m). exposure [R, n] -> (randomized [R] bool, exposure [R, n])."""
+    R, n = exposure.shape
+    randomized = rng.random(R) < share
+    shuffled = np.argsort(rng.random((R, m)), axis=1)[:, :n]
+    return randomized, np.where(randomized[:, None], shuffled, exposure)
 
 
 def to_log_table(world: World, batch: RequestBatch) -> pa.Table:
@@ -133,6 +148,8 @@ def to_log_table(world: World, batch: RequestBatch) -> pa.Table:
     cols["cat_creator"] = pa.array(world.item_creator[items])
     cols["cat_user_segment"] = pa.array(world.user_segment[users])
     cols["cat_hour"] = pa.array(np.repeat(hour, m))
+    if batch.randomized is not None:
+        cols["randomized"] = pa.array(np.repeat(batch.randomized.astype(np.int8), m))
     return pa.table(cols)
 
 

@@ -41,6 +41,9 @@ class WorldConfig:
     quality_noise: float = 0.5  # std of noise on num_quality vs hidden quality
     upstream_noise: float = 1.5  # std of the upstream ranker's score noise
     policy_noise: float = 0.8  # std of the production (pointwise) policy's score noise
+    # share of requests in a randomisation bucket: n of the m candidates shown in a uniformly random
+    # order instead of production's (logged as ``randomized``: unbiased offline estimates); 0 = none
+    randomized_share: float = 0.0
     # --- hidden user model
     affinity_scale: float = 1.2  # weight of user.item latent match in the click logit
     quality_weight: float = 0.5  # weight of hidden item quality in the click logit
