@@ -10,10 +10,12 @@ candidates with raw features, n = 10) go to:
                 up to ``--batch-wait-ms`` (the app's default) to fill
   serve_nowait  the same app beside it whose batches never wait: a batch is what has queued
                 while the previous one ran (batch_wait_timeout_s = 0)
+  serve_colocated  as serve_nowait, with the Router running the reranker itself (colocate: true):
+                one process hop less
   plain         the same model in one FastAPI + uvicorn process (benchmarks/plain_server.py:
                 same validation, decoding and sqlite record, one request at a time), over loopback
-Levels run interleaved (in_process, serve, serve_nowait, plain, next level) so machine noise hits
-all alike. For the Serve targets ``breakdown_ms`` says where a request's time went, from the app's
+Levels run interleaved (in_process, serve, serve_nowait, serve_colocated, plain, next level) so
+machine noise hits all alike. For the Serve targets ``breakdown_ms`` says where a request's time went, from the app's
 ``Server-Timing`` header (means over the level's requests): parse, arm (the Router's await of the
 reranker) = queue (hop + batch wait) + encode + decode + the hop back, store, total (the Router's
 handling) and proxy_http = the client's latency beyond the Router's total (HTTP proxy, loopback).
@@ -38,6 +40,7 @@ import requests
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+SERVE_TARGETS = ("serve", "serve_nowait", "serve_colocated")
 
 
 def _free_port() -> int:
@@ -161,13 +164,16 @@ def main() -> None:
     init_ray()
     serve_port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-    for name, prefix, wait_ms in (("bench", "/", args.batch_wait_ms), ("bench-nowait", "/nowait", 0.0)):
+    apps = (("bench", "/", args.batch_wait_ms, False), ("bench-nowait", "/nowait", 0.0, False),
+            ("bench-colocated", "/colocated", 0.0, True))
+    for name, prefix, wait_ms, colocate in apps:
         serve.run(build_app({"arms": {"gref": model_dir}, "feedback_db": str(tmp / f"{name}.db"), "replicas": 1,
-                             "reranker_cpus": 0.5, "max_batch_size": args.max_batch_size,
+                             "reranker_cpus": 0.5, "max_batch_size": args.max_batch_size, "colocate": colocate,
                              "batch_wait_timeout_s": wait_ms / 1000}), name=name, route_prefix=prefix)
     targets = {"in_process": in_process_caller(model_dir),
                "serve": http_caller(f"http://127.0.0.1:{serve_port}"),
                "serve_nowait": http_caller(f"http://127.0.0.1:{serve_port}/nowait"),
+               "serve_colocated": http_caller(f"http://127.0.0.1:{serve_port}/colocated"),
                "plain": http_caller(f"http://127.0.0.1:{plain_port}")}
     try:
         _wait(f"http://127.0.0.1:{plain_port}")
@@ -179,12 +185,11 @@ def main() -> None:
             print(f"# concurrency {level}: {results[str(level)]}", file=sys.stderr, flush=True)
     finally:
         plain.terminate()
-        serve.delete("bench")
-        serve.delete("bench-nowait")
+        for name, *_ in apps:
+            serve.delete(name)
     ratios = {level: {f"{t}_vs_plain_throughput": round(r[t]["requests_per_s"] / r["plain"]["requests_per_s"], 2)
-                      for t in ("serve", "serve_nowait")}
-              | {f"{t}_minus_plain_p50_ms": round(r[t]["p50_ms"] - r["plain"]["p50_ms"], 2)
-                 for t in ("serve", "serve_nowait")}
+                      for t in SERVE_TARGETS}
+              | {f"{t}_minus_plain_p50_ms": round(r[t]["p50_ms"] - r["plain"]["p50_ms"], 2) for t in SERVE_TARGETS}
               for level, r in results.items()}
     print(json.dumps({"model": model_dir, "requests_per_level": args.requests, "cpus": os.cpu_count(),
                       "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms,

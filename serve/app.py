@@ -7,6 +7,9 @@
   run (``runs:/...``) or a model directory -- GReF or any baseline of gref.baselines; on the GPU
   when the replica has one; requests are batched with ``@serve.batch`` and decoded (GReF: OMTP
   with KV cache) in one padded batch per list length.
+- ``colocate: true``: the Router runs the arms' ``Reranker`` code itself (batched alike) instead of
+  calling their deployments -- one process hop less per request; the arms then scale with the
+  Router (``routers``), not on their own.
 - ``Router`` (FastAPI ingress): ``POST /rerank``, ``POST /feedback``, ``GET /healthz`` (open),
   ``GET /metrics`` (Prometheus text), ``GET /stats`` (the same counters as JSON). With an API-key
   file (``api_keys``; keys made by ``python -m jobs.apikey``) every endpoint but /healthz needs a
@@ -74,6 +77,7 @@ class ServeConfig:
     router_resources: dict = field(default_factory=dict)  # custom resources, e.g. {gref_head: 0.01} pins the
     #                                                       Router and its sqlite file to the head (cluster.yaml)
     max_batch_size: int = 16  # @serve.batch: requests decoded together
+    colocate: bool = False  # the Router decodes the arms itself: one hop less; arms scale with `routers`
     decode_mode: str = "auto"  # eager | compile | cuda_graphs (gref.model.accel); auto = cuda_graphs on a GPU, else eager
     batch_wait_timeout_s: float = 0.005  # @serve.batch: how long a batch waits to fill
     max_candidates: int = 200  # per request
@@ -238,7 +242,12 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 @serve.deployment(max_ongoing_requests=256)
 @serve.ingress(app)
 class Router:
-    def __init__(self, arms: dict[str, DeploymentHandle], cfg: ServeConfig):
+    def __init__(self, arms: dict[str, DeploymentHandle | str], cfg: ServeConfig):
+        """``arms``: arm -> its Reranker deployment's handle, or (``colocate``) its model URI, loaded here."""
+        if cfg.colocate:  # the Reranker class itself, in this replica: its @serve.batch works in any event loop
+            arms = {arm: Reranker.func_or_class(arm, uri, cfg.tracking_uri, cfg.max_batch_size,
+                                                cfg.batch_wait_timeout_s, cfg.decode_mode, cfg.explore_temperature)
+                    for arm, uri in arms.items()}
         self.arms, self.cfg = arms, cfg
         self.store = ReopeningStore(cfg.feedback_db, busy_timeout_s=cfg.store_timeout_s)
         try:
@@ -282,9 +291,11 @@ class Router:
 
     async def _call(self, arm: str, method: str, *args: Any) -> Any:
         """Call the arm; up to two retries when the replica died under the call (Serve replaces
-        it and the handle routes the retry to a live one)."""
+        it and the handle routes the retry to a live one). Colocated: a plain call."""
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+        if self.cfg.colocate:
+            return await getattr(self.arms[arm], method)(*args)
         for attempt in range(3):
             try:
                 return await getattr(self.arms[arm], method).remote(*args)
@@ -441,6 +452,11 @@ def build_app(args: dict[str, Any] | None = None):
     check_weights(cfg.weights or dict.fromkeys(cfg.arms, 1.0), list(cfg.arms))
     scale = ({"autoscaling_config": cfg.autoscaling} if cfg.autoscaling else {"num_replicas": cfg.replicas})
     gpus = _gpus(cfg.reranker_gpus)
+    if cfg.colocate:  # one deployment: the Router holds every arm's model and the arms' resources
+        return Router.options(num_replicas=cfg.routers, ray_actor_options={
+            "num_cpus": cfg.router_cpus + cfg.reranker_cpus * len(cfg.arms), "num_gpus": gpus,
+            "resources": cfg.router_resources}, user_config={"weights": cfg.weights, "salt": cfg.salt}
+        ).bind(dict(cfg.arms), cfg)
     arms = {arm: Reranker.options(name=f"reranker-{arm}", max_ongoing_requests=max(32, 2 * cfg.max_batch_size),
                                   ray_actor_options={"num_cpus": cfg.reranker_cpus, "num_gpus": gpus}, **scale)
             .bind(arm, uri, cfg.tracking_uri, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.decode_mode,

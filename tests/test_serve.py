@@ -464,3 +464,32 @@ def test_a_locked_store_gets_a_fast_503_and_a_trickling_body_a_408(app, candidat
             answer += chunk
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert time.time() - started < 20  # body_timeout_s = 3
+
+
+def test_a_colocated_router_serves_the_arms_itself(app, registry, candidates, tmp_path):
+    """``colocate: true``: one deployment, the Router decoding the arm in its own process (one hop
+    less), with the same answers, batching, timing header and feedback store."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    args = {"tracking_uri": registry["uri"], "feedback_db": str(tmp_path / "colocated.db"), "colocate": True,
+            "arms": {"gref": "models:/gref-reranker@champion"}, "router_cpus": 0.05, "reranker_cpus": 0.1}
+    serve.run(build_app(args), name="colocated", route_prefix="/colocated",
+              logging_config={"enable_access_log": False})
+    try:
+        assert set(serve.status().applications["colocated"].deployments) == {"Router"}  # no reranker deployment
+        url = f"{app['url']}/colocated"
+        r = requests.post(f"{url}/rerank", json={"user_id": "u-1", "candidates": candidates, "n": 4}, timeout=60)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["arm"] == "gref" and out["model"]["name"] == "models:/gref-reranker@champion"
+        assert len(set(out["items"])) == 4 and set(out["items"]) <= {c["item_id"] for c in candidates}
+        assert "decode;dur=" in r.headers["Server-Timing"]
+        bad = requests.post(f"{url}/rerank", json={"user_id": "u-1", "candidates": candidates, "n": 0}, timeout=60)
+        assert bad.status_code == 422
+        fb = requests.post(f"{url}/feedback", timeout=60, json={
+            "request_id": out["request_id"], "feedback": [{"item_id": out["items"][0], "click": 1}]})
+        assert fb.status_code == 200, fb.text
+    finally:
+        serve.delete("colocated")
