@@ -7,9 +7,9 @@ candidates with raw features, n = 10) go to:
   in_process    parse + encode + decode in this process, no HTTP (the floor)
   serve         the Ray Serve app (serve/app.py: proxy -> router -> reranker with @serve.batch,
                 one arm, served lists recorded in sqlite), over loopback HTTP, its batches waiting
-                up to ``--batch-wait-ms`` (the app's default) to fill
+                up to ``--batch-wait-ms`` to fill (5: the app's default until this benchmark)
   serve_nowait  the same app beside it whose batches never wait: a batch is what has queued
-                while the previous one ran (batch_wait_timeout_s = 0)
+                while the previous one ran (batch_wait_timeout_s = 0, the app's default now)
   serve_colocated  as serve_nowait, with the Router running the reranker itself (colocate: true):
                 one process hop less
   plain         the same model in one FastAPI + uvicorn process (benchmarks/plain_server.py:

@@ -79,7 +79,8 @@ class ServeConfig:
     max_batch_size: int = 16  # @serve.batch: requests decoded together
     colocate: bool = False  # the Router decodes the arms itself: one hop less; arms scale with `routers`
     decode_mode: str = "auto"  # eager | compile | cuda_graphs (gref.model.accel); auto = cuda_graphs on a GPU, else eager
-    batch_wait_timeout_s: float = 0.005  # @serve.batch: how long a batch waits to fill
+    batch_wait_timeout_s: float = 0.0  # @serve.batch: how long a batch waits to fill; 0 = never idle: a batch is
+    #                                    what queued while the previous one ran (benchmarks.serve: 0.005 was slower)
     max_candidates: int = 200  # per request
     max_n: int = 32  # longest list a request may ask for (the model's max_length caps it too)
     max_body_bytes: int = 1_000_000
@@ -132,7 +133,7 @@ class Reranker:
         self.rerank.set_max_batch_size(max_batch_size)
         self.rerank.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def rerank(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each request: {"candidates": [...validated...], "n": int, "explore": bool} -> {"order":
         [candidate indices], "model": the name, version, kind and heads of the weights that ran,
