@@ -7,13 +7,11 @@ TORCH   := torch==2.13.0
 
 .PHONY: demo test venv clean
 
-# --no-compile: Python compiles what it imports on first use; pip would byte-compile every file
-# of torch, ray and mlflow up front (most never imported)
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q --no-compile $(TORCH) $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl)
-	$(BIN)/pip install -q --no-compile -e ".[dev]"
+	$(BIN)/pip install -q $(TORCH) $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl)
+	$(BIN)/pip install -q -e ".[dev]"
 
 venv: $(BIN)/python
 
