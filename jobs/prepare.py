@@ -35,7 +35,7 @@ import pyarrow.dataset as pads
 from ray.data.expressions import col
 
 from gref.cli import log, parser, print_json, resolve_config
-from gref.config import to_dict
+from gref.config import ConfigError, to_dict
 from gref.data.features import FeatureSpec, merge_stats, partial_stats
 from gref.data.pairs import add_pairs
 from gref.data.profile import choose_split, merge_profiles, partial_profile, profile_lines, ts_scale
@@ -151,10 +151,17 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
         num_cols, cat_cols = list(fixed.num_cols), list(fixed.cat_cols)
     log("prepare", f"{len(files)} file(s), {len(num_cols)} numeric and {len(cat_cols)} categorical features")
 
+    from ray.data.context import ShuffleStrategy
+
+    strategies = [s.value for s in ShuffleStrategy]
+    if cfg.shuffle_strategy not in strategies:
+        raise ConfigError(f"shuffle_strategy: '{cfg.shuffle_strategy}' is not one of {', '.join(strategies)}")
+    shuffle = ShuffleStrategy(cfg.shuffle_strategy)
     init_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.default_hash_shuffle_parallelism = cfg.shuffle_partitions
+    ctx.shuffle_strategy = shuffle
     ctx.enable_progress_bars = False  # one line per stage from us instead of Ray's per-operator log
     rows = ray.data.read_parquet(files).select_columns(list(mapping)).map_batches(
         normalize, batch_format="pyarrow", fn_kwargs={"mapping": mapping, "buckets": cfg.buckets,
@@ -254,6 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary = run(args.logs, args.out, cfg)
     except SchemaError as err:
         sys.exit(f"schema error: {err}")
+    except ConfigError as err:
+        sys.exit(f"config error: {err}")
     log("prepare", "done")
     print_json({k: summary[k] for k in ("requests_read", "sequences", "pairs", "quarantined",
                                         "quarantined_by_reason", "seconds")})

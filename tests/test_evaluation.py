@@ -3,6 +3,8 @@ the AUC labels must not be written through padded exposure slots."""
 
 from __future__ import annotations
 
+import math
+
 import pyarrow as pa
 import pytest
 
@@ -35,3 +37,14 @@ def test_exposure_labels_ignore_padded_slots():
     # By hand (ties count half): A0 2, A1 1.5, A2 0.5, B0 2 -> 6 / 8 (B0 used to be labelled unexposed: 0.5)
     out = evaluate_ranker(upstream_ranker, two_requests(), META)
     assert out["auc_exposure"] == pytest.approx(0.75)
+
+
+def test_auc_counts_ties_half_as_a_hand_count():
+    from gref.metrics import auc
+
+    # positives scored 3, 1, 1; negatives 1, 0. Pairs (pos, neg): (3,1) 1, (3,0) 1, (1,1) 0.5 twice,
+    # (1,0) 1 twice -> 5 / 6
+    assert auc([3.0, 1.0, 1.0, 1.0, 0.0], [1, 1, 1, 0, 0]) == pytest.approx(5 / 6)
+    assert auc([1.0, 1.0], [1, 0]) == pytest.approx(0.5)  # one tie group
+    assert auc([0.2, 0.9], [0, 1]) == 1.0 and auc([0.9, 0.2], [0, 1]) == 0.0
+    assert math.isnan(auc([0.5, 0.4], [1, 1]))  # no negative: undefined

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import pytest
 
 from gref.data.features import FeatureSpec
 
@@ -103,6 +104,14 @@ def test_missing_column_fails_fast_naming_it(tmp_path, sim_dir):
     proc = run_prepare(["--logs", str(tmp_path / "logs"), "--out", str(tmp_path / "out")])
     assert proc.returncode != 0
     assert "upstream_rank" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_shuffle_strategy_is_a_config_error(tmp_path, sim_dir):
+    from jobs import prepare
+
+    with pytest.raises(SystemExit, match="config error: shuffle_strategy: 'sorted' is not one of .*sort_shuffle_pull_based"):
+        prepare.main(["--logs", str(sim_dir / "logs"), "--out", str(tmp_path / "out"), "shuffle_strategy=sorted"])
     assert not (tmp_path / "out").exists()
 
 

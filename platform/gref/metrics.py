@@ -20,11 +20,10 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
         return float("nan")
     order = np.argsort(scores, kind="mergesort")
     s = scores[order]
-    ranks = np.empty(len(s), dtype=np.float64)
-    # average ranks over ties
+    # average ranks over ties, vectorised: each tie group [a, b) gets (a + b + 1) / 2
     boundaries = np.r_[0, np.flatnonzero(s[1:] != s[:-1]) + 1, len(s)]
-    for a, b in zip(boundaries[:-1], boundaries[1:]):
-        ranks[a:b] = (a + b + 1) / 2.0
+    group = np.repeat(np.arange(len(boundaries) - 1), np.diff(boundaries))
+    ranks = ((boundaries[:-1] + boundaries[1:] + 1) / 2.0)[group]
     r = np.empty_like(ranks)
     r[order] = ranks
     return float((r[labels].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
