@@ -118,6 +118,26 @@ def test_distill_loss_is_the_nll_of_the_rewards_list():
     assert distill_loss(model, reward, b)["loss"].item() == pytest.approx(expect.item(), abs=1e-6)
 
 
+def test_distill_searches_each_request_once_and_keys_by_horizon():
+    from dataclasses import replace
+
+    model, b = tiny(), batch()
+    reward = FixedReward(torch.randn(4, 6, generator=torch.Generator().manual_seed(3)))
+    searched = []
+    search = reward.search
+    reward.search = lambda bb, n: searched.append((bb.size, n)) or search(bb, n)
+    objective = Distill(reward)
+    fresh = distill_loss(model, FixedReward(reward.values), b)["loss"].item()
+    b = replace(b, request_id=["a", "b", "c", "d"])
+    for _ in range(3):  # three epochs over the same requests: one search
+        assert objective(model, b)["loss"].item() == pytest.approx(fresh, abs=1e-6)
+    assert searched == [(4, 3)]
+    short = replace(b, lengths=torch.full((4,), 2))  # another horizon: searched again, its own list
+    assert objective.target(short).tolist() == search(short, 2).tolist() and searched[-1] == (4, 2)
+    objective(model, replace(b, request_id=None))  # no ids: no cache
+    assert searched[-1] == (4, 3) and len(searched) == 3
+
+
 def test_kl_to_itself_is_zero_and_validation_reports_it():
     model, b = tiny(), batch()
     assert kl_to_reference(model, model, b, heads=2) == pytest.approx(0.0, abs=1e-6)

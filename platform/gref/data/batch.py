@@ -27,6 +27,7 @@ class Batch:
     loser: Tensor | None = None  # [B, N] long (pairs only)
     item_id: Tensor | None = None  # [B, M] long raw item ids, -1 = pad (integer ids only: the oracle's keys)
     user_id: Tensor | None = None  # [B] long raw user ids (integer ids only)
+    request_id: list | None = None  # [B] the requests' ids, any type (the key of per-request caches)
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(**{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()})
@@ -61,6 +62,8 @@ def collate(table: pa.Table, num_features: int, cat_features: int,
             table.schema.field("item_id").type.value_type):
         out.item_id = torch.from_numpy(padded(table.column("item_id"), -1).astype(np.int64))  # [B, M]
         out.user_id = torch.from_numpy(table.column("user_id").to_numpy().astype(np.int64))
+    if "request_id" in table.column_names:
+        out.request_id = table.column("request_id").to_pylist()
     if "winner" in table.column_names:
         out.winner = torch.from_numpy(padded(table.column("winner"), 0).astype(np.int64))
         out.loser = torch.from_numpy(padded(table.column("loser"), 0).astype(np.int64))

@@ -49,12 +49,12 @@ def dpo_loss(policy: nn.Module, reference: nn.Module, loss_fn: RerankDPOLoss, ba
     return loss_fn(lp[0], lp[1], ref[0], ref[1], batch.lengths)
 
 
-def distill_loss(policy: nn.Module, reward: ListReward, batch: Batch, width: int | None = None) -> dict[str, Tensor]:
+def distill_loss(policy: nn.Module, reward: ListReward, batch: Batch, target: Tensor | None = None) -> dict[str, Tensor]:
     """NLL (L_n over the policy's heads) of the reward's best list per request, cut at each
-    request's shown length n_b."""
-    n = int(batch.lengths.max())
-    with torch.no_grad():
-        target = reward.search(batch, n)  # [B, n]
+    request's shown length n_b. ``target`` [B, n]: that list when already known (Distill's cache)."""
+    if target is None:
+        with torch.no_grad():
+            target = reward.search(batch, int(batch.lengths.max()))  # [B, n]
     lengths = torch.minimum(batch.lengths, (target >= 0).sum(1))
     target = target.clamp_min(0)
     logits = policy(batch.num, batch.cat, batch.cand_mask, target[:, None])[:, 0]
@@ -120,11 +120,27 @@ class OnPolicyDPO(LoggedDPO):
 
 
 class Distill(Objective):
+    """The distillation loss. The reward is frozen, so each request's target list is searched once
+    and reused by later epochs and validations: cached by (request id, horizon n) -- a beam search's
+    best list can depend on how far it looks. A batch without request ids is searched every time."""
+
     def __init__(self, reward: ListReward):
         self.reward = reward
+        self.targets: dict[tuple[Any, int], Tensor] = {}  # (request id, n) -> [n] the reward's list
+
+    @torch.no_grad()
+    def target(self, batch: Batch) -> Tensor:
+        """The reward's best list per request, [B, n] (n = the batch's longest shown list)."""
+        n, ids = int(batch.lengths.max()), batch.request_id
+        if ids is None:
+            return self.reward.search(batch, n)
+        if any((r, n) not in self.targets for r in ids):  # a new batch: one search for all of it
+            for r, row in zip(ids, self.reward.search(batch, n).cpu()):
+                self.targets[(r, n)] = row
+        return torch.stack([self.targets[(r, n)] for r in ids]).to(batch.num.device)
 
     def __call__(self, model, batch):
-        return distill_loss(model, self.reward, batch)
+        return distill_loss(model, self.reward, batch, self.target(batch))
 
 
 @torch.no_grad()
@@ -153,7 +169,7 @@ def post_validation(policy: nn.Module, reference: nn.Module, objective: Objectiv
     policy.eval()
     out: dict[str, Any] = {"val_kl": kl_to_reference(policy, reference, sequences, heads)}
     if isinstance(objective, Distill):
-        out["val_distill_nll"] = float(distill_loss(policy, objective.reward, sequences)["loss"])
+        out["val_distill_nll"] = float(objective(policy, sequences)["loss"])
         return out
     if isinstance(objective, OnPolicyDPO):
         gen = torch.Generator(device=sequences.num.device).manual_seed(0)
