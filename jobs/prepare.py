@@ -46,7 +46,7 @@ from gref.data.schema import (
     feature_columns,
 )
 from gref.data.sequences import build_sequences
-from gref.ray_utils import init_ray
+from gref.ray_utils import data_context, init_ray
 
 SPLITS = ("train", "valid", "test")
 
@@ -158,11 +158,10 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
         raise ConfigError(f"shuffle_strategy: '{cfg.shuffle_strategy}' is not one of {', '.join(strategies)}")
     shuffle = ShuffleStrategy(cfg.shuffle_strategy)
     init_ray()
-    ctx = ray.data.DataContext.get_current()
+    ctx = data_context()
     ctx.execution_options.preserve_order = True
     ctx.default_hash_shuffle_parallelism = cfg.shuffle_partitions
     ctx.shuffle_strategy = shuffle
-    ctx.enable_progress_bars = False  # one line per stage from us instead of Ray's per-operator log
     rows = ray.data.read_parquet(files).select_columns(list(mapping)).map_batches(
         normalize, batch_format="pyarrow", fn_kwargs={"mapping": mapping, "buckets": cfg.buckets,
                                                   "item_id_feature": cfg.item_id_feature})

@@ -86,17 +86,21 @@ def fit_features_only(world: World, table, meta: dict, steps: int = 400, batch_s
     on the hidden logit of every candidate of ``table``'s first ``max_requests`` requests -- the
     limit of what infinitely many logs could teach a model of these features. At least ``steps``
     Adam steps (whole epochs), however small the table."""
-    from gref.data.batch import collate, iter_tables
+    from gref.data.batch import collate
 
     torch.manual_seed(seed)
     model = form_attractiveness(meta["num_cols"], meta["cat_cols"], meta["cat_sizes"])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     table = table.slice(0, min(max_requests, table.num_rows))
-    for epoch in range(-(-steps // -(-table.num_rows // batch_size))):
-        for part in iter_tables(table, batch_size, shuffle=True, seed=seed + epoch):
-            b = collate(part, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"])
-            truth = oracle_effects(world, b.user_id.numpy(), b.item_id.numpy()).logit
-            loss = ((model(b.num, b.cat, b.cand_mask) - truth) ** 2)[b.cand_mask].mean()
+    # collated and labelled once: every epoch is a permutation of the same rows (re-collating
+    # each batch of each epoch was most of the fit's time)
+    b = collate(table, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"])
+    truth = oracle_effects(world, b.user_id.numpy(), b.item_id.numpy()).logit
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(-(-steps // -(-table.num_rows // batch_size))):
+        for idx in torch.randperm(table.num_rows, generator=order).split(batch_size):
+            mask = b.cand_mask[idx]
+            loss = ((model(b.num[idx], b.cat[idx], mask) - truth[idx]) ** 2)[mask].mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
