@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+from ray.data.context import ShuffleStrategy
 from ray.data.expressions import col
 
 from gref.cli import log, parser, print_json, resolve_config
@@ -151,12 +152,11 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
         num_cols, cat_cols = list(fixed.num_cols), list(fixed.cat_cols)
     log("prepare", f"{len(files)} file(s), {len(num_cols)} numeric and {len(cat_cols)} categorical features")
 
-    from ray.data.context import ShuffleStrategy
-
-    strategies = [s.value for s in ShuffleStrategy]
-    if cfg.shuffle_strategy not in strategies:
-        raise ConfigError(f"shuffle_strategy: '{cfg.shuffle_strategy}' is not one of {', '.join(strategies)}")
-    shuffle = ShuffleStrategy(cfg.shuffle_strategy)
+    try:
+        shuffle = ShuffleStrategy(cfg.shuffle_strategy)
+    except ValueError:
+        raise ConfigError(f"shuffle_strategy: '{cfg.shuffle_strategy}' is not one of "
+                          f"{', '.join(s.value for s in ShuffleStrategy)}") from None
     init_ray()
     ctx = data_context()
     ctx.execution_options.preserve_order = True
