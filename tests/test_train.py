@@ -287,6 +287,30 @@ def test_rerunning_a_finished_job_trains_and_registers_nothing(ray_cluster, prep
     assert len(client.search_runs([client.get_experiment_by_name("gref").experiment_id])) == 1
 
 
+def test_the_sigterm_handler_is_not_swallowed_by_library_code():
+    """The driver's SIGTERM handler raises where the main thread is; Ray Data's iteration stats once
+    caught it with ``except Exception`` and training ran on to its last epoch (exit 0, FINISHED)."""
+    import os
+    import signal
+    import time
+
+    from gref.train.runner import _raise_stopped
+
+    def library_call():  # what Ray's stats update does around its remote call
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs here, in this frame
+        except Exception:
+            return "swallowed"
+
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        with pytest.raises(BaseException, match="signal 15"):
+            library_call()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_terminated_driver_ends_its_mlflow_run_as_killed(ray_cluster, prep_dir, sim_dir, tmp_path, mlflow_uri):
     import os
     import signal

@@ -74,8 +74,10 @@ def _best_entry(history: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     return max(history, key=lambda h: sign * h.get(metric, -sign * float("inf")))
 
 
-class _Stopped(Exception):
-    """SIGTERM reached the driver."""
+class _Stopped(BaseException):
+    """SIGTERM reached the driver. A BaseException, like KeyboardInterrupt: the handler raises it
+    wherever the main thread happens to be, and library code there may catch ``Exception`` --
+    Ray Data's iteration stats did, logging "signal 15" and training on to the last epoch."""
 
 
 def _raise_stopped(signum, frame):
