@@ -30,18 +30,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
              log_to_driver=True, _temp_dir=temp_dir)
 
 
-def data_context():
+def data_context(whole_split_reads: bool = False):
     """This process's Ray Data context, set up the same way by every job that builds a dataset.
 
-    Parquet is read through Ray Data's first datasource (``use_datasource_v2=False``): 2.60's
+    ``whole_split_reads``: read Parquet through Ray Data's first datasource
+    (``use_datasource_v2=False``), for a Train run's split, read whole and materialised: 2.60's
     default V2 reader lists the files in a separate task before reading them, a fixed ~1-2 s per
     read on 2 cores (medians, a train split of 2,338 requests: V2 2.25 s, V1 0.29 s; of 31,486:
-    2.61 s, 1.50 s; benchmarks/results/read-parquet-cpu.json), paid by every Train run's dataset. The context is captured when a
-    dataset is created, so it must be set in the process that calls ``read_parquet``.
+    2.61 s, 1.50 s; benchmarks/results/read-parquet-cpu.json). Not for jobs.prepare's scan of the
+    raw logs: there V1 made the whole job ~3x slower (100k requests, side by side: 62 / 60 s
+    against V2's 23 / 20 s). The context is captured when a dataset is created, so it must be set
+    in the process that calls ``read_parquet``.
     """
     import ray
 
     ctx = ray.data.DataContext.get_current()
-    ctx.use_datasource_v2 = False
+    ctx.use_datasource_v2 = not whole_split_reads
     ctx.enable_progress_bars = False  # one line per stage from the jobs instead of Ray's per-operator log
     return ctx

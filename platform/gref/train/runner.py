@@ -137,7 +137,7 @@ def run_training(stage: str, cfg: Any, init: torch.nn.Module | None = None,
         use_gpu = _use_gpu(cfg.scaling.use_gpu)
         workers = cfg.scaling.num_workers
         resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
-        data_context()
+        data_context(whole_split_reads=True)
         train_ds = ray.data.read_parquet(str(train_split(stage, cfg)), num_cpus=cfg.scaling.read_cpus)
         if cfg.scaling.materialize:  # epochs then read the object store, not Parquet (README: benchmarks)
             train_ds = train_ds.materialize()
