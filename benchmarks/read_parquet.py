@@ -42,8 +42,9 @@ def prepared_train_split(requests: int, workdir: Path) -> Path:
 def timed_read(path: Path, v2: bool) -> tuple[float, object]:
     import ray
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.use_datasource_v2 = v2
+    from gref.ray_utils import data_context
+
+    data_context(whole_split_reads=not v2)
     start = time.perf_counter()
     ds = ray.data.read_parquet(str(path), num_cpus=0.1).materialize()  # as gref.train.runner reads
     return time.perf_counter() - start, ds
@@ -63,7 +64,6 @@ def main() -> None:
     workdir = Path(args.workdir)
     splits = {int(n): prepared_train_split(int(n), workdir) for n in args.requests.split(",")}
     init_ray(num_cpus=os.cpu_count(), include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     results = {}
     for n, path in splits.items():
         rows = {}

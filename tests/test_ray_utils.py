@@ -50,9 +50,12 @@ def test_the_jobs_parquet_reader_returns_every_row_as_written(ray_cluster, prep_
     from gref.ray_utils import data_context
 
     assert data_context().use_datasource_v2  # jobs.prepare's
-    assert data_context(whole_split_reads=True) is ray.data.DataContext.get_current()
-    assert not ray.data.DataContext.get_current().use_datasource_v2
-    split = prep_dir / "sequences" / "train"
-    read = ray.data.read_parquet(str(split)).materialize().to_arrow_refs()
+    try:
+        assert data_context(whole_split_reads=True) is ray.data.DataContext.get_current()
+        assert not ray.data.DataContext.get_current().use_datasource_v2
+        split = prep_dir / "sequences" / "train"
+        read = ray.data.read_parquet(str(split)).materialize().to_arrow_refs()
+    finally:
+        data_context()  # the session's later datasets see the default reader again
     got = pa.concat_tables(ray.get(read)).sort_by("request_id")
     assert got.equals(pads.dataset(str(split)).to_table().sort_by("request_id"))
