@@ -1,16 +1,24 @@
-"""Throughput of jobs.prepare on Ray Data vs a plain single-process pyarrow/pandas version of
-the same transform, on the same simulated logs, in one run (prints JSON).
+"""Throughput and peak memory of jobs.prepare on Ray Data vs a plain single-process
+pyarrow/pandas version of the same transform, on the same simulated logs, in one run (prints JSON).
 
-    python -m benchmarks.prepare [--requests 100000] [--workdir /tmp/gref-bench-prepare]
-        [--shuffle sort_shuffle_pull_based,shuffle_v2]
+    python -m benchmarks.prepare [--requests 100000] [--logs DIR] [--workdir /tmp/gref-bench-prepare]
+        [--shuffle sort_shuffle_pull_based,shuffle_v2] [--plain-memory-gb 20] [--object-store-gb G]
 
-``--shuffle``: the Ray Data groupby strategies to run side by side (DatasetConfig.shuffle_strategy;
-the first is the default); every one must prepare exactly the plain version's requests.
+``--logs``: simulated logs already written (``jobs.simulate --requests N``), else the benchmark
+simulates ``--requests`` of them first. ``--shuffle``: the Ray Data groupby strategies to run
+side by side (DatasetConfig.shuffle_strategy; the first is the default); every one must prepare
+exactly the plain version's requests.
 
 Both call the same library functions (gref.data: build_sequences, FeatureSpec, add_pairs);
 they differ only in who runs them: Ray Data (hash-bucket groupby across CPU workers, streamed,
-written as Parquet) or one Python process holding the whole table in memory. Ray's figure
-excludes ray.init (reported separately); both include reading and writing Parquet.
+written as Parquet) or one Python process holding the whole table in memory. The plain version
+runs in a child process capped at ``--plain-memory-gb`` of address space (RLIMIT_AS), so on
+logs too large for memory it fails with a MemoryError (recorded, with its last line) instead
+of taking the machine down. Peak memory: the plain child's maximum RSS; for Ray, the peak over
+the run of the summed PSS of the driver and every process it started (raylet, object store,
+workers; shared pages counted once), sampled every 0.5 s, and of the machine's used memory
+(total - available) above its level before the run. Ray's time excludes ray.init (reported
+separately); both include reading and writing Parquet.
 """
 
 from __future__ import annotations
@@ -18,13 +26,63 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+GB = 1024 ** 3
+
+
+class PeakMemory:
+    """Samples the summed PSS of a process and its descendants, and the machine's used memory."""
+
+    def __init__(self, pid: int, interval_s: float = 0.5):
+        self.root, self.interval_s = psutil.Process(pid), interval_s
+        self.peak_pss = self.peak_used = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def used() -> int:
+        vm = psutil.virtual_memory()
+        return vm.total - vm.available
+
+    def tree_pss(self) -> int:
+        total = 0
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                total += proc.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_pss = max(self.peak_pss, self.tree_pss())
+            self.peak_used = max(self.peak_used, self.used())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "PeakMemory":
+        self.baseline_pss, self.baseline_used = self.tree_pss(), self.used()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        return {"peak_pss_gb": round(self.peak_pss / GB, 2), "pss_before_gb": round(self.baseline_pss / GB, 2),
+                "peak_machine_used_above_before_gb": round((self.peak_used - self.baseline_used) / GB, 2)}
 
 
 def plain_prepare(logs: Path, out: Path) -> dict:
@@ -53,47 +111,103 @@ def plain_prepare(logs: Path, out: Path) -> dict:
     return {"sequences": seqs.num_rows, "quarantined": quarantine.num_rows}
 
 
+def run_plain(logs: Path, out: Path, memory_gb: float) -> dict:
+    """plain_prepare in a child process capped at ``memory_gb`` of address space."""
+    def cap() -> None:
+        limit = int(memory_gb * GB)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    t0 = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "benchmarks.prepare", "--plain-child", str(logs), str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=cap)
+    with PeakMemory(child.pid) as memory:
+        stdout, stderr = child.communicate()
+    seconds = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the largest child so far: this one (run first)
+    result = {"seconds": round(seconds, 2), "peak_rss_gb": round(usage.ru_maxrss * 1024 / GB, 2),
+              "memory_cap_gb": memory_gb} | memory.summary()
+    if child.returncode != 0:
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        return result | {"ok": False, "returncode": child.returncode, "error": lines[-1] if lines else ""}
+    return result | {"ok": True} | json.loads(stdout.strip().splitlines()[-1])
+
+
+def spilled() -> list[str]:
+    """Ray's object-spilling lines for the session (what did not fit in the object store)."""
+    from ray._private.internal_api import memory_summary
+
+    return [line.strip() for line in memory_summary(stats_only=True).splitlines()
+            if "Spilled" in line or "Restored" in line]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--requests", type=int, default=100_000)
+    p.add_argument("--requests", type=int, default=100_000, help="requests to simulate (the number in --logs)")
+    p.add_argument("--logs", help="simulated raw logs to prepare instead of simulating new ones")
     p.add_argument("--workdir", default="/tmp/gref-bench-prepare")
     p.add_argument("--shuffle", default="sort_shuffle_pull_based,shuffle_v2",
                    help="comma-separated Ray Data shuffle strategies to measure")
+    p.add_argument("--plain-memory-gb", type=float, default=round(psutil.virtual_memory().total / GB * 0.85, 1),
+                   help="address-space cap of the plain child process (default 85%% of RAM)")
+    p.add_argument("--object-store-gb", type=float, help="Ray's object store size (default: Ray's, 30%% of RAM)")
+    p.add_argument("--plain-child", nargs=2, metavar=("LOGS", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.plain_child:
+        print(json.dumps(plain_prepare(Path(args.plain_child[0]), Path(args.plain_child[1]))))
+        return
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
-    from jobs import prepare, simulate
+    work.mkdir(parents=True)
+    if args.logs:
+        logs = Path(args.logs)
+    else:
+        from jobs import simulate
 
-    simulate.main(["--requests", str(args.requests), "--out", str(work / "sim"), "--chunk", "25000"])
-    logs = work / "sim" / "logs"
+        simulate.main(["--requests", str(args.requests), "--out", str(work / "sim"), "--chunk", "25000"])
+        logs = work / "sim" / "logs"
+    requests = args.requests
+    log_bytes = sum(f.stat().st_size for f in logs.rglob("*.parquet"))
 
-    t0 = time.perf_counter()
-    plain = plain_prepare(logs, work / "plain")
-    plain_s = time.perf_counter() - t0
+    plain = run_plain(logs, work / "plain", args.plain_memory_gb)
+    shutil.rmtree(work / "plain", ignore_errors=True)
+    if plain["ok"]:
+        plain["requests_per_s"] = round(requests / plain["seconds"])
 
     import ray
 
     from gref.data.schema import DatasetConfig
     from gref.ray_utils import init_ray
+    from jobs import prepare
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     t0 = time.perf_counter()
-    init_ray()
+    init_ray(object_store_memory=int(args.object_store_gb * GB) if args.object_store_gb else None)
     init_s = time.perf_counter() - t0
     ray_data = {}
     for strategy in args.shuffle.split(","):
+        out = work / f"ray-{strategy}"
         t0 = time.perf_counter()
-        summary = prepare.run(str(logs), str(work / f"ray-{strategy}"), DatasetConfig(shuffle_strategy=strategy))
+        with PeakMemory(os.getpid()) as memory:
+            summary = prepare.run(str(logs), str(out), DatasetConfig(shuffle_strategy=strategy))
         seconds = time.perf_counter() - t0
-        assert sum(summary["sequences"].values()) == plain["sequences"], f"{strategy}: the two implementations disagree"
-        assert summary["quarantined"] == plain["quarantined"]
-        ray_data[strategy] = {"seconds": round(seconds, 2), "requests_per_s": round(args.requests / seconds),
-                              "over_plain": round(plain_s / seconds, 2)}
+        assert summary["requests_read"] == requests, f"{strategy}: read {summary['requests_read']} requests"
+        if plain["ok"]:
+            assert sum(summary["sequences"].values()) == plain["sequences"], f"{strategy}: the two disagree"
+            assert summary["quarantined"] == plain["quarantined"]
+        ray_data[strategy] = {"seconds": round(seconds, 2), "requests_per_s": round(requests / seconds),
+                              "over_plain": round(plain["seconds"] / seconds, 2) if plain["ok"] else None,
+                              "stage_seconds": summary["stage_seconds"], "sequences": summary["sequences"],
+                              "quarantined": summary["quarantined"]} | memory.summary()
+        shutil.rmtree(out, ignore_errors=True)
     print(json.dumps({
-        "requests": args.requests, "rows": args.requests * 30, "cpus": ray.cluster_resources().get("CPU"),
-        "plain_single_process": {"seconds": round(plain_s, 2), "requests_per_s": round(args.requests / plain_s)},
+        "requests": requests, "log_rows": pads.dataset(str(logs), format="parquet").count_rows(),
+        "log_parquet_gb": round(log_bytes / GB, 2), "cpus": ray.cluster_resources().get("CPU"),
+        "machine_memory_gb": round(psutil.virtual_memory().total / GB, 1),
+        "object_store_gb": round(ray.cluster_resources().get("object_store_memory", 0) / GB, 2),
+        "plain_single_process": plain,
         "ray_init_seconds": round(init_s, 2),
         "ray_data": ray_data,
+        "ray_spilling": spilled(),
     }, indent=2))
 
 

@@ -171,7 +171,8 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
     ).materialize()
     meta = grouped.select_columns(["rows", "ts"]).to_pandas()
     rows_read = int(meta["rows"].sum())
-    log("prepare", f"grouped {rows_read:,} rows into requests ({time.time() - start:.1f}s)")
+    stage_end = {"group": time.time()}
+    log("prepare", f"grouped {rows_read:,} rows into requests ({stage_end['group'] - start:.1f}s)")
     request_ts = np.concatenate([np.asarray(t, dtype=np.int64) for t in meta["ts"]])
     if not len(request_ts):
         raise SchemaError("every request was quarantined: nothing to train on "
@@ -194,6 +195,7 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
     spec = fixed or FeatureSpec.fit(merge_stats([_stats_from_json(r["stats"]) for r in parts]), num_cols, cat_cols,
                                     cfg.min_category_count)
     encoded = sequences.map_batches(spec.encode, batch_format="pyarrow").materialize()
+    stage_end["stats_encode"] = time.time()
     log("prepare", f"features {'of ' + cfg.features if fixed else 'fitted on train'} and encoded "
                    f"({time.time() - start:.1f}s)")
 
@@ -209,6 +211,7 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
                 "alpha": cfg.alpha, "gamma": cfg.gamma, "weights": cfg.feedback_weights,
             }).write_parquet(str(out_dir / "pairs" / split))
     quarantine.write_parquet(str(out_dir / "quarantine"))
+    stage_end["write"] = time.time()
 
     reasons = Counter()
     if count_rows(out_dir / "quarantine"):
@@ -230,6 +233,8 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
         "features": {"num": num_cols, "cat": cat_cols, "cat_sizes": spec.cat_sizes},
         "config": to_dict(cfg),
         "seconds": round(time.time() - start, 2),
+        "stage_seconds": {stage: round(end - begin, 2) for (stage, end), begin
+                          in zip(stage_end.items(), [start, *stage_end.values()])},
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     for line in profile_lines(profile, seq_counts, summary["quarantined"]):
