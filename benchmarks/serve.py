@@ -1,6 +1,6 @@
 """Serving throughput and latency, side by side in one run (prints JSON).
 
-    python -m benchmarks.serve [--model DIR] [--world DIR] [--levels 1,4,16] [--requests 300]
+    python -m benchmarks.serve [--model DIR] [--world DIR] [--levels 1,4,16] [--requests 300] [--direct-ingress]
 
 For each concurrency level (clients in flight), the same simulated rerank requests (30
 candidates with raw features, n = 10) go to:
@@ -12,6 +12,10 @@ candidates with raw features, n = 10) go to:
                 while the previous one ran (batch_wait_timeout_s = 0, the app's default now)
   serve_colocated  as serve_nowait, with the Router running the reranker itself (colocate: true):
                 one process hop less
+  *_direct      with ``--direct-ingress``: Ray runs in Serve's high-throughput mode
+                (RAY_SERVE_THROUGHPUT_OPTIMIZED=1, Ray >= 2.55: direct ingress, gRPC between
+                deployments), and serve_nowait / serve_colocated are also measured at their Router
+                replica's own port (serve.app.direct_urls), skipping the HTTP proxy
   plain         the same model in one FastAPI + uvicorn process (benchmarks/plain_server.py:
                 same validation, decoding and sqlite record, one request at a time), over loopback
 Levels run interleaved (in_process, serve, serve_nowait, serve_colocated, plain, next level) so
@@ -40,7 +44,6 @@ import requests
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SERVE_TARGETS = ("serve", "serve_nowait", "serve_colocated")
 
 
 def _free_port() -> int:
@@ -141,6 +144,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=300, help="requests per level and target")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="the serve target's batch_wait_timeout_s, in ms")
+    p.add_argument("--direct-ingress", action="store_true",
+                   help="run Serve in its high-throughput mode and add the *_direct targets")
     args = p.parse_args()
     model_dir = args.model or json.loads((REPO / "runs/pipeline/summary.json").read_text())["dpo"]["model_dir"]
     torch.set_num_threads(1)
@@ -158,9 +163,11 @@ def main() -> None:
     from ray import serve
 
     from gref.ray_utils import init_ray
-    from serve.app import build_app
+    from serve.app import build_app, direct_urls
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if args.direct_ingress:  # read by Serve's controller and replicas: set before Ray starts them
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     init_ray()
     serve_port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
@@ -175,6 +182,10 @@ def main() -> None:
                "serve_nowait": http_caller(f"http://127.0.0.1:{serve_port}/nowait"),
                "serve_colocated": http_caller(f"http://127.0.0.1:{serve_port}/colocated"),
                "plain": http_caller(f"http://127.0.0.1:{plain_port}")}
+    if args.direct_ingress:
+        for name, target in (("bench-nowait", "serve_nowait_direct"), ("bench-colocated", "serve_colocated_direct")):
+            (url,) = direct_urls(name, host="127.0.0.1")  # one replica each
+            targets[target] = http_caller(url)
     try:
         _wait(f"http://127.0.0.1:{plain_port}")
         for call in targets.values():  # warm-up: model load, connections, first batches
@@ -187,12 +198,14 @@ def main() -> None:
         plain.terminate()
         for name, *_ in apps:
             serve.delete(name)
+    served = [t for t in targets if t.startswith("serve")]
     ratios = {level: {f"{t}_vs_plain_throughput": round(r[t]["requests_per_s"] / r["plain"]["requests_per_s"], 2)
-                      for t in SERVE_TARGETS}
-              | {f"{t}_minus_plain_p50_ms": round(r[t]["p50_ms"] - r["plain"]["p50_ms"], 2) for t in SERVE_TARGETS}
+                      for t in served}
+              | {f"{t}_minus_plain_p50_ms": round(r[t]["p50_ms"] - r["plain"]["p50_ms"], 2) for t in served}
               for level, r in results.items()}
     print(json.dumps({"model": model_dir, "requests_per_level": args.requests, "cpus": os.cpu_count(),
                       "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms,
+                      "serve_throughput_optimized": args.direct_ingress,
                       "results": results, "ratios": ratios}, indent=2))
 
 

@@ -493,3 +493,37 @@ def test_a_colocated_router_serves_the_arms_itself(app, registry, candidates, tm
         assert fb.status_code == 200, fb.text
     finally:
         serve.delete("colocated")
+
+
+def test_serves_through_direct_ingress_and_the_proxy(registry, candidates, tmp_path):
+    """Serve's high-throughput mode (a Ray cluster of its own, in a child process: the mode is
+    read when Ray starts): ``direct_urls`` finds the Router replica's own port, and through it
+    the same answers as through the HTTP proxy -- the same sticky arm per user, a 4xx with its
+    message on a bad body, feedback accepted, every list stored."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gref.serving.feedback import FeedbackStore
+
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.run(
+        [sys.executable, str(repo / "tests/serve_direct_child.py"), str(registry["root"] / "gref"),
+         str(tmp_path / "direct.db"), json.dumps(candidates), str(_free_port())],
+        capture_output=True, text=True, timeout=300, cwd=repo,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))})
+    assert child.returncode == 0, child.stderr[-3000:]
+    seen = json.loads(child.stdout.strip().splitlines()[-1])
+    (url,) = seen["urls"]
+    assert url.startswith("http://127.0.0.1:") and int(url.rsplit(":", 1)[1]) >= 30000  # Serve's replica ports
+    for via in ("direct", "proxy"):
+        got = seen[via]
+        assert got["status"] == [200] * 6, via
+        assert all(len(set(items)) == 4 and set(items) <= {c["item_id"] for c in candidates} for items in got["items"])
+        assert got["bad"][0] == 422 and "n" in got["bad"][1]
+        assert got["feedback"] == 200 and "decode;dur=" in got["timing"]
+    assert seen["direct"]["arms"] == seen["proxy"]["arms"] and set(seen["direct"]["arms"]) <= {"a", "b"}
+    assert seen["direct"]["items"] == seen["proxy"]["items"]  # same model, same candidates: same lists
+    counts = FeedbackStore(tmp_path / "direct.db").counts()
+    assert counts["served"] == 12 and counts["lists_with_feedback"] == 2
