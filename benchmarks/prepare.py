@@ -2,16 +2,16 @@
 pyarrow/pandas version of the same transform, on the same simulated logs, in one run (prints JSON).
 
     python -m benchmarks.prepare [--requests 100000] [--logs DIR] [--workdir /tmp/gref-bench-prepare]
-        [--shuffle sort_shuffle_pull_based,shuffle_v2] [--plain-memory-gb 20] [--object-store-gb G]
+        [--slice-mb 1024] [--plain-memory-gb 20] [--object-store-gb G]
 
 ``--logs``: simulated logs already written (``jobs.simulate --requests N``), else the benchmark
-simulates ``--requests`` of them first. ``--shuffle``: the Ray Data groupby strategies to run
-side by side (DatasetConfig.shuffle_strategy; the first is the default); every one must prepare
-exactly the plain version's requests.
+simulates ``--requests`` of them first. ``--slice-mb``: DatasetConfig.slice_mb, comma-separated
+values run side by side; every one must prepare exactly the plain version's requests.
 
 Both call the same library functions (gref.data: build_sequences, FeatureSpec, add_pairs);
-they differ only in who runs them: Ray Data (hash-bucket groupby across CPU workers, streamed,
-written as Parquet) or one Python process holding the whole table in memory. The plain version
+they differ only in who runs them: Ray Data (rows partitioned on disk into hash slices of
+requests, a task per slice, statistics and encoding streamed) or one Python process holding the
+whole table in memory. The plain version
 runs in a child process capped at ``--plain-memory-gb`` of address space (RLIMIT_AS), so on
 logs too large for memory it fails with a MemoryError (recorded, with its last line) instead
 of taking the machine down. Peak memory: the plain child's maximum RSS; for Ray, the peak over
@@ -38,6 +38,8 @@ import psutil
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+from gref.data.schema import DatasetConfig
 
 GB = 1024 ** 3
 
@@ -89,7 +91,7 @@ def plain_prepare(logs: Path, out: Path) -> dict:
     """The reference: everything in one process."""
     from gref.data.features import FeatureSpec, partial_stats
     from gref.data.pairs import add_pairs
-    from gref.data.schema import DatasetConfig, canonical_schema, feature_columns
+    from gref.data.schema import canonical_schema, feature_columns
     from gref.data.sequences import build_sequences, split_boundaries
 
     cfg = DatasetConfig()
@@ -145,8 +147,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=100_000, help="requests to simulate (the number in --logs)")
     p.add_argument("--logs", help="simulated raw logs to prepare instead of simulating new ones")
     p.add_argument("--workdir", default="/tmp/gref-bench-prepare")
-    p.add_argument("--shuffle", default="sort_shuffle_pull_based,shuffle_v2",
-                   help="comma-separated Ray Data shuffle strategies to measure")
+    p.add_argument("--slice-mb", default=str(DatasetConfig().slice_mb),
+                   help="comma-separated DatasetConfig.slice_mb values to measure")
     p.add_argument("--plain-memory-gb", type=float, default=round(psutil.virtual_memory().total / GB * 0.85, 1),
                    help="address-space cap of the plain child process (default 85%% of RAM)")
     p.add_argument("--object-store-gb", type=float, help="Ray's object store size (default: Ray's, 30%% of RAM)")
@@ -175,7 +177,6 @@ def main() -> None:
 
     import ray
 
-    from gref.data.schema import DatasetConfig
     from gref.ray_utils import init_ray
     from jobs import prepare
 
@@ -184,17 +185,17 @@ def main() -> None:
     init_ray(object_store_memory=int(args.object_store_gb * GB) if args.object_store_gb else None)
     init_s = time.perf_counter() - t0
     ray_data = {}
-    for strategy in args.shuffle.split(","):
-        out = work / f"ray-{strategy}"
+    for slice_mb in (int(x) for x in args.slice_mb.split(",")):
+        out = work / f"ray-{slice_mb}"
         t0 = time.perf_counter()
         with PeakMemory(os.getpid()) as memory:
-            summary = prepare.run(str(logs), str(out), DatasetConfig(shuffle_strategy=strategy))
+            summary = prepare.run(str(logs), str(out), DatasetConfig(slice_mb=slice_mb))
         seconds = time.perf_counter() - t0
-        assert summary["requests_read"] == requests, f"{strategy}: read {summary['requests_read']} requests"
+        assert summary["requests_read"] == requests, f"slice_mb={slice_mb}: read {summary['requests_read']} requests"
         if plain["ok"]:
-            assert sum(summary["sequences"].values()) == plain["sequences"], f"{strategy}: the two disagree"
+            assert sum(summary["sequences"].values()) == plain["sequences"], f"slice_mb={slice_mb}: the two disagree"
             assert summary["quarantined"] == plain["quarantined"]
-        ray_data[strategy] = {"seconds": round(seconds, 2), "requests_per_s": round(requests / seconds),
+        ray_data[f"slice_mb={slice_mb}"] = {"slices": summary["slices"], "seconds": round(seconds, 2), "requests_per_s": round(requests / seconds),
                               "over_plain": round(plain["seconds"] / seconds, 2) if plain["ok"] else None,
                               "stage_seconds": summary["stage_seconds"], "sequences": summary["sequences"],
                               "quarantined": summary["quarantined"]} | memory.summary()

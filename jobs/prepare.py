@@ -13,6 +13,12 @@ writes:
   OUT/summary.json                   counts (requests read = sequences + quarantined), the split
                                      and the data profile (m, n, CTR by slot)
 
+Memory stays bounded whatever the logs' size: Ray Data first writes the rows hash-partitioned
+by request into slices of about ``slice_mb`` each (one streaming pass, OUT/_staging), then one
+task per slice groups its requests in memory (the same ``build_sequences`` as a single process
+would run), and the feature statistics, encoding and the per-split writes stream from the
+staged sequences. Logs that fit one slice skip the partitioning pass.
+
 Real logs: timestamps in seconds are detected and scaled (ts_unit), too few calendar days for
 the day split switch to a split by time quantiles (split), a split that would be empty stops
 here naming the option, and the longest list sets the model's length (summary profile).
@@ -32,7 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-from ray.data.context import ShuffleStrategy
+import pyarrow.parquet as pq
 from ray.data.expressions import col
 
 from gref.cli import log, parser, print_json, resolve_config
@@ -50,6 +56,8 @@ from gref.data.sequences import build_sequences
 from gref.ray_utils import data_context, init_ray
 
 SPLITS = ("train", "valid", "test")
+STAGED_ROW_GROUP = 20_000  # requests per row group of the staged sequences: the unit Ray Data reads in parallel
+SLICE_MEMORY = 4  # a slice task's peak memory / its raw rows' size (Arrow + the grouping's copies)
 
 
 def find_log_files(logs: str | Path) -> list[str]:
@@ -60,9 +68,9 @@ def find_log_files(logs: str | Path) -> list[str]:
     return files
 
 
-def normalize(batch: pa.Table, mapping: dict[str, str], buckets: int, item_id_feature: bool) -> pa.Table:
-    """Rename to canonical names, make ts int64 ms, add the ``_bucket`` groupby key (and the
-    item id as a categorical feature when asked)."""
+def normalize(batch: pa.Table, mapping: dict[str, str], slices: int, item_id_feature: bool) -> pa.Table:
+    """Rename to canonical names, make ts int64 ms, add the ``_slice`` of each row's request (a
+    hash of request_id; and the item id as a categorical feature when asked)."""
     batch = batch.select(list(mapping)).rename_columns([mapping[c] for c in mapping])
     if item_id_feature:
         batch = batch.append_column("cat_item_id", batch.column("item_id"))
@@ -71,35 +79,49 @@ def normalize(batch: pa.Table, mapping: dict[str, str], buckets: int, item_id_fe
         ts = pc.cast(pc.cast(ts, pa.timestamp("ms", tz=ts.type.tz)), pa.int64())
         batch = batch.set_column(batch.schema.get_field_index("ts"), "ts", ts)
     keys = batch.column("request_id").to_pandas()
-    bucket = pd.util.hash_array(keys.astype(str).to_numpy() if keys.dtype == object else keys.to_numpy()) % buckets
-    return batch.append_column("_bucket", pa.array(bucket.astype(np.int64)))
+    hashed = pd.util.hash_array(keys.astype(str).to_numpy() if keys.dtype == object else keys.to_numpy())
+    return batch.append_column("_slice", pa.array((hashed % slices).astype(np.int64)))
 
 
-def _to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+def raw_bytes(files: list[str], columns: list[str]) -> int:
+    """The size of ``columns`` of the Parquet files once read into Arrow, from their footers:
+    rows x the type's width for fixed-width columns, the Parquet size (encoded, uncompressed) plus
+    offsets for strings (Parquet's own sizes are after dictionary encoding: far below Arrow's)."""
+    total = 0
+    for f in files:
+        parquet = pq.ParquetFile(f)
+        meta, schema = parquet.metadata, parquet.schema_arrow
+        for name in columns:
+            try:
+                total += meta.num_rows * schema.field(name).type.bit_width // 8
+            except ValueError:  # variable width
+                total += 4 * meta.num_rows + sum(
+                    meta.row_group(g).column(c).total_uncompressed_size for g in range(meta.num_row_groups)
+                    for c in range(meta.num_columns) if meta.row_group(g).column(c).path_in_schema == name)
+    return total
 
 
-def build_group(batch: pa.Table, num_cols, cat_cols, max_candidates) -> pa.Table:
-    """One hash bucket of complete requests -> its sequence and quarantine tables.
-
-    map_groups returns one table, and the two outputs have different schemas, so each bucket
-    returns one row holding both as Arrow IPC streams (plus its row count and max ts).
-    """
-    seqs, quarantine = build_sequences(batch.drop_columns(["_bucket"]), num_cols, cat_cols,
-                                       boundaries=(0, 0), max_candidates=max_candidates)
-    ts = seqs.column("ts").combine_chunks().cast(pa.int64())
-    return pa.table({"sequences": pa.array([_to_ipc(seqs)], pa.binary()),
-                     "quarantine": pa.array([_to_ipc(quarantine)], pa.binary()),
-                     "rows": [batch.num_rows],
-                     "ts": pa.array([ts.to_numpy(zero_copy_only=False)], pa.list_(pa.int64()))})
-
-
-def unpack(batch: pa.Table, kind: str) -> pa.Table:
-    tables = [pa.ipc.open_stream(b.as_py()).read_all() for b in batch.column(kind)]
-    return pa.concat_tables(tables)
+def group_slice(row: dict, files: list[str] | None, mapping: dict[str, str], item_id_feature: bool,
+                num_cols: list[str], cat_cols: list[str], max_candidates: int, staging: str) -> dict:
+    """One slice of complete requests -> staging/sequences/part-<slice>.parquet and
+    staging/quarantine/part-<slice>.parquet; returns its row count and request timestamps.
+    ``files``: the logs themselves when there is one slice, else the slice's partition is read."""
+    part, root = row["slice"], Path(staging)
+    if files is not None:
+        table = normalize(pads.dataset(files, format="parquet").to_table(columns=list(mapping)), mapping, 1,
+                          item_id_feature)
+    elif (root / "raw" / f"_slice={part}").exists():
+        table = pads.dataset(str(root / "raw" / f"_slice={part}"), format="parquet").to_table()
+    else:  # no request hashed here
+        return {"slice": part, "rows": 0, "ts": b""}
+    if "_slice" in table.column_names:
+        table = table.drop_columns(["_slice"])
+    seqs, quarantine = build_sequences(table, num_cols, cat_cols, boundaries=(0, 0), max_candidates=max_candidates)
+    pq.write_table(seqs, root / "sequences" / f"part-{part:05d}.parquet", row_group_size=STAGED_ROW_GROUP)
+    if quarantine.num_rows:
+        pq.write_table(quarantine, root / "quarantine" / f"part-{part:05d}.parquet")
+    ts = seqs.column("ts").to_numpy(zero_copy_only=False).astype(np.int64)
+    return {"slice": part, "rows": table.num_rows, "ts": ts.tobytes()}
 
 
 def assign_split(batch: pa.Table, boundaries: tuple[int, int], scale: int) -> pa.Table:
@@ -152,28 +174,43 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
         num_cols, cat_cols = list(fixed.num_cols), list(fixed.cat_cols)
     log("prepare", f"{len(files)} file(s), {len(num_cols)} numeric and {len(cat_cols)} categorical features")
 
-    try:
-        shuffle = ShuffleStrategy(cfg.shuffle_strategy)
-    except ValueError:
-        raise ConfigError(f"shuffle_strategy: '{cfg.shuffle_strategy}' is not one of "
-                          f"{', '.join(s.value for s in ShuffleStrategy)}") from None
+    if cfg.slice_mb < 1:
+        raise ConfigError(f"slice_mb must be >= 1, got {cfg.slice_mb}")
     init_ray()
+    size = raw_bytes(files, list(mapping))
+    slices = -(-size // (cfg.slice_mb * 2**20))
+    if slices > 1:  # a multiple of the CPUs: the last wave of slice tasks keeps every CPU busy
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        slices = -(-slices // cpus) * cpus
+    slices = max(1, slices)
     ctx = data_context()
     ctx.execution_options.preserve_order = True
-    ctx.default_hash_shuffle_parallelism = cfg.shuffle_partitions
-    ctx.shuffle_strategy = shuffle
-    rows = ray.data.read_parquet(files).select_columns(list(mapping)).map_batches(
-        normalize, batch_format="pyarrow", fn_kwargs={"mapping": mapping, "buckets": cfg.buckets,
-                                                  "item_id_feature": cfg.item_id_feature})
-    grouped = rows.groupby("_bucket", num_partitions=cfg.shuffle_partitions).map_groups(
-        build_group, batch_format="pyarrow",
-        fn_kwargs={"num_cols": num_cols, "cat_cols": cat_cols, "max_candidates": cfg.max_candidates},
-    ).materialize()
-    meta = grouped.select_columns(["rows", "ts"]).to_pandas()
-    rows_read = int(meta["rows"].sum())
+    staging = out_dir / "_staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    for sub in ("sequences", "quarantine"):
+        (staging / sub).mkdir(parents=True)
+    if slices > 1:  # rows -> their request's slice, on disk: streamed, no shuffle through memory
+        ray.data.read_parquet(files).select_columns(list(mapping)).map_batches(
+            normalize, batch_format="pyarrow",
+            fn_kwargs={"mapping": mapping, "slices": slices, "item_id_feature": cfg.item_id_feature},
+        ).write_parquet(str(staging / "raw"), partition_cols=["_slice"])
+        log("prepare", f"{size / 2**30:.1f} GiB of rows partitioned into {slices} slices of requests "
+                       f"({time.time() - start:.1f}s)")
+    meta = ray.data.from_items([{"slice": i} for i in range(slices)], override_num_blocks=slices).map(
+        # as many slices at once as the node's memory holds (a larger slice_mb cannot ask for more than there is)
+        group_slice, num_cpus=1, memory=int(min(SLICE_MEMORY * size / slices, ray.cluster_resources()["memory"])),
+        fn_kwargs={"files": files if slices == 1 else None, "mapping": mapping,
+                   "item_id_feature": cfg.item_id_feature, "num_cols": num_cols, "cat_cols": cat_cols,
+                   "max_candidates": cfg.max_candidates, "staging": str(staging)},
+    ).take_all()
+    shutil.rmtree(staging / "raw", ignore_errors=True)
+    shutil.rmtree(out_dir / "quarantine", ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.move(staging / "quarantine", out_dir / "quarantine")
+    rows_read = sum(m["rows"] for m in meta)
     stage_end = {"group": time.time()}
     log("prepare", f"grouped {rows_read:,} rows into requests ({stage_end['group'] - start:.1f}s)")
-    request_ts = np.concatenate([np.asarray(t, dtype=np.int64) for t in meta["ts"]])
+    request_ts = np.concatenate([np.frombuffer(m["ts"], dtype=np.int64) for m in meta])
     if not len(request_ts):
         raise SchemaError("every request was quarantined: nothing to train on "
                           "(see the quarantine reasons in OUT/quarantine)")
@@ -185,33 +222,34 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
                          cfg.valid_fraction, cfg.test_fraction)
     log("prepare", f"time split {time_split.note}: valid from {pd.Timestamp(time_split.boundaries[0], unit='ms')}, "
                    f"test from {pd.Timestamp(time_split.boundaries[1], unit='ms')}")
-    sequences = grouped.map_batches(unpack, batch_format="pyarrow", fn_kwargs={"kind": "sequences"}
-                                    ).map_batches(assign_split, batch_format="pyarrow",
-                                                  fn_kwargs={"boundaries": time_split.boundaries, "scale": scale})
-    quarantine = grouped.map_batches(unpack, batch_format="pyarrow", fn_kwargs={"kind": "quarantine"})
+    sequences = ray.data.read_parquet(str(staging / "sequences")).map_batches(
+        assign_split, batch_format="pyarrow", fn_kwargs={"boundaries": time_split.boundaries, "scale": scale})
     parts = sequences.map_batches(stats_batch, batch_format="pyarrow", batch_size=None,
                                   fn_kwargs={"num_cols": num_cols, "cat_cols": cat_cols}).take_all()
     profile = merge_profiles([json.loads(r["profile"]) for r in parts])
     spec = fixed or FeatureSpec.fit(merge_stats([_stats_from_json(r["stats"]) for r in parts]), num_cols, cat_cols,
                                     cfg.min_category_count)
-    encoded = sequences.map_batches(spec.encode, batch_format="pyarrow").materialize()
-    stage_end["stats_encode"] = time.time()
-    log("prepare", f"features {'of ' + cfg.features if fixed else 'fitted on train'} and encoded "
-                   f"({time.time() - start:.1f}s)")
+    stage_end["stats"] = time.time()
+    log("prepare", f"features {'of ' + cfg.features if fixed else 'fitted on train'} "
+                   f"({stage_end['stats'] - start:.1f}s)")
 
-    for sub in ("sequences", "pairs", "quarantine"):
+    encoded = sequences.map_batches(spec.encode, batch_format="pyarrow")
+    encoded.write_parquet(str(staging / "out-sequences"), partition_cols=["split"])  # one pass, a directory per split
+    encoded.filter(expr=col("split") != "test").map_batches(add_pairs, batch_format="pyarrow", fn_kwargs={
+        "alpha": cfg.alpha, "gamma": cfg.gamma, "weights": cfg.feedback_weights,
+    }).write_parquet(str(staging / "out-pairs"), partition_cols=["split"])
+    for sub, splits in (("sequences", SPLITS), ("pairs", SPLITS[:2])):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / sub).mkdir()
+        for split in splits:
+            written = staging / f"out-{sub}" / f"split={split}"
+            if written.exists():
+                shutil.move(written, out_dir / sub / split)
+            else:  # a split without requests (pairs: without a reordered one): an empty directory
+                (out_dir / sub / split).mkdir()
     spec.save(out_dir / "features.json")
-    for split in SPLITS:
-        part = encoded.filter(expr=col("split") == split)  # Arrow-native predicate
-        part.write_parquet(str(out_dir / "sequences" / split))
-        if split != "test":
-            part.map_batches(add_pairs, batch_format="pyarrow", fn_kwargs={
-                "alpha": cfg.alpha, "gamma": cfg.gamma, "weights": cfg.feedback_weights,
-            }).write_parquet(str(out_dir / "pairs" / split))
-    quarantine.write_parquet(str(out_dir / "quarantine"))
-    stage_end["write"] = time.time()
+    shutil.rmtree(staging)
+    stage_end["encode_write"] = time.time()
 
     reasons = Counter()
     if count_rows(out_dir / "quarantine"):
@@ -221,6 +259,7 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
     summary = {
         "logs": str(Path(logs).resolve()),
         "files": len(files),
+        "slices": slices,
         "rows_read": rows_read,
         "requests_read": sum(seq_counts.values()) + sum(reasons.values()),
         "sequences": seq_counts,

@@ -1,7 +1,8 @@
 """Run by tests/test_serve.py in a child process: a Ray cluster of its own in Serve's
 high-throughput mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1: direct ingress, gRPC between deployments,
 set before Ray starts), the app with two arms, and the same calls through the Router replica's
-own port and through Serve's HTTP proxy. Prints what it saw as one JSON line.
+own port (found by serve.app.direct_urls, and by ``python -m serve.targets``) and through Serve's
+HTTP proxy. Prints what it saw as one JSON line.
 
     python tests/serve_direct_child.py MODEL_DIR FEEDBACK_DB CANDIDATES_JSON PROXY_PORT
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
@@ -44,7 +46,10 @@ def main(model_dir: str, db: str, candidates_json: str, port: int) -> None:
               logging_config={"enable_access_log": False})
     candidates = json.loads(candidates_json)
     urls = direct_urls("direct", host="127.0.0.1")
-    out = {"urls": urls, "direct": calls(urls[0], candidates), "proxy": calls(f"http://127.0.0.1:{port}", candidates)}
+    cli = subprocess.run([sys.executable, "-m", "serve.targets", "--app", "direct", "--host", "127.0.0.1",
+                          "--address", ray.get_runtime_context().gcs_address], capture_output=True, text=True)
+    out = {"urls": urls, "cli": cli.stdout.split(), "direct": calls(urls[0], candidates),
+           "proxy": calls(f"http://127.0.0.1:{port}", candidates)}
     print(json.dumps(out), flush=True)
     ray.shutdown()  # no serve.shutdown: direct ingress drains a replica for >= 30 s before stopping it
 

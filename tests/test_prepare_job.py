@@ -107,12 +107,48 @@ def test_missing_column_fails_fast_naming_it(tmp_path, sim_dir):
     assert not (tmp_path / "out").exists()
 
 
-def test_an_unknown_shuffle_strategy_is_a_config_error(tmp_path, sim_dir):
+def test_a_slice_below_one_mb_is_a_config_error(tmp_path, sim_dir):
     from jobs import prepare
 
-    with pytest.raises(SystemExit, match="config error: shuffle_strategy: 'sorted' is not one of .*sort_shuffle_pull_based"):
-        prepare.main(["--logs", str(sim_dir / "logs"), "--out", str(tmp_path / "out"), "shuffle_strategy=sorted"])
+    with pytest.raises(SystemExit, match="config error: slice_mb must be >= 1, got 0"):
+        prepare.main(["--logs", str(sim_dir / "logs"), "--out", str(tmp_path / "out"), "slice_mb=0"])
     assert not (tmp_path / "out").exists()
+
+
+def _same_rows(a: pa.Table, b: pa.Table) -> None:
+    """Equal request for request (sorted by request id); float columns to float32 precision (the
+    standardisation's sums run in another order)."""
+    a, b = a.sort_by("request_id"), b.sort_by("request_id")
+    assert a.schema == b.schema and a.num_rows == b.num_rows
+    for name in a.column_names:
+        x, y = a.column(name).combine_chunks(), b.column(name).combine_chunks()
+        if pa.types.is_list(x.type) and pa.types.is_floating(x.type.value_type):
+            assert x.offsets.equals(y.offsets), name
+            np.testing.assert_allclose(x.flatten().to_numpy(), y.flatten().to_numpy(), rtol=1e-5, atol=1e-6)
+        else:
+            assert x.equals(y), name
+
+
+def test_sliced_preparation_equals_one_slice(ray_cluster, tmp_path, sim_dir, prep_dir):
+    """Logs larger than ``slice_mb`` are hash-partitioned on disk into slices of requests, each
+    grouped by a task of its own: the same prepared data, request for request, as one slice (the
+    session's prep_dir: these logs are ~15 MB), and the staging area is gone afterwards."""
+    from jobs import prepare
+
+    summary = prepare.main(["--logs", str(sim_dir / "logs"), "--out", str(tmp_path / "sliced"),
+                            "valid_days=1", "test_days=1", "slice_mb=4"])
+    reference = json.loads((prep_dir / "summary.json").read_text())
+    assert reference["slices"] == 1 and summary["slices"] >= 3
+    for key in ("rows_read", "requests_read", "sequences", "pairs", "quarantined_by_reason", "split", "profile"):
+        assert summary[key] == reference[key], key
+    for sub, split in [("sequences", s) for s in ("train", "valid", "test")] + [("pairs", "train"), ("pairs", "valid")]:
+        _same_rows(read(tmp_path / "sliced" / sub / split), read(prep_dir / sub / split))
+    _same_rows(read(tmp_path / "sliced" / "quarantine"), read(prep_dir / "quarantine"))
+    spec, ref = (FeatureSpec.load(d / "features.json") for d in (tmp_path / "sliced", prep_dir))
+    assert spec.vocab == ref.vocab
+    np.testing.assert_allclose(spec.mean, ref.mean, rtol=1e-9)
+    np.testing.assert_allclose(spec.std, ref.std, rtol=1e-9)
+    assert not (tmp_path / "sliced" / "_staging").exists()
 
 
 def test_column_map_and_string_ids(ray_cluster, tmp_path, sim_dir):

@@ -139,3 +139,25 @@ def test_column_map_renames():
                        "rank": "upstream_rank", "position": "position", "click": "click", "num_x": "num_x"}
     with pytest.raises(SchemaError, match="column_map"):
         canonical_schema(schema, DatasetConfig(column_map={"nope": "request_id"}))
+
+
+@pytest.mark.parametrize("values", [
+    pa.array([3, 7, None, 3, -2, 12345678901], pa.int64()),
+    pa.array(["a", "b", None, "a", "é", ""], pa.string()),
+    pa.array([1.0, 2.5, None, 1.0], pa.float64()),  # not keyed by Arrow: the Python path
+])
+def test_categorical_counts_and_ids_by_arrow_equal_pythons(values):
+    """partial_stats counts and encode_cat_array looks up categorical values with Arrow; both must
+    key them exactly as ``str(v)`` does (the vocabulary's keys, and the serving path's encode_cat)."""
+    from collections import Counter
+
+    from gref.data.features import FeatureSpec, partial_stats
+
+    table = pa.table({"num_raw": pa.array([[0.0] * len(values)], pa.list_(pa.float64())),
+                      "cat_c": pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)})
+    counts = partial_stats(table, [], ["cat_c"])["cats"]["cat_c"]
+    assert counts == Counter(str(v) for v in values.to_pylist() if v is not None)
+    seen = [str(v) for v in values.to_pylist()[:2]]  # in the vocabulary; the rest unseen or null
+    spec = FeatureSpec([], ["cat_c"], [], [], {"cat_c": {seen[0]: 2, seen[1]: 3}})
+    assert spec.encode_cat_array("cat_c", values).tolist() == spec.encode_cat("cat_c", values.to_pylist()).tolist()
+    assert spec.encode_cat_array("cat_c", values).tolist()[:3] == [2, 3, 1]

@@ -497,7 +497,8 @@ def test_a_colocated_router_serves_the_arms_itself(app, registry, candidates, tm
 
 def test_serves_through_direct_ingress_and_the_proxy(registry, candidates, tmp_path):
     """Serve's high-throughput mode (a Ray cluster of its own, in a child process: the mode is
-    read when Ray starts): ``direct_urls`` finds the Router replica's own port, and through it
+    read when Ray starts): ``direct_urls`` and ``python -m serve.targets`` find the Router
+    replica's own port, and through it
     the same answers as through the HTTP proxy -- the same sticky arm per user, a 4xx with its
     message on a bad body, feedback accepted, every list stored."""
     import os
@@ -516,6 +517,7 @@ def test_serves_through_direct_ingress_and_the_proxy(registry, candidates, tmp_p
     assert child.returncode == 0, child.stderr[-3000:]
     seen = json.loads(child.stdout.strip().splitlines()[-1])
     (url,) = seen["urls"]
+    assert seen["cli"] == [url]  # python -m serve.targets prints the same
     assert url.startswith("http://127.0.0.1:") and int(url.rsplit(":", 1)[1]) >= 30000  # Serve's replica ports
     for via in ("direct", "proxy"):
         got = seen[via]

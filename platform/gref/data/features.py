@@ -17,8 +17,20 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 PAD_ID, OOV_ID = 0, 1
+
+
+def as_vocab_keys(values: pa.Array) -> pa.Array | None:
+    """Categorical values as the strings the vocabulary keys them by (Python's ``str(v)``), for
+    Arrow to count and look up in C++: string and integer columns (Arrow's integer-to-string cast
+    is ``str``'s); None for other types (floats, booleans print otherwise), which take Python."""
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return values
+    if pa.types.is_integer(values.type):
+        return pc.cast(values, pa.string())
+    return None
 
 
 def partial_stats(table: pa.Table, num_cols: list[str], cat_cols: list[str]) -> dict[str, Any]:
@@ -30,8 +42,13 @@ def partial_stats(table: pa.Table, num_cols: list[str], cat_cols: list[str]) -> 
     x = np.where(finite, num, 0.0)
     cats = {}
     for c in cat_cols:
-        values = table.column(c).combine_chunks().flatten().to_pylist()
-        cats[c] = Counter(str(v) for v in values if v is not None)
+        values = table.column(c).combine_chunks().flatten()
+        keys = as_vocab_keys(values)
+        if keys is None:
+            cats[c] = Counter(str(v) for v in values.to_pylist() if v is not None)
+        else:
+            counts = pc.value_counts(keys.drop_null())
+            cats[c] = Counter(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
     return {"count": finite.sum(0), "sum": x.sum(0), "sumsq": (x * x).sum(0), "cats": cats}
 
 
@@ -82,6 +99,16 @@ class FeatureSpec:
         return np.fromiter((table.get(str(v), OOV_ID) if v is not None else OOV_ID for v in values),
                            dtype=np.int32, count=len(values))
 
+    def encode_cat_array(self, column: str, values: pa.Array) -> np.ndarray:
+        """``encode_cat`` of an Arrow array: the same ids, looked up by Arrow for strings and integers."""
+        keys = as_vocab_keys(values)
+        if keys is None:
+            return self.encode_cat(column, values.to_pylist())
+        vocab = self.vocab[column]
+        position = pc.index_in(keys, value_set=pa.array(list(vocab), pa.string()))  # null: unseen or null
+        ids = np.append(np.fromiter(vocab.values(), dtype=np.int32, count=len(vocab)), np.int32(OOV_ID))
+        return ids[position.fill_null(len(vocab)).to_numpy()]
+
     def encode(self, table: pa.Table) -> pa.Table:
         """Raw sequence records -> model-ready records: ``num`` [m*F] float32, ``cat`` [m*C] int32."""
         F, C = len(self.num_cols), len(self.cat_cols)
@@ -91,7 +118,7 @@ class FeatureSpec:
         rows = len(table.column("item_id").combine_chunks().flatten())
         cat = np.zeros((rows, C), dtype=np.int32)
         for j, c in enumerate(self.cat_cols):
-            cat[:, j] = self.encode_cat(c, table.column(c).combine_chunks().flatten().to_pylist())
+            cat[:, j] = self.encode_cat_array(c, table.column(c).combine_chunks().flatten())
         off = np.asarray(offsets)
         out = table.drop_columns(["num_raw", *self.cat_cols])
         out = out.append_column("num", pa.ListArray.from_arrays(pa.array(off * F, pa.int32()), pa.array(num.reshape(-1))))

@@ -39,11 +39,8 @@ class DatasetConfig:
     item_id_feature: bool = False  # also embed item_id as categorical cat_item_id (rare ids -> OOV)
     max_candidates: int = 200  # requests with more candidates are quarantined (memory guard)
     min_category_count: int = 1  # categorical values seen fewer times in train map to OOV (id columns: 5+)
-    buckets: int = 16  # hash buckets of request_id: the groupby key (each bucket = many requests)
-    shuffle_partitions: int = 8  # Ray Data shuffle partitions for the groupby
-    shuffle_strategy: str = "sort_shuffle_pull_based"  # Ray Data's groupby shuffle (ShuffleStrategy value): plain
-    #   tasks on the pooled workers; Ray 2.60's default (shuffle_v2) and hash_shuffle start aggregator
-    #   actors first -- 2.3x / 4x slower on 2 cores at 40k / 3k requests (benchmarks.prepare --shuffle)
+    slice_mb: int = 1024  # requests are grouped in hash slices of about this many MB of raw rows (in memory),
+    #                      one task per slice: the job's memory is ~4x this per CPU, whatever the logs' size
     features: str = ""  # a features.json to encode with instead of fitting one (incremental prepare: a model's
     #                    standardisation and vocabularies carry over; unseen categories -> OOV)
 
