@@ -1,7 +1,7 @@
 """Raw long-format rows -> one sequence record per request, or a quarantine record.
 
 ``build_sequences`` is vectorised (NumPy/pandas/Arrow, no Python loop over requests): it is
-called by Ray Data on hash buckets of complete requests (jobs.prepare) and, unchanged, by the
+called by a Ray Data task per hash slice of complete requests (jobs.prepare) and, unchanged, by the
 single-process reference implementation in benchmarks/prepare.py.
 
 Sequence record (one per valid request; lists are per request):
