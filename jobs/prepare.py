@@ -187,79 +187,81 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
     slices = max(1, slices)
     ctx = data_context()
     ctx.execution_options.preserve_order = True
-    staging = out_dir / "_staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    for sub in ("sequences", "quarantine"):
-        (staging / sub).mkdir(parents=True)
-    if slices > 1:  # rows -> their request's slice, on disk: streamed, no shuffle through memory
-        # whole blocks, and row groups of many rows: the writer splits every batch it gets across all
-        # slices, and written as they came (~700 rows per row group) 500k requests took 28 s and 2.8x
-        # the logs' bytes on disk, with 100k-row groups 13 s and 1.5x (46 slices); a write task holds
-        # up to a row group per slice, so the groups shrink as the slices grow in number
-        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        group_rows = int(min(RAW_ROW_GROUP, max(10_000, RAW_WRITE_BUFFER / slices / max(size / max(rows, 1), 1))))
-        ray.data.read_parquet(files).select_columns(list(mapping)).map_batches(
-            normalize, batch_format="pyarrow", batch_size=None,
-            fn_kwargs={"mapping": mapping, "slices": slices, "item_id_feature": cfg.item_id_feature},
-        ).write_parquet(str(staging / "raw"), partition_cols=["_slice"], row_group_size=group_rows)
-        log("prepare", f"{size / 2**30:.1f} GiB of rows partitioned into {slices} slices of requests "
-                       f"({time.time() - start:.1f}s)")
-    meta = ray.data.from_items([{"slice": i} for i in range(slices)], override_num_blocks=slices).map(
-        # as many slices at once as the node's memory holds (a larger slice_mb cannot ask for more than there is)
-        group_slice, num_cpus=1, memory=int(min(SLICE_MEMORY * size / slices, ray.cluster_resources()["memory"])),
-        fn_kwargs={"files": files if slices == 1 else None, "mapping": mapping,
-                   "item_id_feature": cfg.item_id_feature, "num_cols": num_cols, "cat_cols": cat_cols,
-                   "max_candidates": cfg.max_candidates, "staging": str(staging)},
-    ).take_all()
-    shutil.rmtree(staging / "raw", ignore_errors=True)
-    shutil.rmtree(out_dir / "quarantine", ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.move(staging / "quarantine", out_dir / "quarantine")
-    rows_read = sum(m["rows"] for m in meta)
-    stage_end = {"group": time.time()}
-    log("prepare", f"grouped {rows_read:,} rows into requests ({stage_end['group'] - start:.1f}s)")
-    request_ts = np.concatenate([np.frombuffer(m["ts"], dtype=np.int64) for m in meta])
-    if not len(request_ts):
-        raise SchemaError("every request was quarantined: nothing to train on "
-                          "(see the quarantine reasons in OUT/quarantine)")
-    scale = ts_scale(int(request_ts.max()), cfg.ts_unit)
-    if scale != 1:
-        log("prepare", f"ts looks like seconds since the epoch (max {request_ts.max():,}); scaled to ms "
-                       "(set ts_unit=ms if it really is ms)")
-    time_split = choose_split(request_ts * scale, cfg.split, cfg.valid_days, cfg.test_days,
-                         cfg.valid_fraction, cfg.test_fraction)
-    log("prepare", f"time split {time_split.note}: valid from {pd.Timestamp(time_split.boundaries[0], unit='ms')}, "
-                   f"test from {pd.Timestamp(time_split.boundaries[1], unit='ms')}")
-    sequences = ray.data.read_parquet(str(staging / "sequences")).map_batches(
-        assign_split, batch_format="pyarrow", batch_size=None,
-        fn_kwargs={"boundaries": time_split.boundaries, "scale": scale})
-    parts = sequences.map_batches(stats_batch, batch_format="pyarrow", batch_size=None,
-                                  fn_kwargs={"num_cols": num_cols, "cat_cols": cat_cols}).take_all()
-    profile = merge_profiles([json.loads(r["profile"]) for r in parts])
-    spec = fixed or FeatureSpec.fit(merge_stats([_stats_from_json(r["stats"]) for r in parts]), num_cols, cat_cols,
-                                    cfg.min_category_count)
-    stage_end["stats"] = time.time()
-    log("prepare", f"features {'of ' + cfg.features if fixed else 'fitted on train'} "
-                   f"({stage_end['stats'] - start:.1f}s)")
+    staging = out_dir / "_staging"  # removed at the end, also when the job stops on an error
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        for sub in ("sequences", "quarantine"):
+            (staging / sub).mkdir(parents=True)
+        if slices > 1:  # rows -> their request's slice, on disk: streamed, no shuffle through memory
+            # whole blocks, and row groups of many rows: the writer splits every batch it gets across all
+            # slices, and written as they came (~700 rows per row group) 500k requests took 28 s and 2.8x
+            # the logs' bytes on disk, with 100k-row groups 13 s and 1.5x (46 slices); a write task holds
+            # up to a row group per slice, so the groups shrink as the slices grow in number
+            rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            group_rows = int(min(RAW_ROW_GROUP, max(10_000, RAW_WRITE_BUFFER / slices / max(size / max(rows, 1), 1))))
+            ray.data.read_parquet(files).select_columns(list(mapping)).map_batches(
+                normalize, batch_format="pyarrow", batch_size=None,
+                fn_kwargs={"mapping": mapping, "slices": slices, "item_id_feature": cfg.item_id_feature},
+            ).write_parquet(str(staging / "raw"), partition_cols=["_slice"], row_group_size=group_rows)
+            log("prepare", f"{size / 2**30:.1f} GiB of rows partitioned into {slices} slices of requests "
+                           f"({time.time() - start:.1f}s)")
+        meta = ray.data.from_items([{"slice": i} for i in range(slices)], override_num_blocks=slices).map(
+            # as many slices at once as the node's memory holds (a larger slice_mb cannot ask for more than there is)
+            group_slice, num_cpus=1, memory=int(min(SLICE_MEMORY * size / slices, ray.cluster_resources()["memory"])),
+            fn_kwargs={"files": files if slices == 1 else None, "mapping": mapping,
+                       "item_id_feature": cfg.item_id_feature, "num_cols": num_cols, "cat_cols": cat_cols,
+                       "max_candidates": cfg.max_candidates, "staging": str(staging)},
+        ).take_all()
+        shutil.rmtree(staging / "raw", ignore_errors=True)
+        shutil.rmtree(out_dir / "quarantine", ignore_errors=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.move(staging / "quarantine", out_dir / "quarantine")
+        rows_read = sum(m["rows"] for m in meta)
+        stage_end = {"group": time.time()}
+        log("prepare", f"grouped {rows_read:,} rows into requests ({stage_end['group'] - start:.1f}s)")
+        request_ts = np.concatenate([np.frombuffer(m["ts"], dtype=np.int64) for m in meta])
+        if not len(request_ts):
+            raise SchemaError("every request was quarantined: nothing to train on "
+                              "(see the quarantine reasons in OUT/quarantine)")
+        scale = ts_scale(int(request_ts.max()), cfg.ts_unit)
+        if scale != 1:
+            log("prepare", f"ts looks like seconds since the epoch (max {request_ts.max():,}); scaled to ms "
+                           "(set ts_unit=ms if it really is ms)")
+        time_split = choose_split(request_ts * scale, cfg.split, cfg.valid_days, cfg.test_days,
+                             cfg.valid_fraction, cfg.test_fraction)
+        log("prepare", f"time split {time_split.note}: valid from {pd.Timestamp(time_split.boundaries[0], unit='ms')}, "
+                       f"test from {pd.Timestamp(time_split.boundaries[1], unit='ms')}")
+        sequences = ray.data.read_parquet(str(staging / "sequences")).map_batches(
+            assign_split, batch_format="pyarrow", batch_size=None,
+            fn_kwargs={"boundaries": time_split.boundaries, "scale": scale})
+        parts = sequences.map_batches(stats_batch, batch_format="pyarrow", batch_size=None,
+                                      fn_kwargs={"num_cols": num_cols, "cat_cols": cat_cols}).take_all()
+        profile = merge_profiles([json.loads(r["profile"]) for r in parts])
+        spec = fixed or FeatureSpec.fit(merge_stats([_stats_from_json(r["stats"]) for r in parts]), num_cols, cat_cols,
+                                        cfg.min_category_count)
+        stage_end["stats"] = time.time()
+        log("prepare", f"features {'of ' + cfg.features if fixed else 'fitted on train'} "
+                       f"({stage_end['stats'] - start:.1f}s)")
 
-    encoded = sequences.map_batches(spec.encode, batch_format="pyarrow", batch_size=None)
-    # one pass per output, a directory per split
-    encoded.write_parquet(str(staging / "out-sequences"), partition_cols=["split"], row_group_size=STAGED_ROW_GROUP)
-    encoded.filter(expr=col("split") != "test").map_batches(add_pairs, batch_format="pyarrow", batch_size=None,
-                                                            fn_kwargs={"alpha": cfg.alpha, "gamma": cfg.gamma,
-                                                                       "weights": cfg.feedback_weights},
-    ).write_parquet(str(staging / "out-pairs"), partition_cols=["split"], row_group_size=STAGED_ROW_GROUP)
-    for sub, splits in (("sequences", SPLITS), ("pairs", SPLITS[:2])):
-        shutil.rmtree(out_dir / sub, ignore_errors=True)
-        (out_dir / sub).mkdir()
-        for split in splits:
-            written = staging / f"out-{sub}" / f"split={split}"
-            if written.exists():
-                shutil.move(written, out_dir / sub / split)
-            else:  # a split without requests (pairs: without a reordered one): an empty directory
-                (out_dir / sub / split).mkdir()
-    spec.save(out_dir / "features.json")
-    shutil.rmtree(staging)
+        encoded = sequences.map_batches(spec.encode, batch_format="pyarrow", batch_size=None)
+        # one pass per output, a directory per split
+        encoded.write_parquet(str(staging / "out-sequences"), partition_cols=["split"], row_group_size=STAGED_ROW_GROUP)
+        encoded.filter(expr=col("split") != "test").map_batches(add_pairs, batch_format="pyarrow", batch_size=None,
+                                                                fn_kwargs={"alpha": cfg.alpha, "gamma": cfg.gamma,
+                                                                           "weights": cfg.feedback_weights},
+        ).write_parquet(str(staging / "out-pairs"), partition_cols=["split"], row_group_size=STAGED_ROW_GROUP)
+        for sub, splits in (("sequences", SPLITS), ("pairs", SPLITS[:2])):
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+            (out_dir / sub).mkdir()
+            for split in splits:
+                written = staging / f"out-{sub}" / f"split={split}"
+                if written.exists():
+                    shutil.move(written, out_dir / sub / split)
+                else:  # a split without requests (pairs: without a reordered one): an empty directory
+                    (out_dir / sub / split).mkdir()
+        spec.save(out_dir / "features.json")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     stage_end["encode_write"] = time.time()
 
     reasons = Counter()

@@ -84,6 +84,7 @@ def test_few_calendar_days_split_by_time_quantiles(ray_cluster, tmp_path):
     logs = write_logs(tmp_path, raw_log(400, m=8, n_max=5, days=2.5))  # 3 calendar days
     with pytest.raises(SystemExit, match="the train split is empty.*split=quantile"):
         prepare.main(["--logs", str(logs), "--out", str(tmp_path / "days"), "split=days", "test_days=2"])
+    assert not (tmp_path / "days" / "_staging").exists()  # the staged sequences go with the failed job
     summary = prepare.main(["--logs", str(logs), "--out", str(tmp_path / "prep"), "test_days=2"])
     assert summary["split"]["how"] == "quantile" and "calendar day" in summary["split"]["note"]
     counts = summary["sequences"]
