@@ -18,7 +18,7 @@ of taking the machine down. Peak memory: the plain child's maximum RSS; for Ray,
 the run of the summed PSS of the driver and every process it started (raylet, object store,
 workers; shared pages counted once), sampled every 0.5 s, and of the machine's used memory
 (total - available) above its level before the run. Ray's time excludes ray.init (reported
-separately); both include reading and writing Parquet.
+separately); both include reading and writing Parquet. Every ``*_gb`` figure is in GiB (2**30 bytes).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ writes:
   OUT/summary.json                   counts (requests read = sequences + quarantined), the split
                                      and the data profile (m, n, CTR by slot)
 
-Memory stays bounded whatever the logs' size: Ray Data first writes the rows hash-partitioned
+Memory grows far slower than the logs (11 GB at 1M requests, 16 GB at 10M; the in-memory
+script fails at 1M: benchmarks.prepare): Ray Data first writes the rows hash-partitioned
 by request into slices of about ``slice_mb`` each (one streaming pass, OUT/_staging), then one
 task per slice groups its requests in memory (the same ``build_sequences`` as a single process
 would run), and the feature statistics, encoding and the per-split writes stream from the
@@ -85,14 +86,15 @@ def normalize(batch: pa.Table, mapping: dict[str, str], slices: int, item_id_fea
     return batch.append_column("_slice", pa.array((hashed % slices).astype(np.int64)))
 
 
-def raw_bytes(files: list[str], columns: list[str]) -> int:
-    """The size of ``columns`` of the Parquet files once read into Arrow, from their footers:
+def raw_size(files: list[str], columns: list[str]) -> tuple[int, int]:
+    """(bytes, rows) of ``columns`` of the Parquet files once read into Arrow, from their footers:
     rows x the type's width for fixed-width columns, the Parquet size (encoded, uncompressed) plus
     offsets for strings (Parquet's own sizes are after dictionary encoding: far below Arrow's)."""
-    total = 0
+    total = rows = 0
     for f in files:
         parquet = pq.ParquetFile(f)
         meta, schema = parquet.metadata, parquet.schema_arrow
+        rows += meta.num_rows
         for name in columns:
             try:
                 total += meta.num_rows * schema.field(name).type.bit_width // 8
@@ -100,7 +102,7 @@ def raw_bytes(files: list[str], columns: list[str]) -> int:
                 total += 4 * meta.num_rows + sum(
                     meta.row_group(g).column(c).total_uncompressed_size for g in range(meta.num_row_groups)
                     for c in range(meta.num_columns) if meta.row_group(g).column(c).path_in_schema == name)
-    return total
+    return total, rows
 
 
 def group_slice(row: dict, files: list[str] | None, mapping: dict[str, str], item_id_feature: bool,
@@ -179,7 +181,7 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
     if cfg.slice_mb < 1:
         raise ConfigError(f"slice_mb must be >= 1, got {cfg.slice_mb}")
     init_ray()
-    size = raw_bytes(files, list(mapping))
+    size, rows = raw_size(files, list(mapping))
     slices = -(-size // (cfg.slice_mb * 2**20))
     if slices > 1:  # a multiple of the CPUs: the last wave of slice tasks keeps every CPU busy
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -197,7 +199,6 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
             # slices, and written as they came (~700 rows per row group) 500k requests took 28 s and 2.8x
             # the logs' bytes on disk, with 100k-row groups 13 s and 1.5x (46 slices); a write task holds
             # up to a row group per slice, so the groups shrink as the slices grow in number
-            rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
             group_rows = int(min(RAW_ROW_GROUP, max(10_000, RAW_WRITE_BUFFER / slices / max(size / max(rows, 1), 1))))
             ray.data.read_parquet(files).select_columns(list(mapping)).map_batches(
                 normalize, batch_format="pyarrow", batch_size=None,

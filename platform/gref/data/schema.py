@@ -40,7 +40,7 @@ class DatasetConfig:
     max_candidates: int = 200  # requests with more candidates are quarantined (memory guard)
     min_category_count: int = 1  # categorical values seen fewer times in train map to OOV (id columns: 5+)
     slice_mb: int = 1024  # requests are grouped in hash slices of about this many MB of raw rows (in memory),
-    #                      one task per slice: the job's memory is ~4x this per CPU, whatever the logs' size
+    #                      one task per slice, asking Ray for 4x this in memory (one per CPU at most)
     features: str = ""  # a features.json to encode with instead of fitting one (incremental prepare: a model's
     #                    standardisation and vocabularies carry over; unseen categories -> OOV)
 
