@@ -66,6 +66,8 @@ class ContinuousConfig:
     audit_requests: int = 2000  # a fixed set of simulated requests the oracle scores every version on (0 = off)
     seed: int = 0
     port: int = 8000  # HTTP port of the Serve app the loop runs
+    direct_ingress: bool = False  # looks go to the Router replica's own port, not Serve's proxy (Serve's
+    #                               high-throughput mode, on in the Ray this job starts; README: ~2x the traffic)
     app: dict = field(default_factory=dict)  # more serve.app ServeConfig args (replicas, reranker_cpus, ...)
     dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(
         split="quantile", valid_fraction=0.15, test_fraction=0.05))  # a round spans minutes: split by time quantiles
@@ -119,8 +121,9 @@ def _tag(cfg: ContinuousConfig, version: int, key: str, value: str) -> None:
 # ---------------------------------------------------------------- serving and traffic
 
 
-def _deploy(cfg: ContinuousConfig, arms: dict[str, int], salt: str) -> str:
-    """(Re)deploy the loop's Serve app with these arms (name -> registered version) and user split."""
+def _deploy(cfg: ContinuousConfig, arms: dict[str, int], salt: str) -> tuple[str, str]:
+    """(Re)deploy the loop's Serve app with these arms (name -> registered version) and user split.
+    -> (the URL the looks go to, "direct" | "proxy")"""
     from ray import serve
 
     from serve.app import build_app
@@ -130,11 +133,37 @@ def _deploy(cfg: ContinuousConfig, arms: dict[str, int], salt: str) -> str:
             **cfg.app, "salt": salt,  # the round's salt, as state.json records it
             "arms": {arm: _registry_uri(cfg, v) for arm, v in arms.items()}}
     serve.run(build_app(args), name=APP, route_prefix="/", logging_config={"enable_access_log": False})
-    return f"http://127.0.0.1:{cfg.port}"
+    proxy = f"http://127.0.0.1:{cfg.port}"
+    if not cfg.direct_ingress:
+        return proxy, "proxy"
+    import ray
+
+    from serve.app import direct_urls
+
+    # serve.run returns once the replaced Router replicas are gone: the targets are this deploy's
+    urls = direct_urls(APP, host="127.0.0.1", node_ip=ray.util.get_node_ip_address())  # the app listens on loopback
+    if not urls:
+        log("continuous", "direct ingress is off in this Ray (start it with RAY_SERVE_THROUGHPUT_OPTIMIZED=1) "
+                          "or no Router replica runs on this node: the looks go through Serve's proxy")
+    return (urls[0], "direct") if urls else (proxy, "proxy")
 
 
-def _look(cfg: ContinuousConfig, world, url: str, r: int, look: int) -> list[dict[str, Any]]:
-    """One look's traffic: ``requests`` simulated requests with fixed ids (r<r>-l<look>-<i>)."""
+def _enable_direct_ingress() -> None:
+    """Serve's direct ingress in the Ray this job is about to start (a cluster it joins must have been
+    started with RAY_SERVE_THROUGHPUT_OPTIMIZED=1). The loop is its app's only client and reads the
+    Router's port after every deploy, so a replaced replica need not drain for the 30 s Serve keeps
+    by default for external load balancers to deregister it: every redeploy would wait that long."""
+    import ray
+
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        return
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
+
+
+def _look(cfg: ContinuousConfig, world, url: str, r: int, look: int, arms: dict[str, int]) -> list[dict[str, Any]]:
+    """One look's traffic: ``requests`` simulated requests with fixed ids (r<r>-l<look>-<i>), every
+    answer checked to come from the version of its arm (not a stale replica or another app)."""
     from jobs.ab_test import send_traffic, simulated_requests
 
     seed = cfg.seed * 100_003 + r * 101 + look
@@ -144,6 +173,10 @@ def _look(cfg: ContinuousConfig, world, url: str, r: int, look: int) -> list[dic
     records, errors = send_traffic(url, world, reqs, cfg.n, seed, cfg.concurrency, "", f"round {r} look {look}")
     if errors:
         raise RuntimeError(f"round {r} look {look}: {len(errors)} requests failed, e.g. {errors[:2]}")
+    stray = [rec for rec in records if rec["arm"] not in arms or not rec["model"].endswith(f" v{arms[rec['arm']]}")]
+    if stray:
+        raise RuntimeError(f"round {r} look {look}: {len(stray)} answers from other models than the round's arms "
+                           f"{arms}, e.g. {stray[0]['arm']}: {stray[0]['model']}")
     return records
 
 
@@ -268,7 +301,8 @@ def _serve_round(cfg: ContinuousConfig, state: State, world, r: int, arms: dict[
     # each round is a new experiment with its own user split: a verdict never rides on an earlier
     # round's luck of the split (an A/A loop's arms never change, so a hash of them would split alike)
     # a salt of the user's (app.salt) prefixes the round's: every round still splits users anew
-    url = _deploy(cfg, arms, rnd.setdefault("salt", f"{cfg.app.get('salt') or 'continuous'}-s{cfg.seed}-r{r}"))
+    salt = rnd.setdefault("salt", f"{cfg.app.get('salt') or 'continuous'}-s{cfg.seed}-r{r}")
+    url, rnd["ingress"] = _deploy(cfg, arms, salt)
     looks = rnd.setdefault("looks", [])
     records_dir = Path(cfg.out) / "rounds" / str(r)
     records_dir.mkdir(parents=True, exist_ok=True)
@@ -277,7 +311,7 @@ def _serve_round(cfg: ContinuousConfig, state: State, world, r: int, arms: dict[
         records += json.loads((records_dir / f"look{look}.json").read_text())
     while rnd.get("decision") is None:
         look = len(looks) + 1
-        new = _look(cfg, world, url, r, look)
+        new = _look(cfg, world, url, r, look, arms)
         (records_dir / f"look{look}.json").write_text(json.dumps(new))
         records += new
         summary = {"look": look, "requests": len(records),
@@ -339,6 +373,8 @@ def run(cfg: ContinuousConfig) -> dict[str, Any]:
     world = World.load(cfg.world)
     tracking.setup(cfg.tracking)
     mlflow.set_experiment(cfg.tracking.experiment)
+    if cfg.direct_ingress:
+        _enable_direct_ingress()
     init_ray()
     serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
     started = time.time()

@@ -468,7 +468,7 @@ def build_app(args: dict[str, Any] | None = None):
                           user_config={"weights": cfg.weights, "salt": cfg.salt}).bind(arms, cfg)
 
 
-def direct_urls(app_name: str, host: str | None = None) -> list[str]:
+def direct_urls(app_name: str, host: str | None = None, node_ip: str | None = None) -> list[str]:
     """The HTTP URLs of ``app_name``'s Router replicas themselves, when Serve runs with direct
     ingress (the environment of ``ray start`` / ``serve run`` sets ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``,
     Ray >= 2.55's high-throughput mode): each Router replica then also listens on a port of its own
@@ -476,7 +476,8 @@ def direct_urls(app_name: str, host: str | None = None) -> list[str]:
     proxy on port 8000 keeps working). These targets are what a load balancer in front of the
     cluster routes to; Serve's own HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``, the haproxy
     binary on every node) reads the same list. Empty without direct ingress or before the replicas
-    run. ``host`` replaces the node address (e.g. 127.0.0.1 when the app listens on loopback).
+    run. ``host`` replaces the node address (e.g. 127.0.0.1 when the app listens on loopback);
+    ``node_ip``: only the replicas on that node.
     Reads the controller's ``get_target_groups`` (its ``TargetGroup``s are ray.serve.schema's
     public alpha API; the call itself is internal in 2.60).
     """
@@ -487,4 +488,4 @@ def direct_urls(app_name: str, host: str | None = None) -> list[str]:
     prefix = lambda g: "" if g.route_prefix in (None, "/") else g.route_prefix.rstrip("/")  # noqa: E731
     return [f"http://{host or t.ip}:{t.port}{prefix(g)}" for g in groups
             if getattr(g.protocol, "value", g.protocol) == "HTTP" and g.app_name == app_name
-            for t in g.targets if t.name.startswith("SERVE_REPLICA")]
+            for t in g.targets if t.name.startswith("SERVE_REPLICA") and node_ip in (None, t.ip)]

@@ -92,6 +92,9 @@ def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir,
         assert r["data"]["sequences"]["train"] > 0
     # every round splits users by its own salt, and the Router followed it
     assert len({r["salt"] for r in rounds}) == 3
+    # the config asks for direct ingress; the tests' Ray was started without it: the looks went
+    # through Serve's proxy (benchmarks/results/continuous-*: "direct" in a Ray the loop starts)
+    assert {r["ingress"] for r in rounds} == {"proxy"}
     for r in rounds[1:]:
         records = [rec for k in range(1, len(r["looks"]) + 1) for rec in json.loads(
             (tmp_path / "loop" / "rounds" / str(r["round"]) / f"look{k}.json").read_text())]
