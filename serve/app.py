@@ -130,12 +130,14 @@ class Reranker:
         self.served_by = {"name": model_uri, "version": version, "kind": getattr(self.model.cfg, "kind", "gref"),
                           "heads": getattr(self.model, "k", None)}
         logging.getLogger("ray.serve").info("reranker %s: %s on %s, decode %s", arm, pinned, self.device, decode_mode)
-        self.rerank.set_max_batch_size(max_batch_size)
-        self.rerank.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # a batch queue of this instance's own: @serve.batch on a method keeps one queue per class and
+        # runs each batch on its first request's instance -- a Router colocating two arms (two
+        # instances in one process) decoded one arm's requests with the other arm's model
+        self.rerank = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)(
+            self._rerank_batch)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def rerank(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Each request: {"candidates": [...validated...], "n": int, "explore": bool} -> {"order":
+    async def _rerank_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``rerank`` (batched: one call per request, answered from a batch of them). Each request: {"candidates": [...validated...], "n": int, "explore": bool} -> {"order":
         [candidate indices], "model": the name, version, kind and heads of the weights that ran,
         "explored": whether the list was sampled (explore, on a GReF model), "log_propensity": its
         log-probability under the sampling policy (0 for the greedy list), "timing": ms spent

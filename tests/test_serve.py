@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import threading
 import time
@@ -467,14 +468,20 @@ def test_a_locked_store_gets_a_fast_503_and_a_trickling_body_a_408(app, candidat
 
 
 def test_a_colocated_router_serves_the_arms_itself(app, registry, candidates, tmp_path):
-    """``colocate: true``: one deployment, the Router decoding the arm in its own process (one hop
-    less), with the same answers, batching, timing header and feedback store."""
+    """``colocate: true``: one deployment, the Router decoding the arms in its own process (one hop
+    less), with the same answers, batching, timing header and feedback store -- and each arm's
+    requests batched apart: concurrent requests of two arms are each decoded by their arm's model
+    (with @serve.batch on the method, Ray keeps one queue per class and ran a batch of both arms
+    on the first request's model)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ray import serve
 
     from serve.app import build_app
 
+    arms = {"gref": "models:/gref-reranker@champion", "nar4rec": "models:/gref-nar4rec@champion"}
     args = {"tracking_uri": registry["uri"], "feedback_db": str(tmp_path / "colocated.db"), "colocate": True,
-            "arms": {"gref": "models:/gref-reranker@champion"}, "router_cpus": 0.05, "reranker_cpus": 0.1}
+            "arms": arms, "router_cpus": 0.05, "reranker_cpus": 0.1}
     serve.run(build_app(args), name="colocated", route_prefix="/colocated",
               logging_config={"enable_access_log": False})
     try:
@@ -491,6 +498,18 @@ def test_a_colocated_router_serves_the_arms_itself(app, registry, candidates, tm
         fb = requests.post(f"{url}/feedback", timeout=60, json={
             "request_id": out["request_id"], "feedback": [{"item_id": out["items"][0], "click": 1}]})
         assert fb.status_code == 200, fb.text
+
+        def rerank(user: int) -> tuple[dict, int]:
+            r = requests.post(f"{url}/rerank", json={"user_id": f"u-{user}", "candidates": candidates, "n": 4},
+                              timeout=60)
+            return r.json(), int(re.search(r'batch;desc="(\d+)"', r.headers["Server-Timing"]).group(1))
+
+        for _ in range(3):  # rounds of 48 requests in flight: batches fill with both arms' requests
+            with ThreadPoolExecutor(48) as pool:
+                answers, batches = zip(*pool.map(rerank, range(48)))
+            assert {a["arm"] for a in answers} == set(arms)
+            assert [a["model"]["name"] for a in answers] == [arms[a["arm"]] for a in answers]
+            assert max(batches) > 1  # they were batched
     finally:
         serve.delete("colocated")
 
