@@ -18,7 +18,8 @@ script fails at 1M: benchmarks.prepare): Ray Data first writes the rows hash-par
 by request into slices of about ``slice_mb`` each (one streaming pass, OUT/_staging), then one
 task per slice groups its requests in memory (the same ``build_sequences`` as a single process
 would run), and the feature statistics, encoding and the per-split writes stream from the
-staged sequences. Logs that fit one slice skip the partitioning pass.
+staged sequences. Logs that fit one slice are prepared whole in one task's memory instead
+(``prepare_in_memory``: the same output, without the passes over staged data).
 
 Real logs: timestamps in seconds are detected and scaled (ts_unit), too few calendar days for
 the day split switch to a split by time quantiles (split), a split that would be empty stops
@@ -73,7 +74,7 @@ def find_log_files(logs: str | Path) -> list[str]:
 
 def normalize(batch: pa.Table, mapping: dict[str, str], slices: int, item_id_feature: bool) -> pa.Table:
     """Rename to canonical names, make ts int64 ms, add the ``_slice`` of each row's request (a
-    hash of request_id; and the item id as a categorical feature when asked)."""
+    hash of request_id; none for one slice) and the item id as a categorical feature when asked."""
     batch = batch.select(list(mapping)).rename_columns([mapping[c] for c in mapping])
     if item_id_feature:
         batch = batch.append_column("cat_item_id", batch.column("item_id"))
@@ -81,6 +82,8 @@ def normalize(batch: pa.Table, mapping: dict[str, str], slices: int, item_id_fea
     if pa.types.is_timestamp(ts.type):
         ts = pc.cast(pc.cast(ts, pa.timestamp("ms", tz=ts.type.tz)), pa.int64())
         batch = batch.set_column(batch.schema.get_field_index("ts"), "ts", ts)
+    if slices == 1:  # every row in the one slice: nothing to hash
+        return batch
     keys = batch.column("request_id").to_pandas()
     hashed = pd.util.hash_array(keys.astype(str).to_numpy() if keys.dtype == object else keys.to_numpy())
     return batch.append_column("_slice", pa.array((hashed % slices).astype(np.int64)))
@@ -105,21 +108,13 @@ def raw_size(files: list[str], columns: list[str]) -> tuple[int, int]:
     return total, rows
 
 
-def group_slice(row: dict, files: list[str] | None, mapping: dict[str, str], item_id_feature: bool,
-                num_cols: list[str], cat_cols: list[str], max_candidates: int, staging: str) -> dict:
-    """One slice of complete requests -> staging/sequences/part-<slice>.parquet and
-    staging/quarantine/part-<slice>.parquet; returns its row count and request timestamps.
-    ``files``: the logs themselves when there is one slice, else the slice's partition is read."""
+def group_slice(row: dict, num_cols: list[str], cat_cols: list[str], max_candidates: int, staging: str) -> dict:
+    """One slice of complete requests (its partition of staging/raw) -> staging/sequences/part-<slice>.parquet
+    and staging/quarantine/part-<slice>.parquet; returns its row count and request timestamps."""
     part, root = row["slice"], Path(staging)
-    if files is not None:
-        table = normalize(pads.dataset(files, format="parquet").to_table(columns=list(mapping)), mapping, 1,
-                          item_id_feature)
-    elif (root / "raw" / f"_slice={part}").exists():
-        table = pads.dataset(str(root / "raw" / f"_slice={part}"), format="parquet").to_table()
-    else:  # no request hashed here
+    if not (root / "raw" / f"_slice={part}").exists():  # no request hashed here
         return {"slice": part, "rows": 0, "ts": b""}
-    if "_slice" in table.column_names:
-        table = table.drop_columns(["_slice"])
+    table = pads.dataset(str(root / "raw" / f"_slice={part}"), format="parquet").to_table()
     seqs, quarantine = build_sequences(table, num_cols, cat_cols, boundaries=(0, 0), max_candidates=max_candidates)
     pq.write_table(seqs, root / "sequences" / f"part-{part:05d}.parquet", row_group_size=STAGED_ROW_GROUP)
     if quarantine.num_rows:
@@ -150,6 +145,110 @@ def _stats_from_json(text: str) -> dict:
         stats[k] = np.asarray(stats[k], dtype=np.float64)
     stats["cats"] = {c: Counter(v) for c, v in stats["cats"].items()}
     return stats
+
+
+def time_split_of(request_ts: np.ndarray, cfg: DatasetConfig):
+    """(ts scale to ms, the train/valid/test split) of the valid requests' timestamps."""
+    if not len(request_ts):
+        raise SchemaError("every request was quarantined: nothing to train on "
+                          "(see the quarantine reasons in OUT/quarantine)")
+    scale = ts_scale(int(request_ts.max()), cfg.ts_unit)
+    if scale != 1:
+        log("prepare", f"ts looks like seconds since the epoch (max {request_ts.max():,}); scaled to ms "
+                       "(set ts_unit=ms if it really is ms)")
+    time_split = choose_split(request_ts * scale, cfg.split, cfg.valid_days, cfg.test_days,
+                              cfg.valid_fraction, cfg.test_fraction)
+    log("prepare", f"time split {time_split.note}: valid from {pd.Timestamp(time_split.boundaries[0], unit='ms')}, "
+                   f"test from {pd.Timestamp(time_split.boundaries[1], unit='ms')}")
+    return scale, time_split
+
+
+def prepare_in_memory(files: list[str], mapping: dict[str, str], cfg: DatasetConfig, num_cols: list[str],
+                      cat_cols: list[str], fixed: FeatureSpec | None, staging: str) -> dict:
+    """Logs that fit one slice, in one task's memory: read once, grouped, split, standardised,
+    written to ``staging``/out-{sequences,pairs}/split=<split> and ``staging``/quarantine -- what
+    the sliced path writes, without its passes over staged data and its Ray Data start-ups."""
+    root = Path(staging)
+    table = normalize(pads.dataset(files, format="parquet").to_table(columns=list(mapping)), mapping, 1,
+                      cfg.item_id_feature)
+    seqs, quarantine = build_sequences(table, num_cols, cat_cols, boundaries=(0, 0), max_candidates=cfg.max_candidates)
+    if quarantine.num_rows:
+        pq.write_table(quarantine, root / "quarantine" / "part-00000.parquet")
+    group_end = time.time()
+    log("prepare", f"grouped {table.num_rows:,} rows into requests in one task")
+    scale, time_split = time_split_of(seqs.column("ts").to_numpy(zero_copy_only=False).astype(np.int64), cfg)
+    seqs = assign_split(seqs, time_split.boundaries, scale)
+    train = seqs.filter(pc.equal(seqs.column("split"), "train"))
+    spec = fixed or FeatureSpec.fit(merge_stats([partial_stats(train, num_cols, cat_cols)]), num_cols, cat_cols,
+                                    cfg.min_category_count)
+    profile = merge_profiles([partial_profile(seqs)])
+    stats_end = time.time()
+    encoded = spec.encode(seqs)
+    pairs = add_pairs(encoded.filter(pc.not_equal(encoded.column("split"), "test")), cfg.alpha, cfg.gamma,
+                      cfg.feedback_weights)
+    for sub, written in (("sequences", encoded), ("pairs", pairs)):
+        for split in SPLITS:
+            part = written.filter(pc.equal(written.column("split"), split)).drop_columns(["split"])
+            if part.num_rows:
+                (root / f"out-{sub}" / f"split={split}").mkdir(parents=True)
+                pq.write_table(part, root / f"out-{sub}" / f"split={split}" / "part-00000.parquet",
+                               row_group_size=STAGED_ROW_GROUP)
+    return {"rows_read": table.num_rows, "scale": scale, "split": time_split, "profile": profile, "spec": spec,
+            "group_end": group_end, "stats_end": stats_end}
+
+
+def prepare_sliced(files: list[str], mapping: dict[str, str], cfg: DatasetConfig, num_cols: list[str],
+                   cat_cols: list[str], fixed: FeatureSpec | None, staging: Path, size: int, rows: int,
+                   slices: int, start: float) -> dict:
+    """Logs of several slices, on Ray Data: the rows partitioned by request into ``slices`` on
+    disk, a task per slice groups its requests, statistics / encoding / writes stream from the
+    staged sequences. Writes what ``prepare_in_memory`` writes, returns what it returns."""
+    import ray
+
+    ctx = data_context()
+    ctx.execution_options.preserve_order = True
+    # rows -> their request's slice, on disk: streamed, no shuffle through memory. Whole blocks, and
+    # row groups of many rows: the writer splits every batch it gets across all slices, and written
+    # as they came (~700 rows per row group) 500k requests took 28 s and 2.8x the logs' bytes on disk,
+    # with 100k-row groups 13 s and 1.5x (46 slices); a write task holds up to a row group per slice,
+    # so the groups shrink as the slices grow in number
+    group_rows = int(min(RAW_ROW_GROUP, max(10_000, RAW_WRITE_BUFFER / slices / max(size / max(rows, 1), 1))))
+    ray.data.read_parquet(files).select_columns(list(mapping)).map_batches(
+        normalize, batch_format="pyarrow", batch_size=None,
+        fn_kwargs={"mapping": mapping, "slices": slices, "item_id_feature": cfg.item_id_feature},
+    ).write_parquet(str(staging / "raw"), partition_cols=["_slice"], row_group_size=group_rows)
+    log("prepare", f"{size / 2**30:.1f} GiB of rows partitioned into {slices} slices of requests "
+                   f"({time.time() - start:.1f}s)")
+    meta = ray.data.from_items([{"slice": i} for i in range(slices)], override_num_blocks=slices).map(
+        # as many slices at once as the node's memory holds (a larger slice_mb cannot ask for more than there is)
+        group_slice, num_cpus=1, memory=int(min(SLICE_MEMORY * size / slices, ray.cluster_resources()["memory"])),
+        fn_kwargs={"num_cols": num_cols, "cat_cols": cat_cols, "max_candidates": cfg.max_candidates,
+                   "staging": str(staging)},
+    ).take_all()
+    shutil.rmtree(staging / "raw", ignore_errors=True)
+    rows_read = sum(m["rows"] for m in meta)
+    group_end = time.time()
+    log("prepare", f"grouped {rows_read:,} rows into requests ({group_end - start:.1f}s)")
+    scale, time_split = time_split_of(np.concatenate([np.frombuffer(m["ts"], dtype=np.int64) for m in meta]), cfg)
+    sequences = ray.data.read_parquet(str(staging / "sequences")).map_batches(
+        assign_split, batch_format="pyarrow", batch_size=None,
+        fn_kwargs={"boundaries": time_split.boundaries, "scale": scale})
+    parts = sequences.map_batches(stats_batch, batch_format="pyarrow", batch_size=None,
+                                  fn_kwargs={"num_cols": num_cols, "cat_cols": cat_cols}).take_all()
+    profile = merge_profiles([json.loads(r["profile"]) for r in parts])
+    spec = fixed or FeatureSpec.fit(merge_stats([_stats_from_json(r["stats"]) for r in parts]), num_cols, cat_cols,
+                                    cfg.min_category_count)
+    stats_end = time.time()
+    log("prepare", f"features {'of ' + cfg.features if fixed else 'fitted on train'} ({stats_end - start:.1f}s)")
+    encoded = sequences.map_batches(spec.encode, batch_format="pyarrow", batch_size=None)
+    # one pass per output, a directory per split
+    encoded.write_parquet(str(staging / "out-sequences"), partition_cols=["split"], row_group_size=STAGED_ROW_GROUP)
+    encoded.filter(expr=col("split") != "test").map_batches(add_pairs, batch_format="pyarrow", batch_size=None,
+                                                            fn_kwargs={"alpha": cfg.alpha, "gamma": cfg.gamma,
+                                                                       "weights": cfg.feedback_weights},
+    ).write_parquet(str(staging / "out-pairs"), partition_cols=["split"], row_group_size=STAGED_ROW_GROUP)
+    return {"rows_read": rows_read, "scale": scale, "split": time_split, "profile": profile, "spec": spec,
+            "group_end": group_end, "stats_end": stats_end}
 
 
 def count_rows(path: Path) -> int:
@@ -187,70 +286,22 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         slices = -(-slices // cpus) * cpus
     slices = max(1, slices)
-    ctx = data_context()
-    ctx.execution_options.preserve_order = True
     staging = out_dir / "_staging"  # removed at the end, also when the job stops on an error
     try:
         shutil.rmtree(staging, ignore_errors=True)
         for sub in ("sequences", "quarantine"):
             (staging / sub).mkdir(parents=True)
-        if slices > 1:  # rows -> their request's slice, on disk: streamed, no shuffle through memory
-            # whole blocks, and row groups of many rows: the writer splits every batch it gets across all
-            # slices, and written as they came (~700 rows per row group) 500k requests took 28 s and 2.8x
-            # the logs' bytes on disk, with 100k-row groups 13 s and 1.5x (46 slices); a write task holds
-            # up to a row group per slice, so the groups shrink as the slices grow in number
-            group_rows = int(min(RAW_ROW_GROUP, max(10_000, RAW_WRITE_BUFFER / slices / max(size / max(rows, 1), 1))))
-            ray.data.read_parquet(files).select_columns(list(mapping)).map_batches(
-                normalize, batch_format="pyarrow", batch_size=None,
-                fn_kwargs={"mapping": mapping, "slices": slices, "item_id_feature": cfg.item_id_feature},
-            ).write_parquet(str(staging / "raw"), partition_cols=["_slice"], row_group_size=group_rows)
-            log("prepare", f"{size / 2**30:.1f} GiB of rows partitioned into {slices} slices of requests "
-                           f"({time.time() - start:.1f}s)")
-        meta = ray.data.from_items([{"slice": i} for i in range(slices)], override_num_blocks=slices).map(
-            # as many slices at once as the node's memory holds (a larger slice_mb cannot ask for more than there is)
-            group_slice, num_cpus=1, memory=int(min(SLICE_MEMORY * size / slices, ray.cluster_resources()["memory"])),
-            fn_kwargs={"files": files if slices == 1 else None, "mapping": mapping,
-                       "item_id_feature": cfg.item_id_feature, "num_cols": num_cols, "cat_cols": cat_cols,
-                       "max_candidates": cfg.max_candidates, "staging": str(staging)},
-        ).take_all()
-        shutil.rmtree(staging / "raw", ignore_errors=True)
-        shutil.rmtree(out_dir / "quarantine", ignore_errors=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.move(staging / "quarantine", out_dir / "quarantine")
-        rows_read = sum(m["rows"] for m in meta)
-        stage_end = {"group": time.time()}
-        log("prepare", f"grouped {rows_read:,} rows into requests ({stage_end['group'] - start:.1f}s)")
-        request_ts = np.concatenate([np.frombuffer(m["ts"], dtype=np.int64) for m in meta])
-        if not len(request_ts):
-            raise SchemaError("every request was quarantined: nothing to train on "
-                              "(see the quarantine reasons in OUT/quarantine)")
-        scale = ts_scale(int(request_ts.max()), cfg.ts_unit)
-        if scale != 1:
-            log("prepare", f"ts looks like seconds since the epoch (max {request_ts.max():,}); scaled to ms "
-                           "(set ts_unit=ms if it really is ms)")
-        time_split = choose_split(request_ts * scale, cfg.split, cfg.valid_days, cfg.test_days,
-                             cfg.valid_fraction, cfg.test_fraction)
-        log("prepare", f"time split {time_split.note}: valid from {pd.Timestamp(time_split.boundaries[0], unit='ms')}, "
-                       f"test from {pd.Timestamp(time_split.boundaries[1], unit='ms')}")
-        sequences = ray.data.read_parquet(str(staging / "sequences")).map_batches(
-            assign_split, batch_format="pyarrow", batch_size=None,
-            fn_kwargs={"boundaries": time_split.boundaries, "scale": scale})
-        parts = sequences.map_batches(stats_batch, batch_format="pyarrow", batch_size=None,
-                                      fn_kwargs={"num_cols": num_cols, "cat_cols": cat_cols}).take_all()
-        profile = merge_profiles([json.loads(r["profile"]) for r in parts])
-        spec = fixed or FeatureSpec.fit(merge_stats([_stats_from_json(r["stats"]) for r in parts]), num_cols, cat_cols,
-                                        cfg.min_category_count)
-        stage_end["stats"] = time.time()
-        log("prepare", f"features {'of ' + cfg.features if fixed else 'fitted on train'} "
-                       f"({stage_end['stats'] - start:.1f}s)")
-
-        encoded = sequences.map_batches(spec.encode, batch_format="pyarrow", batch_size=None)
-        # one pass per output, a directory per split
-        encoded.write_parquet(str(staging / "out-sequences"), partition_cols=["split"], row_group_size=STAGED_ROW_GROUP)
-        encoded.filter(expr=col("split") != "test").map_batches(add_pairs, batch_format="pyarrow", batch_size=None,
-                                                                fn_kwargs={"alpha": cfg.alpha, "gamma": cfg.gamma,
-                                                                           "weights": cfg.feedback_weights},
-        ).write_parquet(str(staging / "out-pairs"), partition_cols=["split"], row_group_size=STAGED_ROW_GROUP)
+        if slices == 1:
+            task = ray.remote(prepare_in_memory).options(
+                num_cpus=1, memory=int(min(SLICE_MEMORY * size, ray.cluster_resources()["memory"])))
+            try:
+                done = ray.get(task.remote(files, mapping, cfg, num_cols, cat_cols, fixed, str(staging)))
+            except ray.exceptions.RayTaskError as err:  # the job's own errors, as if raised here
+                if isinstance(err.cause, (SchemaError, ConfigError)):
+                    raise err.cause from None
+                raise
+        else:
+            done = prepare_sliced(files, mapping, cfg, num_cols, cat_cols, fixed, staging, size, rows, slices, start)
         for sub, splits in (("sequences", SPLITS), ("pairs", SPLITS[:2])):
             shutil.rmtree(out_dir / sub, ignore_errors=True)
             (out_dir / sub).mkdir()
@@ -260,9 +311,14 @@ def run(logs: str, out: str, cfg: DatasetConfig) -> dict:
                     shutil.move(written, out_dir / sub / split)
                 else:  # a split without requests (pairs: without a reordered one): an empty directory
                     (out_dir / sub / split).mkdir()
+        spec, time_split, scale, profile = done["spec"], done["split"], done["scale"], done["profile"]
         spec.save(out_dir / "features.json")
-    finally:
+    finally:  # the quarantine reaches OUT also when the job stops (every request quarantined: its reasons say why)
+        if (staging / "quarantine").exists():
+            shutil.rmtree(out_dir / "quarantine", ignore_errors=True)
+            shutil.move(staging / "quarantine", out_dir / "quarantine")
         shutil.rmtree(staging, ignore_errors=True)
+    rows_read, stage_end = done["rows_read"], {"group": done["group_end"], "stats": done["stats_end"]}
     stage_end["encode_write"] = time.time()
 
     reasons = Counter()
