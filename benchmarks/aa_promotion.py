@@ -1,5 +1,6 @@
 """How often continuous training's promotion rule promotes a challenger that *is* the champion
-(A/A), on a simulated world's own users and clicks, replicated many times (prints JSON).
+(A/A) -- or, with ``--challenger``, a better one (power) --, on a simulated world's own users and
+clicks, replicated many times (prints JSON).
 
     python -m benchmarks.aa_promotion --world runs/pipeline/sim/world --model <model dir | models:/...>
         [--experiments 1000] [--requests 3000] [--looks 2] [--explore 0.1] [--pool 20000]
@@ -11,10 +12,13 @@ test both arms serve the same list); every experiment draws ``looks`` x ``reques
 their users between the two arms by the Router's own hash (``gref.serving.ab``), drops the explored
 share, draws clicks from the world's user model, and applies ``gref.serving.promotion.decide``.
 
-Four variants side by side on the same draws: the interval counts users (the rule's default) or
-requests (the previous rule), and every experiment has its own salt (what the loop does: one per
-round) or all split users alike (one salt: the A/A loop before each round got its own salt).
+Variants side by side on the same draws: the interval counts users (the rule's default) or
+requests (the previous rule), every experiment has its own salt (what the loop does: one per
+round) or all split users alike (one salt: the A/A loop before each round got its own salt), and
+the looks share the level by Bonferroni or by O'Brien-Fleming's boundary (``--boundaries``).
 Rates come with Wilson 95 % intervals; the rule's bound is alpha / 2 (= 2.5 % at alpha 0.05).
+``--challenger MODEL``: the challenger arm serves that model's greedy lists for the same requests
+(an A/B test): the promotion rate is then the rule's power against that real challenger.
 Also reported: the share of the served clicks' variance that E[clicks | user, list] explains -- the
 most any pre-assignment covariate (CUPED) could remove; the rest is the clicks' own coin flips.
 """
@@ -63,6 +67,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", default="runs/pipeline/sim/world")
     p.add_argument("--model", default="models:/gref-reranker@champion", help="the champion (both arms)")
+    p.add_argument("--challenger", default="", help="the challenger arm's model (an A/B test); default: the champion")
+    p.add_argument("--boundaries", default="bonferroni", help="comma-separated: bonferroni, obrien_fleming")
+    p.add_argument("--units", default="user,request", help="comma-separated: user, request")
+    p.add_argument("--splits", default="salted,fixed", help="comma-separated: salted, fixed")
     p.add_argument("--experiments", type=int, default=1000)
     p.add_argument("--requests", type=int, default=3000, help="requests per look, both arms together")
     p.add_argument("--looks", type=int, default=2)
@@ -81,11 +89,18 @@ def main() -> None:
     t0 = time.time()
     world = World.load(args.world)
     users, items = greedy_pool(world, args.model, args.pool, args.n, args.seed)
+    if args.challenger:  # the same requests (same seed), the challenger's lists
+        users_b, items_b = greedy_pool(world, args.challenger, args.pool, args.n, args.seed)
+        assert np.array_equal(users, users_b)
     pool_s = time.time() - t0
     expected = expected_feedback(world, users, items)["click"]
     drawn = sample_feedback(world, users, items, np.random.default_rng(args.seed + 2))["click"].sum(axis=1)
-    rules = {f"{unit}/{split}": PromotionRule(alpha=args.alpha, max_looks=args.looks, unit=unit)
-             for unit in ("user", "request") for split in ("salted", "fixed")}
+    lift = float(expected_feedback(world, users, items_b)["click"].mean() / expected.mean() - 1) \
+        if args.challenger else 0.0
+    rules = {f"{unit}/{split}" + ("" if boundary == "bonferroni" else f"/{boundary}"):
+             PromotionRule(alpha=args.alpha, max_looks=args.looks, unit=unit, boundary=boundary)
+             for boundary in args.boundaries.split(",") for unit in args.units.split(",")
+             for split in args.splits.split(",")}
     outcomes = {name: {"promote": 0, "rollback": 0, "keep": 0} for name in rules}
     half_widths = {name: [] for name in rules}  # the interval's half-width at the first look
     rng = np.random.default_rng(args.seed + 1)
@@ -96,15 +111,17 @@ def main() -> None:
         rows = rng.choice(len(users), total, replace=False)
         greedy = rng.random(total) >= args.explore
         clicks = sample_feedback(world, users[rows], items[rows], rng)["click"].sum(axis=1).astype(float)
+        clicks_b = sample_feedback(world, users[rows], items_b[rows], rng)["click"].sum(axis=1).astype(float) \
+            if args.challenger else clicks
         salted = {u: assign_arm(str(u), {"champion": 1.0, "challenger": 1.0}, f"aa-{e}") for u in np.unique(users[rows])}
         for name, rule in rules.items():
-            arm_of = fixed_arm if name.endswith("fixed") else salted
+            arm_of = fixed_arm if "/fixed" in name else salted
             arm = np.array([arm_of[u] for u in users[rows]])
             action = "keep"
             for look in range(1, args.looks + 1):
                 seen = np.arange(total) < look * args.requests
                 a, b = seen & greedy & (arm == "champion"), seen & greedy & (arm == "challenger")
-                d = decide(clicks[a], clicks[b], look, rule, users[rows][a], users[rows][b])
+                d = decide(clicks[a], clicks_b[b], look, rule, users[rows][a], users[rows][b])
                 if look == 1:
                     half_widths[name].append((d.high - d.low) / 2)
                 if d.action != "continue":
@@ -115,7 +132,8 @@ def main() -> None:
             rates = ", ".join(f"{k} {v['promote'] / (e + 1):.2%}" for k, v in outcomes.items())
             print(f"[aa_promotion] {e + 1}/{args.experiments} experiments: promoted {rates}", flush=True)
 
-    result = {"world": args.world, "model": args.model, "experiments": args.experiments,
+    result = {"world": args.world, "model": args.model, "challenger": args.challenger or args.model,
+              "oracle_lift_of_the_challenger": lift, "experiments": args.experiments,
               "requests_per_look": args.requests, "looks": args.looks, "explore": args.explore, "alpha": args.alpha,
               "bound": args.alpha / 2, "pool": args.pool, "pool_distinct_users": len(distinct),
               "pool_s": round(pool_s, 1), "wall_s": round(time.time() - t0, 1),
@@ -124,7 +142,8 @@ def main() -> None:
     for name, counts in outcomes.items():
         k = counts["promote"]
         low, high = wilson(k, args.experiments)
-        result["rules"][name] = {**counts, "false_promotion_rate": k / args.experiments, "ci95": [low, high],
+        rate = "power" if args.challenger else "false_promotion_rate"  # promoted: rightly (A/B) or falsely (A/A)
+        result["rules"][name] = {**counts, rate: k / args.experiments, "ci95": [low, high],
                                  "first_look_half_width": float(np.mean(half_widths[name]))}
     print(json.dumps(result, indent=2))
 

@@ -1,5 +1,6 @@
 """The promotion rule of continuous training on hand-made A/B results (no Ray): the interval by hand,
-each action, the Bonferroni level over looks, and the false-promotion rate of A/A tests."""
+each action, the Bonferroni and O'Brien-Fleming levels over looks, and the false-promotion rate of
+A/A tests."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from gref.serving.promotion import PromotionRule, decide, lift_interval, mean_and_variance
+from gref.serving.promotion import PromotionRule, crossing_probability, decide, lift_interval, mean_and_variance
 
 
 def test_lift_interval_by_hand():
@@ -32,8 +33,36 @@ def test_user_level_variance_by_hand():
 
 
 def test_bonferroni_level_over_looks():
-    assert PromotionRule(alpha=0.05, max_looks=1).z() == pytest.approx(1.959964, abs=1e-6)
-    assert PromotionRule(alpha=0.05, max_looks=3).z() == pytest.approx(2.393980, abs=1e-6)  # Phi^-1(1 - 0.05/6)
+    assert PromotionRule(alpha=0.05, max_looks=1).z(1) == pytest.approx(1.959964, abs=1e-6)
+    for look in (1, 2, 3):
+        assert PromotionRule(alpha=0.05, max_looks=3).z(look) == pytest.approx(2.393980, abs=1e-6)  # Phi^-1(1 - 0.05/6)
+
+
+@pytest.mark.parametrize(("looks", "expected"), [
+    (1, [1.960]),
+    (2, [2.797, 1.977]),  # the last look's z is the O'Brien-Fleming constant C_B(K, 0.05)
+    (3, [3.471, 2.454, 2.004]),  # (Jennison & Turnbull 2000, Table 2.3: 1.977, 2.004, 2.040)
+    (5, [4.562, 3.226, 2.634, 2.281, 2.040]),
+])
+def test_obrien_fleming_boundary_matches_the_published_constants(looks, expected):
+    rule = PromotionRule(alpha=0.05, max_looks=looks, boundary="obrien_fleming")
+    assert [rule.z(k) for k in range(1, looks + 1)] == pytest.approx(expected, abs=1.5e-3)
+    # one look: exactly the two-sided 95 % interval; the walk crosses with probability alpha
+    assert crossing_probability(1.959964, 1) == pytest.approx(0.05, abs=1e-6)
+    assert crossing_probability(rule.z(looks) * math.sqrt(looks), looks) == pytest.approx(0.05, abs=1e-6)
+
+
+def test_obrien_fleming_promotes_at_the_last_look_what_bonferroni_keeps():
+    # 5,400 requests per arm, sd 1.6 around 2.3 clicks: se(lift) ~ 1.31 %; a +3 % lift clears
+    # 1.977 se (OBF's last look of 2) but not 2.241 se (Bonferroni's)
+    rng = np.random.default_rng(3)
+    a = 2.3 + 1.6 * rng.standard_normal(5400)
+    b = a.mean() * 1.03 + (a - a.mean())[rng.permutation(5400)]
+    bonferroni = decide(a, b, 2, PromotionRule(max_looks=2))
+    obf = decide(a, b, 2, PromotionRule(max_looks=2, boundary="obrien_fleming"))
+    assert bonferroni.lift == obf.lift == pytest.approx(0.03)
+    assert (bonferroni.action, obf.action) == ("keep", "promote")
+    assert decide(a, b, 1, PromotionRule(max_looks=2, boundary="obrien_fleming")).action == "continue"  # 2.80 se early
 
 
 def _arms(champion_mean: float, challenger_mean: float, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,12 +93,14 @@ def test_too_little_data_decides_nothing():
     assert decide(a, b, 3, PromotionRule(min_requests=100, max_looks=3)).action == "keep"
 
 
-def test_aa_tests_rarely_promote_however_many_looks():
+@pytest.mark.parametrize("boundary", ["bonferroni", "obrien_fleming"])
+def test_aa_tests_rarely_promote_however_many_looks(boundary):
     """2,000 simulated A/A tests (Poisson clicks, same mean, 3 looks of 500 requests per arm): the
-    rule promotes at most alpha / 2 = 2.5 % of them (Bonferroni keeps the repeated looks honest),
-    where one look at 95 % per look would promote more."""
+    rule promotes at most alpha / 2 = 2.5 % of them (either boundary keeps the repeated looks
+    honest), where one look at 95 % per look would promote more."""
     rng = np.random.default_rng(0)
-    rule, naive = PromotionRule(max_looks=3, min_requests=100), PromotionRule(max_looks=1, min_requests=100)
+    rule = PromotionRule(max_looks=3, min_requests=100, boundary=boundary)
+    naive = PromotionRule(max_looks=1, min_requests=100)
     promoted = naive_promoted = 0
     for _ in range(2000):
         a, b = rng.poisson(2.3, (3, 500)), rng.poisson(2.3, (3, 500))
@@ -77,7 +108,7 @@ def test_aa_tests_rarely_promote_however_many_looks():
         stop = next((x for x in actions if x != "continue"), "keep")
         promoted += stop == "promote"
         # the naive rule: a 95 % interval at every look, promote the first time it clears 0
-        naive_promoted += any(lift_interval(a[:k].ravel(), b[:k].ravel(), naive.z())[1] > 0 for k in (1, 2, 3))
+        naive_promoted += any(lift_interval(a[:k].ravel(), b[:k].ravel(), naive.z(1))[1] > 0 for k in (1, 2, 3))
     assert promoted / 2000 <= 0.025
     assert naive_promoted > promoted
 
@@ -100,6 +131,8 @@ def test_aa_tests_with_correlated_users_need_the_user_level_interval():
     assert promoted["request"] / 2000 > 0.1
 
 
-def test_unknown_unit_is_an_error():
+def test_unknown_unit_or_boundary_is_an_error():
     with pytest.raises(ValueError, match="rule.unit"):
         decide(np.ones(200), np.ones(200), 1, PromotionRule(unit="session"))
+    with pytest.raises(ValueError, match="rule.boundary"):
+        decide(np.ones(200), 1.1 * np.ones(200), 1, PromotionRule(boundary="pocock"))

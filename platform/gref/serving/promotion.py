@@ -8,9 +8,15 @@ requests' users are given the interval treats each user as one unit: each arm's 
 sum(clicks) / sum(requests) over its users, and its variance comes from the users' residuals
 clicks_u - mean * requests_u (the delta method for a ratio metric, Deng et al., KDD 2018). With one
 request per user this is the per-request formula. The test
-may look at the data up to ``max_looks`` times (each look adds traffic); every look uses the
-Bonferroni level alpha / max_looks, so the chance that an A/A test ever promotes stays <= alpha / 2
-however many looks it takes (one look: the usual 95 % interval).
+may look at the data up to ``max_looks`` times (each look adds as much traffic), and the chance that
+an A/A test ever promotes stays <= alpha / 2 however many looks it takes (one look: the usual 95 %
+interval) with either boundary:
+
+    bonferroni       every look at the level alpha / max_looks (the same width at every look)
+    obrien_fleming   O'Brien & Fleming's group-sequential boundary (Biometrics 1979): look k of K
+                     at z = c * sqrt(K / k), c solved so that the walk of the looks' z statistics
+                     crosses with probability alpha -- strict early, near the one-look 1.96 at the
+                     last look (K = 2: 2.80 then 1.98, where Bonferroni uses 2.24 at both)
 
     promote   the interval is above 0
     rollback  the interval is below 0 (the challenger is worse: it is dropped)
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from statistics import NormalDist
 
 import numpy as np
@@ -33,10 +40,41 @@ class PromotionRule:
     max_looks: int = 3  # looks at the A/B data before giving up (traffic grows by one batch per look)
     min_requests: int = 100  # greedy requests per arm before a look can decide anything
     unit: str = "user"  # what the interval counts as independent: user (the split's unit) | request
+    boundary: str = "bonferroni"  # bonferroni | obrien_fleming: how the level is spent over the looks
 
-    def z(self) -> float:
-        """The interval's half-width in standard errors at every look (Bonferroni over the looks)."""
-        return NormalDist().inv_cdf(1.0 - self.alpha / (2 * self.max_looks))
+    def z(self, look: int) -> float:
+        """The interval's half-width in standard errors at ``look`` (1-based) of ``max_looks``."""
+        if self.boundary == "bonferroni":
+            return NormalDist().inv_cdf(1.0 - self.alpha / (2 * self.max_looks))
+        if self.boundary == "obrien_fleming":
+            return obrien_fleming_c(self.max_looks, self.alpha) * math.sqrt(self.max_looks / min(look, self.max_looks))
+        raise ValueError(f"rule.boundary must be bonferroni or obrien_fleming, got {self.boundary!r}")
+
+
+def crossing_probability(b: float, looks: int, grid: int = 801) -> float:
+    """P(|S_k| >= b for some k <= looks) for a Gaussian random walk S_k (k steps of N(0, 1)): the
+    looks' z statistics under the null are S_k / sqrt(k) for equal-sized looks. The density of a
+    walk still inside (-b, b) is carried from look to look on a grid (trapezoid rule)."""
+    x = np.linspace(-b, b, grid)
+    w = np.full(grid, x[1] - x[0])
+    w[[0, -1]] /= 2
+    phi = lambda u: np.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)  # noqa: E731
+    inside = phi(x)
+    step = phi(x[:, None] - x[None, :])
+    for _ in range(looks - 1):
+        inside = step @ (w * inside)
+    return float(1.0 - (w * inside).sum())
+
+
+@lru_cache(maxsize=64)
+def obrien_fleming_c(looks: int, alpha: float) -> float:
+    """c of the O'Brien-Fleming boundary (look k of K at z = c * sqrt(K / k)): the walk crosses
+    b = c * sqrt(K) with probability alpha (two-sided). Bisection on ``crossing_probability``."""
+    low, high = NormalDist().inv_cdf(1 - alpha / 2) / math.sqrt(looks), 8.0
+    for _ in range(40):  # to ~1e-11
+        mid = (low + high) / 2
+        low, high = (mid, high) if crossing_probability(mid * math.sqrt(looks), looks) > alpha else (low, mid)
+    return (low + high) / 2
 
 
 @dataclass
@@ -85,7 +123,7 @@ def decide(champion: np.ndarray, challenger: np.ndarray, look: int, rule: Promot
         raise ValueError(f"rule.unit must be user or request, got {rule.unit!r}")
     if rule.unit == "request":
         champion_units = challenger_units = None
-    z = rule.z()
+    z = rule.z(look)
     na, nb = len(champion), len(challenger)
     last = look >= rule.max_looks
     if min(na, nb) < max(rule.min_requests, 2) or float(np.mean(champion)) <= 0:
