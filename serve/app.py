@@ -137,7 +137,8 @@ class Reranker:
             self._rerank_batch)
 
     async def _rerank_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``rerank`` (batched: one call per request, answered from a batch of them). Each request: {"candidates": [...validated...], "n": int, "explore": bool} -> {"order":
+        """``rerank`` (batched: one call per request, answered from a batch of them). Each request:
+        {"candidates": [...validated...], "n": int, "explore": bool} -> {"order":
         [candidate indices], "model": the name, version, kind and heads of the weights that ran,
         "explored": whether the list was sampled (explore, on a GReF model), "log_propensity": its
         log-probability under the sampling policy (0 for the greedy list), "timing": ms spent
