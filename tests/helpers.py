@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
+import random
+import socket
+
 import pyarrow as pa
+
+# Ports for servers a test starts (Serve's proxy, a second Ray head). Not port 0's pick: that comes
+# from the OS's ephemeral range (32768-60999 here), where the outgoing connections of a Ray starting
+# up take their local ports -- one took a port a test had just released ("Failed to bind"). Also
+# below Serve's direct-ingress replica ports (30000+) and above Ray's worker ports (10002-19999).
+_TEST_PORTS = range(20000, 30000)
+
+
+def free_ports(n: int = 1) -> list[int]:
+    """``n`` distinct ports that are free now, outside the ranges Ray and the OS hand out."""
+    ports: list[int] = []
+    for port in random.sample(_TEST_PORTS, len(_TEST_PORTS)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"fewer than {n} free ports in {_TEST_PORTS}")
 
 
 def sequences_of(log_table: pa.Table, num_cols: list[str] | None = None) -> tuple[pa.Table, dict]:

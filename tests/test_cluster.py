@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND_KEYS = ("setup_commands", "head_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
@@ -102,22 +102,12 @@ def test_job_upload_leaves_data_venvs_and_git_out(tmp_path):
     assert target.stat().st_size < 5 * 2**20
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture
 def ray_head():
     """A second, separate Ray head (own temp dir and ports, token auth off as RAY-NOTES says),
     stopped by signalling its `ray start --block` process -- never `ray stop`, which would kill
     every Ray on the machine."""
-    (gcs, dash, agent, agent_grpc, metrics, env_agent, node_mgr, obj_mgr, client) = _free_ports(9)
+    (gcs, dash, agent, agent_grpc, metrics, env_agent, node_mgr, obj_mgr, client) = free_ports(9)
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)

@@ -5,17 +5,11 @@ same call -- nothing counted twice, the loop's records in the store, the registr
 from __future__ import annotations
 
 import json
-import socket
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import free_ports
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +41,7 @@ def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir,
 
     overrides = [f"out={tmp_path / 'loop'}", f"world={sim_dir / 'world'}", f"champion={champion}", "rounds=2",
                  "requests=120", "concurrency=4", "explore=0.25", "audit_requests=100", "rule.max_looks=2",
-                 "rule.min_requests=20", f"port={_free_port()}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                 "rule.min_requests=20", f"port={free_ports()[0]}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
                  "app.reranker_cpus=0.1", "app.router_cpus=0.05",
                  *[f"{stage}.{key}" for stage in ("reward", "dpo") for key in (
                      "optim.epochs=1", "optim.batch_size=64", "scaling.num_workers=0", "eval.max_requests=200")]]

@@ -15,14 +15,9 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import requests
+from helpers import free_ports
 
 from gref.data.schema import DatasetConfig, canonical_schema
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +59,7 @@ def app(ray_cluster, registry):
     keys = {"tester": keyfile.create("tester", ["rerank", "feedback", "metrics"]),
             "other": keyfile.create("other", ["rerank", "feedback"]),  # another client of the same endpoint
             "reader": keyfile.create("reader", ["rerank"])}
-    port = _free_port()
+    port = free_ports()[0]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"tracking_uri": registry["uri"], "feedback_db": str(registry["root"] / "feedback.db"),
             "replicas": 2, "reranker_cpus": 0.1, "router_cpus": 0.05, "weights": {"gref": 1, "nar4rec": 1},  # the default arms
@@ -530,7 +525,7 @@ def test_serves_through_direct_ingress_and_the_proxy(registry, candidates, tmp_p
     repo = Path(__file__).resolve().parents[1]
     child = subprocess.run(
         [sys.executable, str(repo / "tests/serve_direct_child.py"), str(registry["root"] / "gref"),
-         str(tmp_path / "direct.db"), json.dumps(candidates), str(_free_port())],
+         str(tmp_path / "direct.db"), json.dumps(candidates), str(free_ports()[0])],
         capture_output=True, text=True, timeout=300, cwd=repo,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))})
     assert child.returncode == 0, child.stderr[-3000:]
