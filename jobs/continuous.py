@@ -7,17 +7,21 @@ registered into ``tracking.registered_model`` when it is not). Every round r >= 
   1. post-trains a challenger from the champion on the traffic of the last ``1 + replay_rounds``
      rounds (``reward`` + ``dpo``: the pipeline's recipe, oracle-free: models are selected on
      held-out clicks) and registers it with the alias ``challenger``;
-  2. serves champion and challenger side by side (Ray Serve, users split by a hash) to the
-     simulated users of ``world``, ``requests`` requests per look; a share ``explore`` of the
-     requests get a list sampled from the model (temperature ``explore_temperature``) instead of
-     its greedy list, its log-probability stored with it -- training data with alternatives;
+  2. serves champion and challenger side by side (Ray Serve, users split by a hash), ``requests``
+     requests per look: ``traffic=simulated`` sends them from the simulated users of ``world``;
+     ``traffic=clients`` leaves them to real clients of the endpoint (``host``:``port``) and waits
+     until the feedback store holds that many lists served by the round's arms, each served
+     ``feedback_wait_s`` ago (its clicks are in), up to ``look_timeout_s``. A share ``explore`` of
+     the requests get a list sampled from the model (temperature ``explore_temperature``) instead
+     of its greedy list, its log-probability stored with it -- training data with alternatives;
   3. decides on the served clicks per greedy request (gref.serving.promotion: promote when the
      interval of the lift is above 0, roll back when below, else one more look, up to
-     ``rule.max_looks``); a promotion moves the alias ``champion``. The simulated oracle audits
-     every decision (the lift of expected clicks, on the A/B and on a fixed audit set) but never
-     makes one;
-  4. exports the round's lists + feedback (a time window of the feedback store: no row twice) and
-     prepares them alone, with the round-0 champion's feature spec (unseen values -> OOV).
+     ``rule.max_looks``); a promotion moves the alias ``champion``. With a simulated ``world`` its
+     oracle audits every decision (the lift of expected clicks, on the A/B and on a fixed audit
+     set) but never makes one (``world=''`` with real clients: no audit);
+  4. exports the round's lists + feedback (a time window of the feedback store, from where the
+     previous round's ended: no row twice, none lost) and prepares them alone, with the round-0
+     champion's feature spec (unseen values -> OOV).
 A challenger that fails to train leaves the champion serving alone for that round. ``aa=true`` is
 the false-promotion check: the challenger is the champion itself (nothing trained). MLflow: one
 parent run, a nested run per round, a plot of both arms per round; the registry keeps the
@@ -40,19 +44,18 @@ from typing import Any
 import numpy as np
 
 from gref.cli import log, parser, resolve_config
-from gref.config import flatten, save_yaml, to_dict
+from gref.config import ConfigError, flatten, save_yaml, to_dict
 from gref.data.schema import DatasetConfig
 from gref.serving.promotion import PromotionRule, decide, lift_interval
 from gref.tracking import TrackingConfig
 from gref.train.config import DPOConfig, RewardConfig
 
-APP = "gref-loop"
-
 
 @dataclass
 class ContinuousConfig:
     out: str = "runs/continuous"  # state.json, feedback.db, rounds/<r>/{logs,prep,window}, ray/, summary.json
-    world: str = "runs/pipeline/sim/world"  # the simulated users (their clicks; the oracle only audits)
+    world: str = "runs/pipeline/sim/world"  # the simulated users (their clicks; the oracle only audits); '' = none
+    traffic: str = "simulated"  # simulated: the loop sends the world's users | clients: real clients call the app
     champion: str = "models:/gref-reranker@champion"  # round 0's champion
     rounds: int = 6  # challengers trained and decided (round 0, serving only, comes first)
     requests: int = 4000  # simulated requests per A/B look (both arms; round 0: the champion alone)
@@ -65,7 +68,11 @@ class ContinuousConfig:
     aa: bool = False  # A/A check: the challenger is the champion itself (a promotion is a false one)
     audit_requests: int = 2000  # a fixed set of simulated requests the oracle scores every version on (0 = off)
     seed: int = 0
+    app_name: str = "gref-loop"  # the Serve app the loop (re)deploys (clients: the app they call, route /)
+    host: str = "127.0.0.1"  # where Serve's HTTP proxy listens (0.0.0.0: clients on other machines)
     port: int = 8000  # HTTP port of the Serve app the loop runs
+    feedback_wait_s: float = 60.0  # clients: a list's clicks count once it was served this long ago
+    look_timeout_s: float = 3600.0  # clients: the longest a look waits for its requests (then decides on what came)
     direct_ingress: bool = False  # looks go to the Router replica's own port, not Serve's proxy (Serve's
     #                               high-throughput mode, on in the Ray this job starts; README: ~2x the traffic)
     app: dict = field(default_factory=dict)  # more serve.app ServeConfig args (replicas, reranker_cpus, ...)
@@ -121,6 +128,11 @@ def _tag(cfg: ContinuousConfig, version: int, key: str, value: str) -> None:
 # ---------------------------------------------------------------- serving and traffic
 
 
+def _feedback_location(cfg: ContinuousConfig) -> str:
+    """The app's feedback store: ``app.feedback_db`` (e.g. PostgreSQL) or ``out``/feedback.db."""
+    return str(cfg.app.get("feedback_db") or Path(cfg.out).resolve() / "feedback.db")
+
+
 def _deploy(cfg: ContinuousConfig, arms: dict[str, int], salt: str) -> tuple[str, str]:
     """(Re)deploy the loop's Serve app with these arms (name -> registered version) and user split.
     -> (the URL the looks go to, "direct" | "proxy")"""
@@ -128,20 +140,20 @@ def _deploy(cfg: ContinuousConfig, arms: dict[str, int], salt: str) -> tuple[str
 
     from serve.app import build_app
 
-    args = {"tracking_uri": cfg.tracking.uri, "feedback_db": str(Path(cfg.out).resolve() / "feedback.db"),
-            "explore": cfg.explore, "explore_temperature": cfg.explore_temperature,
-            **cfg.app, "salt": salt,  # the round's salt, as state.json records it
+    args = {"tracking_uri": cfg.tracking.uri, "explore": cfg.explore, "explore_temperature": cfg.explore_temperature,
+            **cfg.app, "feedback_db": _feedback_location(cfg),
+            "salt": salt,  # the round's salt, as state.json records it
             "arms": {arm: _registry_uri(cfg, v) for arm, v in arms.items()}}
-    serve.run(build_app(args), name=APP, route_prefix="/", logging_config={"enable_access_log": False})
-    proxy = f"http://127.0.0.1:{cfg.port}"
-    if not cfg.direct_ingress:
+    serve.run(build_app(args), name=cfg.app_name, route_prefix="/", logging_config={"enable_access_log": False})
+    proxy = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{cfg.port}"
+    if not cfg.direct_ingress or cfg.traffic == "clients":  # clients know the proxy's address, not a replica's
         return proxy, "proxy"
     import ray
 
     from serve.app import direct_urls
 
     # serve.run returns once the replaced Router replicas are gone: the targets are this deploy's
-    urls = direct_urls(APP, host="127.0.0.1", node_ip=ray.util.get_node_ip_address())  # the app listens on loopback
+    urls = direct_urls(cfg.app_name, host="127.0.0.1", node_ip=ray.util.get_node_ip_address())  # the app listens on loopback
     if not urls:
         log("continuous", "direct ingress is off in this Ray (start it with RAY_SERVE_THROUGHPUT_OPTIMIZED=1) "
                           "or no Router replica runs on this node: the looks go through Serve's proxy")
@@ -163,7 +175,8 @@ def _enable_direct_ingress() -> None:
 
 def _look(cfg: ContinuousConfig, world, url: str, r: int, look: int, arms: dict[str, int]) -> list[dict[str, Any]]:
     """One look's traffic: ``requests`` simulated requests with fixed ids (r<r>-l<look>-<i>), every
-    answer checked to come from the version of its arm (not a stale replica or another app)."""
+    answer checked to come from the version of its arm (not a stale replica or another app). Each
+    record: request_id, user, arm, model, explored, sampled (drawn clicks), oracle (E[clicks])."""
     from jobs.ab_test import send_traffic, simulated_requests
 
     seed = cfg.seed * 100_003 + r * 101 + look
@@ -178,6 +191,37 @@ def _look(cfg: ContinuousConfig, world, url: str, r: int, look: int, arms: dict[
         raise RuntimeError(f"round {r} look {look}: {len(stray)} answers from other models than the round's arms "
                            f"{arms}, e.g. {stray[0]['arm']}: {stray[0]['model']}")
     return records
+
+
+def _clients_look(cfg: ContinuousConfig, url: str, r: int, look: int, arms: dict[str, int],
+                  since_ms: int) -> tuple[list[dict[str, Any]], int]:
+    """One look's traffic from real clients: the lists the store holds from ``since_ms`` on that the
+    round's arms served (their own version: not a replica of an earlier deploy), once there are
+    ``requests`` of them served ``feedback_wait_s`` ago or more, or ``look_timeout_s`` passed.
+    -> (records as ``FeedbackStore.outcomes`` gives them, the window's end in epoch ms)"""
+    from gref.serving.feedback import FeedbackStore
+
+    store = FeedbackStore(_feedback_location(cfg))
+    started = last_log = time.time()
+    log("continuous", f"round {r} look {look}: serving {arms} at {url}; waiting for {cfg.requests} requests "
+                      f"from clients (each counted {cfg.feedback_wait_s:g} s after it was served)")
+    while True:
+        until_ms = int((time.time() - cfg.feedback_wait_s) * 1000)
+        served = store.outcomes(since_ms, until_ms) if until_ms > since_ms else []
+        records = [o for o in served if o["arm"] in arms and o["model"].endswith(f"#{arms[o['arm']]}")]
+        waited = time.time() - started
+        if len(records) >= cfg.requests or waited >= cfg.look_timeout_s:
+            break
+        if time.time() - last_log >= 30:
+            log("continuous", f"round {r} look {look}: {len(records)}/{cfg.requests} requests after {waited:.0f} s")
+            last_log = time.time()
+        time.sleep(min(2.0, max(0.2, cfg.feedback_wait_s / 4)))
+    if waited >= cfg.look_timeout_s:
+        log("continuous", f"round {r} look {look}: {len(records)}/{cfg.requests} requests when look_timeout_s "
+                          f"({cfg.look_timeout_s:g} s) ran out: deciding on those")
+    if len(served) > len(records):
+        log("continuous", f"round {r} look {look}: {len(served) - len(records)} lists from other versions left out")
+    return records, until_ms
 
 
 def _arm_values(records: list[dict[str, Any]], arm: str, key: str) -> np.ndarray:
@@ -296,7 +340,10 @@ def _serve_round(cfg: ContinuousConfig, state: State, world, r: int, arms: dict[
     import mlflow
 
     rnd = state.round(r)
-    rnd.setdefault("since_ms", int(time.time() * 1000))  # the round's window opens once, resumed or not
+    # the round's export window opens once, resumed or not, where the previous round's closed: what
+    # clients were served while the challenger trained is the next partition's, not lost
+    rnd.setdefault("since_ms", state.round(r - 1).get("until_ms") if r else None)
+    rnd["since_ms"] = rnd["since_ms"] or int(time.time() * 1000)
     state.save()
     # each round is a new experiment with its own user split: a verdict never rides on an earlier
     # round's luck of the split (an A/A loop's arms never change, so a hash of them would split alike)
@@ -304,6 +351,7 @@ def _serve_round(cfg: ContinuousConfig, state: State, world, r: int, arms: dict[
     salt = rnd.setdefault("salt", f"{cfg.app.get('salt') or 'continuous'}-s{cfg.seed}-r{r}")
     url, rnd["ingress"] = _deploy(cfg, arms, salt)
     looks = rnd.setdefault("looks", [])
+    rnd.setdefault("ab_since_ms", int(time.time() * 1000))  # clients' lists count from the first deploy's end
     records_dir = Path(cfg.out) / "rounds" / str(r)
     records_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
@@ -311,11 +359,14 @@ def _serve_round(cfg: ContinuousConfig, state: State, world, r: int, arms: dict[
         records += json.loads((records_dir / f"look{look}.json").read_text())
     while rnd.get("decision") is None:
         look = len(looks) + 1
-        new = _look(cfg, world, url, r, look, arms)
+        if cfg.traffic == "clients":
+            new, until_ms = _clients_look(cfg, url, r, look, arms, looks[-1]["until_ms"] if looks else rnd["ab_since_ms"])
+        else:
+            new, until_ms = _look(cfg, world, url, r, look, arms), int(time.time() * 1000)
         (records_dir / f"look{look}.json").write_text(json.dumps(new))
         records += new
-        summary = {"look": look, "requests": len(records),
-                   **{f"{arm}_clicks": float(_arm_values(records, arm, "sampled").mean()) for arm in arms}}
+        summary = {"look": look, "requests": len(records), "until_ms": until_ms,
+                   **{f"{arm}_clicks": float(np.mean(v)) for arm in arms if len(v := _arm_values(records, arm, "sampled"))}}
         if "challenger" not in arms:
             looks.append(summary)
             rnd["decision"] = {"action": "none", "why": "no challenger this round"}
@@ -323,19 +374,21 @@ def _serve_round(cfg: ContinuousConfig, state: State, world, r: int, arms: dict[
         users = _arm_users(records, "champion"), _arm_users(records, "challenger")
         d = decide(_arm_values(records, "champion", "sampled"), _arm_values(records, "challenger", "sampled"),
                    look, cfg.rule, *users)
-        oracle = lift_interval(_arm_values(records, "champion", "oracle"),
-                               _arm_values(records, "challenger", "oracle"), 1.96,
-                               *(users if cfg.rule.unit == "user" else (None, None)))
-        summary.update({"action": d.action, "lift": d.lift, "low": d.low, "high": d.high, "why": d.why,
-                        "oracle_lift": oracle[0], "oracle_low": oracle[1], "oracle_high": oracle[2]})
+        summary.update({"action": d.action, "lift": d.lift, "low": d.low, "high": d.high, "why": d.why})
+        audit = ""
+        if cfg.traffic == "simulated":  # the simulated users' E[clicks] of the lists served: the oracle audits
+            oracle = lift_interval(_arm_values(records, "champion", "oracle"),
+                                   _arm_values(records, "challenger", "oracle"), 1.96,
+                                   *(users if cfg.rule.unit == "user" else (None, None)))
+            summary.update({"oracle_lift": oracle[0], "oracle_low": oracle[1], "oracle_high": oracle[2]})
+            audit = f" (oracle lift {oracle[0]:+.2%} [{oracle[1]:+.2%}, {oracle[2]:+.2%}])"
         looks.append(summary)
-        log("continuous", f"round {r} look {look}: {d.why} -> {d.action} "
-                          f"(oracle lift {oracle[0]:+.2%} [{oracle[1]:+.2%}, {oracle[2]:+.2%}])")
+        log("continuous", f"round {r} look {look}: {d.why} -> {d.action}{audit}")
         if d.action != "continue":
             rnd["decision"] = summary
         state.save()
     rnd["explored"] = sum(rec["explored"] for rec in records)
-    rnd["until_ms"] = int(time.time() * 1000)
+    rnd["until_ms"] = looks[-1]["until_ms"]  # clients: a list younger than its feedback wait is the next round's
     state.save()
     if mlflow.active_run() is not None:
         mlflow.log_dict({"looks": looks}, "ab_looks.json")
@@ -366,17 +419,19 @@ def run(cfg: ContinuousConfig) -> dict[str, Any]:
     from gref.ray_utils import init_ray
     from gref.sim.world import World
 
+    _check(cfg)
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "continuous.yaml")
     state = State(out / "state.json")
-    world = World.load(cfg.world)
+    world = World.load(cfg.world) if cfg.world else None  # clients without a simulated world: no oracle
+    audit = bool(cfg.audit_requests) and world is not None
     tracking.setup(cfg.tracking)
     mlflow.set_experiment(cfg.tracking.experiment)
-    if cfg.direct_ingress:
+    if cfg.direct_ingress and cfg.traffic == "simulated":
         _enable_direct_ingress()
     init_ray()
-    serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
     started = time.time()
     parent, _ = tracking.resumable_run(out / "mlflow_run_id", f"continuous-{time.strftime('%Y%m%d-%H%M%S')}")
     with parent:
@@ -409,7 +464,7 @@ def run(cfg: ContinuousConfig) -> dict[str, Any]:
                 if rnd.get("decision") is None or "until_ms" not in rnd:
                     _serve_round(cfg, state, world, r, arms)
                 _apply(cfg, state, r)
-                if cfg.audit_requests:
+                if audit:
                     base = _audit_values(cfg, world, state.data["round0_champion"])
                     for role in ("champion", "challenger"):
                         if role in arms:
@@ -427,17 +482,34 @@ def run(cfg: ContinuousConfig) -> dict[str, Any]:
                 metrics = {k: v for k, v in _round_metrics(rnd).items() if math.isfinite(v)}
                 mlflow.log_metrics(metrics)
             mlflow.log_metrics(metrics, step=r, run_id=parent.info.run_id)  # per-round curves on the parent
-        summary = _summary(cfg, state, time.time() - started)
-        if cfg.audit_requests:
+        summary = _summary(cfg, state, time.time() - started, audit)
+        if audit:
             summary["final_vs_round0"] = paired_lift(_audit_values(cfg, world, state.data["round0_champion"]),
                                                      _audit_values(cfg, world, state.data["champion"]))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         mlflow.log_artifact(str(out / "summary.json"))
         mlflow.log_artifact(str(_plot(summary, out / "rounds.png")))
-        mlflow.log_metrics({"false_or_regressing_promotions": summary["regressions_promoted"],
-                            "promotions": summary["promotions"]})
-    serve.delete(APP)
+        mlflow.log_metrics({"promotions": summary["promotions"], **(
+            {"false_or_regressing_promotions": summary["regressions_promoted"]} if audit or cfg.aa else {})})
+    if cfg.traffic == "clients":  # the clients' endpoint stays up, with the final champion alone
+        url, _ = _deploy(cfg, {"champion": state.data["champion"]}, f"{state.round(cfg.rounds)['salt']}-after")
+        log("continuous", f"{url} keeps serving champion v{state.data['champion']} (app {cfg.app_name})")
+    else:
+        serve.delete(cfg.app_name)
     return summary
+
+
+def _check(cfg: ContinuousConfig) -> None:
+    """Settings that cannot work together, said before anything starts."""
+    if cfg.traffic not in ("simulated", "clients"):
+        raise ConfigError(f"traffic must be simulated or clients, got {cfg.traffic!r}")
+    if cfg.world and not (Path(cfg.world) / "world.json").exists():
+        raise ConfigError(f"no simulated world at '{cfg.world}' (make demo / jobs.simulate write DIR/world)")
+    if cfg.traffic == "simulated" and not cfg.world:
+        raise ConfigError("traffic=simulated sends the simulated users of a world: set world=DIR "
+                          "(or traffic=clients to wait for real clients)")
+    if cfg.requests < 1 or cfg.feedback_wait_s < 0 or cfg.look_timeout_s <= 0:
+        raise ConfigError("requests must be >= 1, feedback_wait_s >= 0 and look_timeout_s > 0")
 
 
 def _round_metrics(rnd: dict[str, Any]) -> dict[str, float]:
@@ -450,11 +522,12 @@ def _round_metrics(rnd: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _summary(cfg: ContinuousConfig, state: State, seconds: float) -> dict[str, Any]:
+def _summary(cfg: ContinuousConfig, state: State, seconds: float, audit: bool) -> dict[str, Any]:
     rounds = [state.round(r) for r in range(cfg.rounds + 1)]
     promoted = [rnd for rnd in rounds if (rnd.get("decision") or {}).get("action") == "promote"]
     # a promotion that regressed: the promoted version's oracle E[clicks] on the audit set is lower
-    regressions = sum(1 for rnd in promoted if cfg.aa or rnd.get("audit_lift", {}).get("lift", 0.0) < 0)
+    # (unknown without an oracle, unless A/A: then every promotion is a false one)
+    regressions = sum(1 for rnd in promoted if cfg.aa or rnd["audit_lift"]["lift"] < 0) if audit or cfg.aa else None
     final = state.data["champion"]
     out = {"out": str(Path(cfg.out).resolve()), "aa": cfg.aa, "round0_champion": state.data["round0_champion"],
            "final_champion": final, "promotions": len(promoted), "regressions_promoted": regressions,
@@ -485,12 +558,15 @@ def _plot(summary: dict[str, Any], path: Path) -> Path:
         if action in ("promote", "rollback"):
             axes[0].annotate(action, (rnd["round"], rnd.get("audit_challenger", np.nan)), fontsize=8)
     axes[0].set_title("oracle E[clicks] / request (fixed audit set)")
+    if not any("audit_champion" in rnd for rnd in rounds):
+        axes[0].text(0.5, 0.5, "no simulated world: no oracle", ha="center", transform=axes[0].transAxes)
     axes[1].set_title("served clicks / greedy request (A/B)")
     for ax in axes:
         ax.set_xlabel("round")
         ax.set_xticks(xs)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -517,7 +593,9 @@ def _print(summary: dict[str, Any]) -> None:
               f"| {_interval(oracle)} | {_interval(rnd.get('audit_lift'))} "
               f"| {_interval(rnd.get('audit_champion_vs_round0'))} |")
     final = summary.get("final_vs_round0")
-    print(f"promotions {summary['promotions']} (regressions by the oracle: {summary['regressions_promoted']}), "
+    regressions = summary["regressions_promoted"]
+    print(f"promotions {summary['promotions']} (regressions by the oracle: "
+          f"{'unknown, no simulated world' if regressions is None else regressions}), "
           f"rollbacks {summary['rollbacks']}; final champion v{summary['final_champion']}"
           + (f": {_interval(final)} over the round-0 champion (oracle, audit set)" if final else ""))
 
@@ -526,8 +604,10 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser("jobs.continuous", __doc__)
     args = p.parse_args(argv)
     cfg = resolve_config(ContinuousConfig, args)
-    if not (Path(cfg.world) / "world.json").exists():
-        raise SystemExit(f"no simulated world at '{cfg.world}' (make demo / jobs.simulate write DIR/world)")
+    try:
+        _check(cfg)
+    except ConfigError as err:
+        raise SystemExit(str(err)) from None
     summary = run(cfg)
     _print(summary)
     return summary

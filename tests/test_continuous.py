@@ -1,6 +1,7 @@
 """Continuous training end to end on the real local Ray (Serve + Train + Data + MLflow): two rounds
 on the small world, the second one killed in the middle of its A/B traffic and resumed by the
-same call -- nothing counted twice, the loop's records in the store, the registry and MLflow."""
+same call -- nothing counted twice, the loop's records in the store, the registry and MLflow; and
+a round with real clients' traffic (the loop waits for it in the feedback store)."""
 
 from __future__ import annotations
 
@@ -111,3 +112,99 @@ def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir,
     assert {"round-0", "round-1", "round-2"} <= {run.info.run_name for run in nested}
     assert "rounds.png" in {a.path for a in client.list_artifacts(parent)}
     assert len(client.get_metric_history(parent, "audit_champion")) == 3
+
+
+def test_real_clients_mode_decides_on_the_stores_served_clicks(ray_cluster, sim_dir, champion, tmp_path, request):
+    """``traffic=clients``: the loop sends nothing; clients of the endpoint (here a thread of
+    simulated users, which the loop knows nothing of: no world, no oracle) call it all along, and
+    each look waits for the store to hold the round's lists. The decision's records are exactly the
+    lists the clients were served by the round's arms, with the clicks the clients posted; the
+    rounds' export windows follow one another (what was served while the challenger trained is
+    round 1's, not lost)."""
+    import threading
+
+    import requests as http
+    from ray import serve
+
+    from gref.config import load_config
+    from gref.serving.ab import assign_arm
+    from gref.sim.world import World
+    from jobs import ab_test, continuous
+
+    port = free_ports()[0]
+    overrides = [f"out={tmp_path / 'loop'}", "world=", "traffic=clients", f"champion={champion}", "rounds=1",
+                 "requests=60", "feedback_wait_s=0.5", "look_timeout_s=240", "explore=0.25", "rule.max_looks=2",
+                 "rule.min_requests=10", f"port={port}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                 "app.reranker_cpus=0.1", "app.router_cpus=0.05",
+                 *[f"{stage}.{key}" for stage in ("reward", "dpo") for key in (
+                     "optim.epochs=1", "optim.batch_size=64", "scaling.num_workers=0", "eval.max_requests=200")]]
+    cfg = load_config(continuous.ContinuousConfig, "configs/continuous.yaml", overrides)
+    world, stop, served = World.load(sim_dir / "world"), threading.Event(), []
+
+    def clients() -> None:  # 16 requests at a time, every answer's clicks posted back, until the loop ends
+        batch = 0
+        while not stop.is_set():
+            reqs = ab_test.simulated_requests(world, 16, 10_000 + batch)
+            for i, req in enumerate(reqs):
+                req["request_id"] = f"client-{batch}-{i}"
+            try:
+                served.extend(ab_test.send_traffic(f"http://127.0.0.1:{port}", world, reqs, 10, batch, 4, "",
+                                                   "clients")[0])
+            except http.ConnectionError:  # the app is not up yet
+                pass
+            batch += 1
+            stop.wait(0.2)
+
+    request.addfinalizer(serve.shutdown)
+    thread = threading.Thread(target=clients, daemon=True)
+    thread.start()
+    try:
+        summary = continuous.run(cfg)
+    finally:
+        stop.set()
+        thread.join(60)
+
+    r0, r1 = summary["rounds"]
+    assert r1["challenger"] > summary["round0_champion"] and r1["decision"]["action"] in ("promote", "rollback", "keep")
+    assert "oracle_lift" not in r1["decision"] and "audit_lift" not in r1 and summary["regressions_promoted"] is None
+    assert r1["since_ms"] == r0["until_ms"]  # one partition after the other
+    posted = {rec["request_id"]: rec for rec in served}
+    for rnd in (r0, r1):
+        records = [rec for k in range(1, len(rnd["looks"]) + 1) for rec in json.loads(
+            (tmp_path / "loop" / "rounds" / str(rnd["round"]) / f"look{k}.json").read_text())]
+        assert len(records) >= 60 * len(rnd["looks"]) and len({rec["request_id"] for rec in records}) == len(records)
+        arms = {"champion": rnd["champion"], **({"challenger": rnd["challenger"]} if "challenger" in rnd else {})}
+        weights = dict.fromkeys(arms, 1.0)
+        for rec in records:  # the round's arms, the Router's split, the clicks the client posted
+            assert rec["model"].endswith(f"#{arms[rec['arm']]}") and rec["arm"] == assign_arm(rec["user"], weights,
+                                                                                              rnd["salt"])
+            assert rec["sampled"]["click"] == posted[rec["request_id"]]["sampled"]["click"]
+            assert rnd["ab_since_ms"] <= rec["ts"] < rnd["until_ms"]
+    assert {rec["arm"] for k in (1, 2) if (tmp_path / "loop/rounds/1" / f"look{k}.json").exists()
+            for rec in json.loads((tmp_path / "loop/rounds/1" / f"look{k}.json").read_text())} == {"champion",
+                                                                                                  "challenger"}
+    assert r0["data"]["sequences"]["train"] > 0  # round 0's partition trained round 1's challenger
+    # the clients' endpoint is left serving the final champion alone
+    req = ab_test.simulated_requests(world, 1, 1)[0]
+    after = http.post(f"http://127.0.0.1:{port}/rerank", json={"user_id": "u-after", "candidates": req["candidates"],
+                                                              "n": 4}, timeout=60).json()
+    assert (after["arm"], str(after["model"]["version"])) == ("champion", str(summary["final_champion"]))
+
+
+@pytest.mark.parametrize("override, says", [
+    (["traffic=bogus"], "traffic must be simulated or clients"),
+    (["world="], "set world=DIR"),  # simulated traffic needs a world
+    (["world=/nonexistent"], "no simulated world at '/nonexistent'"),
+    (["traffic=clients", "world=", "feedback_wait_s=-1"], "feedback_wait_s >= 0"),
+])
+def test_settings_that_cannot_work_are_refused_before_anything_starts(override, says):
+    import re
+
+    from gref.config import load_config
+    from jobs import continuous
+
+    cfg = load_config(continuous.ContinuousConfig, "configs/continuous.yaml", override)
+    with pytest.raises(SystemExit, match=re.escape(says)):
+        continuous.main(["--config", "configs/continuous.yaml", *override])
+    with pytest.raises(continuous.ConfigError):
+        continuous.run(cfg)

@@ -278,6 +278,31 @@ def test_export_carries_exploration_and_exports_a_time_window(db, tmp_path):
     assert set(pq.read_table(tmp_path / "after.parquet").column("request_id").to_pylist()) == {"later"}
 
 
+def test_outcomes_sum_each_lists_feedback_in_a_window(db):
+    """What continuous training decides on with real clients: every list served in the window
+    once, its clicks summed over its items (none posted: 0), arm / model / exploration kept."""
+    import time
+
+    store = FeedbackStore(db)
+    cands = [{"item_id": f"i{k}"} for k in range(3)]
+    store.record_served("r1", "u1", "champion", "m#1", cands, ["i0", "i1", "i2"])
+    store.record_served("r2", "u2", "challenger", "m#2", cands, ["i2", "i0", "i1"], explored=True,
+                        log_propensity=-1.5)
+    store.record_feedback("r1", {"i0": {"click": 1, "like": 1}, "i2": {"click": 1, "long_view": 1}})
+    store.record_feedback("r1", {"i0": {"click": 1}})  # a re-post: the store keeps the max, counted once
+    time.sleep(0.01)
+    middle = int(time.time() * 1000)
+    time.sleep(0.01)
+    store.record_served("r3", "u1", "champion", "m#1", cands, ["i1", "i0", "i2"])
+    got = store.outcomes(0, 2**62)
+    assert [o["request_id"] for o in got] == ["r1", "r2", "r3"]
+    assert got[0] == {"request_id": "r1", "user": "u1", "arm": "champion", "model": "m#1", "explored": False,
+                      "ts": got[0]["ts"], "sampled": {"click": 2, "like": 1, "long_view": 1}}
+    assert got[1]["explored"] and got[1]["arm"] == "challenger" and got[1]["sampled"]["click"] == 0
+    assert [o["request_id"] for o in store.outcomes(middle, 2**62)] == ["r3"]
+    assert [o["request_id"] for o in store.outcomes(0, middle)] == ["r1", "r2"]
+
+
 def test_api_keys_are_stored_hashed_and_checked_with_scopes(tmp_path, monkeypatch):
     from gref.serving import auth
 

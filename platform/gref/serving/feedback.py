@@ -123,6 +123,21 @@ class FeedbackStore:
         lists, rows = self.db.query("SELECT count(DISTINCT request_id), count(*) FROM feedback")[0]
         return {"served": served, "lists_with_feedback": lists, "feedback_rows": rows}
 
+    def outcomes(self, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
+        """Every list served in [since_ms, until_ms) (epoch ms), time order, with its clicks: what an
+        A/B decision on served clicks reads -- {"request_id", "user", "arm", "model" ("name#version"
+        as the Router stores it), "explored", "ts", "sampled": {kind: events}} (a list without
+        feedback: 0 of each)."""
+        sums = ", ".join(f'COALESCE(SUM(f."{k}"), 0)' for k in FEEDBACK_KINDS)
+        rows = self.db.query(
+            f"SELECT s.request_id, s.user_id, s.arm, s.model, s.explored, s.ts, {sums} FROM served s "
+            "LEFT JOIN feedback f ON f.request_id = s.request_id WHERE s.ts >= ? AND s.ts < ? "
+            "GROUP BY s.request_id, s.user_id, s.arm, s.model, s.explored, s.ts ORDER BY s.ts, s.request_id",
+            (since_ms, until_ms))
+        return [{"request_id": rid, "user": uid, "arm": arm, "model": model, "explored": bool(explored), "ts": ts,
+                 "sampled": {k: int(v) for k, v in zip(FEEDBACK_KINDS, events)}}
+                for rid, uid, arm, model, explored, ts, *events in rows]
+
     def _served_batches(self, since_ms: int = 0, until_ms: int = 2**62):
         """The lists served in [since_ms, until_ms) in time order, EXPORT_BATCH at a time, each with
         its feedback rows (a read snapshot per batch: the export holds no lock while it writes)."""
