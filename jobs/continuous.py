@@ -153,7 +153,8 @@ def _deploy(cfg: ContinuousConfig, arms: dict[str, int], salt: str) -> tuple[str
     from serve.app import direct_urls
 
     # serve.run returns once the replaced Router replicas are gone: the targets are this deploy's
-    urls = direct_urls(cfg.app_name, host="127.0.0.1", node_ip=ray.util.get_node_ip_address())  # the app listens on loopback
+    # the app listens on loopback
+    urls = direct_urls(cfg.app_name, host="127.0.0.1", node_ip=ray.util.get_node_ip_address())
     if not urls:
         log("continuous", "direct ingress is off in this Ray (start it with RAY_SERVE_THROUGHPUT_OPTIMIZED=1) "
                           "or no Router replica runs on this node: the looks go through Serve's proxy")
@@ -360,13 +361,15 @@ def _serve_round(cfg: ContinuousConfig, state: State, world, r: int, arms: dict[
     while rnd.get("decision") is None:
         look = len(looks) + 1
         if cfg.traffic == "clients":
-            new, until_ms = _clients_look(cfg, url, r, look, arms, looks[-1]["until_ms"] if looks else rnd["ab_since_ms"])
+            since_ms = looks[-1]["until_ms"] if looks else rnd["ab_since_ms"]
+            new, until_ms = _clients_look(cfg, url, r, look, arms, since_ms)
         else:
             new, until_ms = _look(cfg, world, url, r, look, arms), int(time.time() * 1000)
         (records_dir / f"look{look}.json").write_text(json.dumps(new))
         records += new
+        clicks = {arm: _arm_values(records, arm, "sampled") for arm in arms}
         summary = {"look": look, "requests": len(records), "until_ms": until_ms,
-                   **{f"{arm}_clicks": float(np.mean(v)) for arm in arms if len(v := _arm_values(records, arm, "sampled"))}}
+                   **{f"{arm}_clicks": float(v.mean()) for arm, v in clicks.items() if len(v)}}
         if "challenger" not in arms:
             looks.append(summary)
             rnd["decision"] = {"action": "none", "why": "no challenger this round"}
