@@ -58,7 +58,7 @@ class ContinuousConfig:
     traffic: str = "simulated"  # simulated: the loop sends the world's users | clients: real clients call the app
     champion: str = "models:/gref-reranker@champion"  # round 0's champion
     rounds: int = 6  # challengers trained and decided (round 0, serving only, comes first)
-    requests: int = 4000  # simulated requests per A/B look (both arms; round 0: the champion alone)
+    requests: int = 4000  # requests per A/B look, both arms (sent, or awaited from clients; round 0: the champion)
     concurrency: int = 8  # requests in flight
     n: int = 10  # list length
     explore: float = 0.1  # share of requests served a sampled list (training data with alternatives)
@@ -530,7 +530,8 @@ def _summary(cfg: ContinuousConfig, state: State, seconds: float, audit: bool) -
     promoted = [rnd for rnd in rounds if (rnd.get("decision") or {}).get("action") == "promote"]
     # a promotion that regressed: the promoted version's oracle E[clicks] on the audit set is lower
     # (unknown without an oracle, unless A/A: then every promotion is a false one)
-    regressions = sum(1 for rnd in promoted if cfg.aa or rnd["audit_lift"]["lift"] < 0) if audit or cfg.aa else None
+    regressions = sum(1 for rnd in promoted if cfg.aa or rnd.get("audit_lift", {}).get("lift", 0.0) < 0) \
+        if audit or cfg.aa else None
     final = state.data["champion"]
     out = {"out": str(Path(cfg.out).resolve()), "aa": cfg.aa, "round0_champion": state.data["round0_champion"],
            "final_champion": final, "promotions": len(promoted), "regressions_promoted": regressions,
