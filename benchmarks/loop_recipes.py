@@ -48,6 +48,8 @@ def main() -> None:
     state = json.loads((loop / "state.json").read_text())
     v0 = state["round0_champion"]
     run_cfg = load_config(continuous.ContinuousConfig, str(loop / "continuous.yaml"), [])
+    if not run_cfg.tracking.uri.startswith("sqlite:///"):
+        raise SystemExit(f"the run's tracking store must be a sqlite file to copy, got {run_cfg.tracking.uri}")
     source_db = Path(run_cfg.tracking.uri.removeprefix("sqlite:///"))
     out.mkdir(parents=True, exist_ok=True)
     db = out / "mlflow.db"

@@ -343,8 +343,8 @@ def _serve_round(cfg: ContinuousConfig, state: State, world, r: int, arms: dict[
     rnd = state.round(r)
     # the round's export window opens once, resumed or not, where the previous round's closed: what
     # clients were served while the challenger trained is the next partition's, not lost
-    rnd.setdefault("since_ms", state.round(r - 1).get("until_ms") if r else None)
-    rnd["since_ms"] = rnd["since_ms"] or int(time.time() * 1000)
+    if "since_ms" not in rnd:
+        rnd["since_ms"] = (state.round(r - 1).get("until_ms") if r else None) or int(time.time() * 1000)
     state.save()
     # each round is a new experiment with its own user split: a verdict never rides on an earlier
     # round's luck of the split (an A/A loop's arms never change, so a hash of them would split alike)
