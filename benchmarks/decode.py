@@ -1,6 +1,7 @@
 """Decoding latency of Gen-Reranker variants, side by side in one run (prints JSON).
 
     python -m benchmarks.decode [--layers 4] [--d-model 64] [--rounds 30] [--device cpu|cuda] [--compile]
+        [--breakdown]
 
 Per request, m=30 candidates, n=10 placed, batch 1 and batch 64, same width and depth:
   step_by_step  k=1, no KV cache (decoder re-run over the prefix each step): "GReF w/o OMTP"
@@ -11,6 +12,9 @@ Per request, m=30 candidates, n=10 placed, batch 1 and batch 64, same width and 
                 compile: static shapes, a graph per batch shape, compiled in the warm-up rounds)
 Variants are interleaved round by round and the median is reported, so machine noise hits
 all of them alike. Ratios: step_by_step / k4 (paper: 1.87x on a T4) and k4 / one_pass (1.02x).
+--breakdown adds, for eager k4 and one_pass, where a request's time goes (ms, medians over the
+rounds): the encoder, the cross-attention K/V (``memory``), the decoder passes, the heads' logits,
+and the rest (placing items: masks, argmax, list-context terms, the placed items' embeddings).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import argparse
 import json
 import statistics
 import time
+from collections import defaultdict
+from typing import Callable
 
 import torch
 
@@ -28,6 +34,69 @@ from gref.model.one_pass import OnePassScorer
 M, N, F, CATS = 30, 10, 19, [22, 2002, 26, 402, 10]
 
 
+class StageTimer:
+    """Wraps methods of module instances (an instance attribute shadows the class's method, so
+    ``decode`` calls the wrapper) and sums their wall time per stage for each request timed."""
+
+    def __init__(self, sync: Callable[[], None]):
+        self.sync, self.spent, self.calls = sync, defaultdict(float), defaultdict(int)
+
+    def wrap(self, obj, method: str, stage: str) -> None:
+        inner = getattr(obj, method)
+
+        def timed(*args, **kwargs):
+            self.sync()
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            self.sync()
+            self.spent[stage] += time.perf_counter() - t0
+            self.calls[stage] += 1
+            return out
+
+        setattr(obj, method, timed)
+
+    def measure(self, fn: Callable[[], object], rounds: int, batch: int) -> dict:
+        """Median ms per request and stage over ``rounds`` calls of ``fn`` on a batch of ``batch``
+        (after 3 warm-up calls), 'rest' = total minus the wrapped stages; calls of each stage per call of fn."""
+        per_round: dict[str, list[float]] = defaultdict(list)
+        for r in range(rounds + 3):
+            self.spent.clear()
+            self.calls.clear()
+            self.sync()
+            t0 = time.perf_counter()
+            fn()
+            self.sync()
+            total = time.perf_counter() - t0
+            if r >= 3:
+                for stage, sec in self.spent.items():
+                    per_round[stage].append(sec * 1000 / batch)
+                per_round["rest"].append((total - sum(self.spent.values())) * 1000 / batch)
+                per_round["total"].append(total * 1000 / batch)
+        out = {stage: round(statistics.median(v), 3) for stage, v in per_round.items()}
+        return out | {"calls": dict(self.calls)}
+
+
+def breakdown(model: GenReranker, one_pass: OnePassScorer, x: tuple, rounds: int, sync: Callable[[], None]) -> dict:
+    """Stage times of eager k4 decoding and of the one-pass scorer on the same input ``x``."""
+    k4 = StageTimer(sync)
+    for method, stage in (("encode", "encode"), ("memory", "memory"), ("decode_hidden", "decoder"),
+                          ("head_logits", "heads")):
+        k4.wrap(model, method, stage)
+    flat = StageTimer(sync)
+    for method, stage in (("encode", "encode"), ("memory", "memory")):
+        flat.wrap(one_pass.body, method, stage)
+    for layer in one_pass.body.decoder:
+        flat.wrap(layer, "forward", "decoder")
+    try:
+        batch = x[0].shape[0]
+        return {"k4": k4.measure(lambda: decode(model, *x, N), rounds, batch),
+                "one_pass": flat.measure(lambda: one_pass.decode(*x, N), rounds, batch)}
+    finally:  # the instances' own methods again
+        for obj in (model, one_pass.body, *one_pass.body.decoder):
+            for method in ("encode", "memory", "decode_hidden", "head_logits", "forward"):
+                obj.__dict__.pop(method, None)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=4, help="encoder and decoder layers each (paper: 4)")
@@ -35,6 +104,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="add torch.compile'd k4 and one_pass")
+    p.add_argument("--breakdown", action="store_true", help="add the per-stage times of eager k4 and one_pass")
     args = p.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -84,6 +154,9 @@ def main() -> None:
         if args.compile:
             ms["speedup_k4_compiled_vs_step_by_step"] = round(ms["step_by_step"] / ms["k4_compiled"], 2)
             ms["k4_compiled_over_one_pass_compiled"] = round(ms["k4_compiled"] / ms["one_pass_compiled"], 2)
+        if args.breakdown:
+            sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+            ms["breakdown"] = breakdown(models[4], one_pass, x, args.rounds, sync)
         out[f"batch_{batch}"] = ms
     print(json.dumps(out, indent=2))
 

@@ -2,7 +2,7 @@
 pyarrow/pandas version of the same transform, on the same simulated logs, in one run (prints JSON).
 
     python -m benchmarks.prepare [--requests 100000] [--logs DIR] [--workdir /tmp/gref-bench-prepare]
-        [--slice-mb 1024] [--plain-memory-gb 20] [--object-store-gb G]
+        [--slice-mb 1024] [--plain-memory-gb 20] [--object-store-gb G] [--plot memory.png]
 
 ``--logs``: simulated logs already written (``jobs.simulate --requests N``), else the benchmark
 simulates ``--requests`` of them first. ``--slice-mb``: DatasetConfig.slice_mb, comma-separated
@@ -19,6 +19,9 @@ the run of the summed PSS of the driver and every process it started (raylet, ob
 workers; shared pages counted once), sampled every 0.5 s, and of the machine's used memory
 (total - available) above its level before the run. Ray's time excludes ray.init (reported
 separately); both include reading and writing Parquet. Every ``*_gb`` figure is in GiB (2**30 bytes).
+Where the peak is: the per-kind breakdown of the peak sample (``peak_by_process``: the driver,
+Ray's daemons, workers by their task's name) and a timeline every 10 s (``--plot``: a chart of it,
+with the job's stages marked).
 """
 
 from __future__ import annotations
@@ -44,12 +47,27 @@ from gref.data.schema import DatasetConfig
 GB = 1024 ** 3
 
 
-class PeakMemory:
-    """Samples the summed PSS of a process and its descendants, and the machine's used memory."""
+def process_kind(proc: psutil.Process, root: psutil.Process) -> str:
+    """What a process of the run is: the driver, a Ray daemon (raylet, gcs_server, a Python
+    service by its script's name) or a worker by its title (``ray::IDLE``, ``ray::group_slice``,
+    ``ray::ReadParquet->MapBatches(normalize)``...)."""
+    if proc.pid == root.pid:
+        return "driver"
+    cmd = proc.cmdline()
+    if cmd and cmd[0].startswith("ray::"):
+        return cmd[0].split(" ")[0]
+    scripts = [Path(arg).stem for arg in cmd[1:] if arg.endswith(".py")]
+    return scripts[0] if scripts else proc.name()
 
-    def __init__(self, pid: int, interval_s: float = 0.5):
-        self.root, self.interval_s = psutil.Process(pid), interval_s
-        self.peak_pss = self.peak_used = 0
+
+class PeakMemory:
+    """Samples the summed PSS of a process and its descendants, and the machine's used memory;
+    keeps the per-kind breakdown of the peak sample and a coarse timeline (for the memory plot)."""
+
+    def __init__(self, pid: int, interval_s: float = 0.5, timeline_s: float = 10.0):
+        self.root, self.interval_s, self.timeline_s = psutil.Process(pid), interval_s, timeline_s
+        self.peak_pss = self.peak_used = self.peak_workers = 0
+        self.peak_at_s, self.peak_kinds, self.timeline = 0.0, {}, []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -58,18 +76,35 @@ class PeakMemory:
         vm = psutil.virtual_memory()
         return vm.total - vm.available
 
-    def tree_pss(self) -> int:
-        total = 0
+    def tree(self) -> list[tuple[str, int]]:
+        """(kind, PSS bytes) of the root and every descendant alive now."""
+        rows = []
         for proc in [self.root, *self.root.children(recursive=True)]:
             try:
-                total += proc.memory_full_info().pss
+                rows.append((process_kind(proc, self.root), proc.memory_full_info().pss))
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 pass
-        return total
+        return rows
+
+    def tree_pss(self) -> int:
+        return sum(pss for _, pss in self.tree())
 
     def _run(self) -> None:
+        t0 = last_point = time.perf_counter()
         while not self._stop.is_set():
-            self.peak_pss = max(self.peak_pss, self.tree_pss())
+            rows, now = self.tree(), time.perf_counter()
+            total = sum(pss for _, pss in rows)
+            workers = sum(kind.startswith("ray::") and "Agent" not in kind for kind, _ in rows)
+            self.peak_workers = max(self.peak_workers, workers)
+            if total > self.peak_pss:
+                self.peak_pss, self.peak_at_s = total, now - t0
+                self.peak_kinds = {}
+                for kind, pss in rows:
+                    count, summed = self.peak_kinds.get(kind, (0, 0))
+                    self.peak_kinds[kind] = (count + 1, summed + pss)
+            if now - last_point >= self.timeline_s or not self.timeline:
+                self.timeline.append((round(now - t0, 1), round(total / GB, 2), workers))
+                last_point = now
             self.peak_used = max(self.peak_used, self.used())
             self._stop.wait(self.interval_s)
 
@@ -83,8 +118,41 @@ class PeakMemory:
         self._thread.join()
 
     def summary(self) -> dict:
+        kinds = sorted(self.peak_kinds.items(), key=lambda kv: -kv[1][1])
         return {"peak_pss_gb": round(self.peak_pss / GB, 2), "pss_before_gb": round(self.baseline_pss / GB, 2),
-                "peak_machine_used_above_before_gb": round((self.peak_used - self.baseline_used) / GB, 2)}
+                "peak_machine_used_above_before_gb": round((self.peak_used - self.baseline_used) / GB, 2),
+                "peak_at_s": round(self.peak_at_s, 1), "peak_worker_processes": self.peak_workers,
+                "peak_by_process": {kind: {"processes": n, "pss_gb": round(pss / GB, 2)} for kind, (n, pss) in kinds},
+                "timeline_s_gb_workers": self.timeline}
+
+
+def plot_timelines(runs: dict[str, dict], title: str, path: str) -> None:
+    """Summed PSS and worker processes over time of each Ray run, its stages' ends marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 3.2 * len(runs)), squeeze=False)
+    for ax, (name, run) in zip(axes[:, 0], runs.items()):
+        t, gb, workers = zip(*run["timeline_s_gb_workers"])
+        ax.plot(t, gb, color="tab:blue", label="PSS of the driver + every Ray process (GiB)")
+        ax.set_ylabel("GiB")
+        ax.set_ylim(0, max(gb) * 1.15)
+        twin = ax.twinx()
+        twin.step(t, workers, where="post", color="tab:gray", alpha=0.6, label="worker processes")
+        twin.set_ylabel("workers")
+        end = 0.0
+        for stage, seconds in run["stage_seconds"].items():
+            end += seconds
+            ax.axvline(end, color="tab:red", lw=0.8, ls="--")
+            ax.text(end, max(gb) * 1.08, f" {stage} ends", color="tab:red", fontsize=8, ha="right")
+        ax.set_title(f"{title}, {name}: peak {run['peak_pss_gb']} GiB at {run['peak_at_s']} s", fontsize=10)
+        ax.set_xlabel("seconds since the job started")
+        ax.legend(loc="lower left", fontsize=8)
+        twin.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def plain_prepare(logs: Path, out: Path) -> dict:
@@ -152,6 +220,7 @@ def main() -> None:
     p.add_argument("--plain-memory-gb", type=float, default=round(psutil.virtual_memory().total / GB * 0.85, 1),
                    help="address-space cap of the plain child process (default 85%% of RAM)")
     p.add_argument("--object-store-gb", type=float, help="Ray's object store size (default: Ray's, 30%% of RAM)")
+    p.add_argument("--plot", help="write a chart of the Ray runs' memory over time to this PNG")
     p.add_argument("--plain-child", nargs=2, metavar=("LOGS", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.plain_child:
@@ -200,6 +269,8 @@ def main() -> None:
                               "stage_seconds": summary["stage_seconds"], "sequences": summary["sequences"],
                               "quarantined": summary["quarantined"]} | memory.summary()
         shutil.rmtree(out, ignore_errors=True)
+    if args.plot:
+        plot_timelines(ray_data, f"jobs.prepare, {requests:,} requests", args.plot)
     print(json.dumps({
         "requests": requests, "log_rows": pads.dataset(str(logs), format="parquet").count_rows(),
         "log_parquet_gb": round(log_bytes / GB, 2), "cpus": ray.cluster_resources().get("CPU"),

@@ -27,13 +27,17 @@ def request(rid, m=4, shown=(3, 1), clicks=(1, 0), user=7, ts=10 * DAY, changes=
     return rows
 
 
-def build(rows, max_candidates=200):
+def build_schema(rows) -> pa.Schema:
     fields = [("request_id", pa.int64()), ("user_id", pa.int64()), ("ts", pa.int64()), ("item_id", pa.int64()),
               ("upstream_rank", pa.int32()), ("position", pa.int32()), ("click", pa.int8()),
               ("num_a", pa.float64()), ("cat_c", pa.string())]
     if any("randomized" in r for r in rows):  # the optional request-level column
         fields.append(("randomized", pa.int8()))
-    table = pa.Table.from_pylist(rows, schema=pa.schema(fields))
+    return pa.schema(fields)
+
+
+def build(rows, max_candidates=200):
+    table = pa.Table.from_pylist(rows, schema=build_schema(rows))
     return build_sequences(table, ["num_a"], ["cat_c"], (20 * DAY, 25 * DAY), max_candidates)
 
 
@@ -97,6 +101,32 @@ def test_every_quarantine_reason(reason):
     assert q[0]["request_id"] == "2" and q[0]["n_rows"] == len(bad)
     kept = json.loads(q[0]["raw_rows"])  # the request's rows, nothing lost
     assert sorted(map(str, (r["item_id"] for r in kept))) == sorted(map(str, (r["item_id"] for r in bad)))
+
+
+def test_quarantine_in_chunks_and_chunked_input_change_nothing(monkeypatch):
+    """build_sequences reads the table through an index and turns rejected requests into JSON a
+    chunk at a time: neither how the input is chunked nor the chunk size may change its output."""
+    from gref.data import sequences
+
+    rows = []
+    for rid in range(1, 13):
+        changes = {(3, "click"): None} if rid % 3 == 0 else {(2, "item_id"): 100 * rid} if rid % 4 == 0 else None
+        rows += request(rid, user=rid % 5, ts=(10 + rid) * DAY, changes=changes)
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]  # rows of requests interleaved
+    whole_seqs, whole_q = build(rows)
+    assert dict(zip(whole_q.column("request_id").to_pylist(), whole_q.column("reason").to_pylist())) == {
+        "3": "exposed_without_feedback", "6": "exposed_without_feedback", "9": "exposed_without_feedback",
+        "12": "exposed_without_feedback", "4": "duplicate_item", "8": "duplicate_item"}
+    assert sorted(whole_seqs.column("request_id").to_pylist()) == [1, 2, 5, 7, 10, 11]
+    monkeypatch.setattr(sequences, "QUARANTINE_CHUNK", 1)
+    schema = build_schema(rows)
+    chunked = pa.Table.from_batches([pa.RecordBatch.from_pylist(rows[i:i + 5], schema=schema)
+                                     for i in range(0, len(rows), 5)])
+    seqs, q = build_sequences(chunked, ["num_a"], ["cat_c"], (20 * DAY, 25 * DAY), 200)
+    assert seqs.equals(whole_seqs) and q.equals(whole_q)
+    by_id = {r["request_id"]: json.loads(r["raw_rows"]) for r in q.to_pylist()}
+    assert sorted(r["upstream_rank"] for r in by_id["3"]) == [1, 2, 3, 4]  # each record: its own rows
+    assert {r["request_id"] for rows_ in by_id.values() for r in rows_} == {int(k) for k in by_id}
 
 
 def test_the_randomisation_flag_is_carried_per_request():

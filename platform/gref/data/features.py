@@ -36,10 +36,13 @@ def as_vocab_keys(values: pa.Array) -> pa.Array | None:
 def partial_stats(table: pa.Table, num_cols: list[str], cat_cols: list[str]) -> dict[str, Any]:
     """Sufficient statistics of one batch of raw sequence records."""
     F = len(num_cols)
-    num = table.column("num_raw").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    num = num.reshape(-1, F).astype(np.float64) if F else np.zeros((0, 0))
-    finite = np.isfinite(num)
-    x = np.where(finite, num, 0.0)
+    num = table.column("num_raw").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, F or 1)
+    count, total, sumsq = np.zeros(F, np.int64), np.zeros(F), np.zeros(F)
+    for j in range(F):  # a feature at a time: one float64 column in memory, not three [rows, F] copies
+        x = num[:, j].astype(np.float64)
+        finite = np.isfinite(x)
+        x[~finite] = 0.0
+        count[j], total[j], sumsq[j] = finite.sum(), x.sum(), np.dot(x, x)
     cats = {}
     for c in cat_cols:
         values = table.column(c).combine_chunks().flatten()
@@ -49,7 +52,7 @@ def partial_stats(table: pa.Table, num_cols: list[str], cat_cols: list[str]) -> 
         else:
             counts = pc.value_counts(keys.drop_null())
             cats[c] = Counter(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
-    return {"count": finite.sum(0), "sum": x.sum(0), "sumsq": (x * x).sum(0), "cats": cats}
+    return {"count": count, "sum": total, "sumsq": sumsq, "cats": cats}
 
 
 def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -91,8 +94,9 @@ class FeatureSpec:
 
     def encode_num(self, raw: np.ndarray) -> np.ndarray:
         """[..., F] raw (NaN = missing) -> standardised float32, missing -> 0 (= train mean)."""
-        z = (raw - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return np.nan_to_num(z, nan=0.0).astype(np.float32)
+        z = np.subtract(raw, np.asarray(self.mean, dtype=np.float32), dtype=np.float32)
+        z /= np.asarray(self.std, dtype=np.float32)  # in place: one [rows, F] float32 copy in all
+        return np.nan_to_num(z, nan=0.0, copy=False)
 
     def encode_cat(self, column: str, values: list[Any]) -> np.ndarray:
         table = self.vocab[column]
