@@ -13,7 +13,7 @@ writes:
   OUT/summary.json                   counts (requests read = sequences + quarantined), the split
                                      and the data profile (m, n, CTR by slot)
 
-Memory grows far slower than the logs (11 GB at 1M requests, 16 GB at 10M; the in-memory
+Memory grows far slower than the logs (6.0 GB at 1M requests, 9.1 GB at 10M; the in-memory
 script fails at 1M: benchmarks.prepare): Ray Data first writes the rows hash-partitioned
 by request into slices of about ``slice_mb`` each (one streaming pass, OUT/_staging), then one
 task per slice groups its requests in memory (the same ``build_sequences`` as a single process
@@ -59,7 +59,7 @@ from gref.ray_utils import data_context, init_ray
 
 SPLITS = ("train", "valid", "test")
 STAGED_ROW_GROUP = 20_000  # requests per row group of the staged and written sequences (what readers split on)
-SLICE_MEMORY = 4  # a slice task's peak memory / its raw rows' size (Arrow + the grouping's copies)
+SLICE_MEMORY = 4  # a slice task's memory request / its raw rows' size (measured peak ~3.4x: rows + grouping)
 RAW_ROW_GROUP = 100_000  # rows per row group of the partitioned raw rows, at most
 RAW_WRITE_BUFFER = 2**29  # bytes a partitioning write task may buffer across all slices (row groups being filled)
 
