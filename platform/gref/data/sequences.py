@@ -89,8 +89,8 @@ def build_sequences(table: pa.Table, num_cols: list[str], cat_cols: list[str],
     ``table`` holds complete requests with canonical column names and int64-ms ``ts``. It is
     never copied whole: the rows are ordered by (request, upstream_rank) through an index
     (``order``), every check runs on NumPy columns read through it, and each output column is
-    gathered from ``table`` once -- peak memory ~2.5x the table, where sorting copies of it
-    had needed 5.4x (a slice task's budget in jobs.prepare).
+    gathered from ``table`` once -- peak memory ~3x the table's Arrow size (with the process's
+    own), where sorted copies of it had needed 5.4x (benchmarks.prepare, README).
     """
     n_rows = table.num_rows
     req_codes, _ = pd.factorize(table.column("request_id").to_pandas(), use_na_sentinel=True)
