@@ -2,7 +2,7 @@
 pyarrow/pandas version of the same transform, on the same simulated logs, in one run (prints JSON).
 
     python -m benchmarks.prepare [--requests 100000] [--logs DIR] [--workdir /tmp/gref-bench-prepare]
-        [--slice-mb 1024] [--plain-memory-gb 20] [--object-store-gb G] [--plot memory.png]
+        [--slice-mb 1024] [--plain-memory-gb 20] [--object-store-gb G] [--plot memory.png] [--json out.json]
 
 ``--logs``: simulated logs already written (``jobs.simulate --requests N``), else the benchmark
 simulates ``--requests`` of them first. ``--slice-mb``: DatasetConfig.slice_mb, comma-separated
@@ -221,6 +221,7 @@ def main() -> None:
                    help="address-space cap of the plain child process (default 85%% of RAM)")
     p.add_argument("--object-store-gb", type=float, help="Ray's object store size (default: Ray's, 30%% of RAM)")
     p.add_argument("--plot", help="write a chart of the Ray runs' memory over time to this PNG")
+    p.add_argument("--json", help="also write the result to this file (stdout mixes it with progress lines)")
     p.add_argument("--plain-child", nargs=2, metavar=("LOGS", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.plain_child:
@@ -271,7 +272,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
     if args.plot:
         plot_timelines(ray_data, f"jobs.prepare, {requests:,} requests", args.plot)
-    print(json.dumps({
+    result = {
         "requests": requests, "log_rows": pads.dataset(str(logs), format="parquet").count_rows(),
         "log_parquet_gb": round(log_bytes / GB, 2), "cpus": ray.cluster_resources().get("CPU"),
         "machine_memory_gb": round(psutil.virtual_memory().total / GB, 1),
@@ -280,7 +281,10 @@ def main() -> None:
         "ray_init_seconds": round(init_s, 2),
         "ray_data": ray_data,
         "ray_spilling": spilled(),
-    }, indent=2))
+    }
+    if args.json:  # stdout also carries the job's progress and Ray's worker lines
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
