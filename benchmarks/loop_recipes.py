@@ -1,7 +1,9 @@
 """Which post-training recipe makes the strongest challenger from a continuous-training run's own
 traffic: each variant trains a challenger offline on the run's prepared rounds, from the run's
-round-0 champion, exactly as the loop's round ``--round`` would, and the simulated oracle scores it
-on the run's audit set, paired with the round-0 champion (prints JSON).
+round-0 champion (``--from champion``: from the champion that round served, as the loop did),
+exactly as the loop's round ``--round`` would, and the simulated oracle scores it on the run's audit
+set, paired with the round-0 champion and with the model it started from -- and scores its teacher
+too (the reward model's own beam-search lists: how far distillation got towards them; prints JSON).
 
     python -m benchmarks.loop_recipes --loop runs/continuous --round 6 \\
         --variant loop: --variant all-rounds:replay_rounds=5 --variant reward-4-epochs:reward.optim.epochs=4
@@ -32,8 +34,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--loop", default="runs/continuous", help="a jobs.continuous out directory (its rounds prepared)")
     p.add_argument("--round", type=int, default=6, help="train as this round would (on the rounds before it)")
+    p.add_argument("--from", dest="start", choices=("round0", "champion"), default="round0",
+                   help="train from the run's round-0 champion, or from the champion of that round")
     p.add_argument("--variant", action="append", default=[], help="NAME:key=value,... (repeatable)")
     p.add_argument("--out", default="runs/loop-recipes")
+    p.add_argument("--json", help="also write the result to this file (stdout mixes it with Ray's worker lines)")
     args = p.parse_args()
 
     import mlflow
@@ -58,7 +63,8 @@ def main() -> None:
     world = World.load(run_cfg.world)
     init_ray()
     loop_round = state["rounds"].get(str(args.round), {})
-    result = {"loop": str(loop), "round": args.round, "round0_champion": v0,
+    init = v0 if args.start == "round0" else int(loop_round["champion"])
+    result = {"loop": str(loop), "round": args.round, "round0_champion": v0, "init": init,
               "loop_challenger": loop_round.get("audit_challenger_vs_round0"), "variants": {}}
     first = None  # the first variant's audit values: the others' paired reference
     for name, overrides in map(_variant, args.variant or ["loop:"]):
@@ -74,21 +80,26 @@ def main() -> None:
         mlflow.set_experiment(cfg.tracking.experiment)
         t0 = time.time()
         window = continuous._window(cfg, args.round)
-        version = continuous._train_challenger(cfg, args.round, v0, window)
+        version = continuous._train_challenger(cfg, args.round, init, window)
         train_s = time.time() - t0
         base, new = continuous._audit_values(cfg, world, v0), continuous._audit_values(cfg, world, version)
+        start, teacher = continuous._audit_values(cfg, world, init), continuous._teacher_values(cfg, world, args.round)
         rounds = json.loads((window / "summary.json").read_text())["window_rounds"]
-        row = {"overrides": overrides, "window_rounds": rounds,
-               "version": version, "train_s": round(train_s, 1), "vs_round0": continuous.paired_lift(base, new)}
+        row = {"overrides": overrides, "window_rounds": rounds, "version": version, "train_s": round(train_s, 1),
+               "vs_round0": continuous.paired_lift(base, new), "vs_init": continuous.paired_lift(start, new),
+               "teacher_vs_round0": continuous.paired_lift(base, teacher)}
         if first is None:
             first = (name, new)
         else:
             row[f"vs_{first[0]}"] = continuous.paired_lift(first[1], new)
         result["variants"][name] = row
         lift = row["vs_round0"]
+        teach = row["teacher_vs_round0"]
         print(f"[loop_recipes] {name}: {lift['lift']:+.2%} [{lift['low']:+.2%}, {lift['high']:+.2%}] vs round 0 "
-              f"in {train_s:.0f} s", file=sys.stderr, flush=True)
+              f"(its teacher {teach['lift']:+.2%}) in {train_s:.0f} s", file=sys.stderr, flush=True)
     print(json.dumps(result, indent=2))  # after Ray's workers' log lines, which also reach stdout
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -277,7 +277,7 @@ def _train_challenger(cfg: ContinuousConfig, r: int, champion: int, data: Path) 
     from gref.train.runner import run_training
     from jobs import reward as reward_job
 
-    storage = str(Path(cfg.out).resolve() / "ray")
+    storage = str(_reward_dir(cfg, r).parent.parent)
     rcfg = replace(cfg.reward, data=str(data), init=_registry_uri(cfg, champion), tracking=cfg.tracking,
                    eval=replace(cfg.reward.eval, world=""), run=replace(cfg.reward.run, name=f"round{r}-reward",
                                                                         storage=storage))
@@ -291,25 +291,54 @@ def _train_challenger(cfg: ContinuousConfig, r: int, champion: int, data: Path) 
     return version
 
 
+def _reward_dir(cfg: ContinuousConfig, r: int) -> Path:
+    """Round r's reward model (the challenger's teacher), as jobs.reward saves it."""
+    return Path(cfg.out).resolve() / "ray" / f"round{r}-reward" / "model"
+
+
 # ---------------------------------------------------------------- the oracle's audit
 
 
 def _audit_values(cfg: ContinuousConfig, world, version: int) -> np.ndarray:
     """E[clicks] (the oracle) of the version's greedy lists on the fixed audit requests, per request."""
-    import torch
-
     from gref import tracking
     from gref.data.features import FeatureSpec
+
+    cache = Path(cfg.out) / "audit" / f"v{version}.npy"
+    if not cache.exists():
+        uri = _registry_uri(cfg, version)
+        spec = FeatureSpec.load(tracking.reranker_dir(uri) / "features.json")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, audit_model_values(cfg, world, tracking.load_reranker_uri(uri), spec))
+    return np.load(cache)
+
+
+def _teacher_values(cfg: ContinuousConfig, world, r: int) -> np.ndarray | None:
+    """The oracle's E[clicks] of round r's reward model's own beam-search lists on the audit set (the
+    teacher its challenger distils: how far the challenger got towards it); None without one."""
+    from gref.data.features import FeatureSpec
+    from gref.model.io import load_reranker
+
+    cache, model_dir = Path(cfg.out) / "audit" / f"teacher-r{r}.npy", _reward_dir(cfg, r)
+    if not cache.exists():
+        if not (model_dir / "model.pt").exists():
+            return None
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, audit_model_values(cfg, world, load_reranker(model_dir),
+                                          FeatureSpec.load(model_dir / "features.json")))
+    return np.load(cache)
+
+
+def audit_model_values(cfg: ContinuousConfig, world, model, spec) -> np.ndarray:
+    """E[clicks] (the oracle) of any reranker's lists (``model.rerank``: a GReF's greedy decode, the
+    reward model's beam search) on the fixed audit requests, per request."""
+    import torch
+
     from gref.serving.requests import encode_batch
     from gref.sim.user_model import expected_feedback
     from jobs.ab_test import simulated_requests
 
-    cache = Path(cfg.out) / "audit" / f"v{version}.npy"
-    if cache.exists():
-        return np.load(cache)
-    uri = _registry_uri(cfg, version)
-    model = tracking.load_reranker_uri(uri).eval()
-    spec = FeatureSpec.load(tracking.reranker_dir(uri) / "features.json")
+    model = model.eval()
     reqs = simulated_requests(world, cfg.audit_requests, 999_983 + cfg.seed)
     values = []
     for start in range(0, len(reqs), 256):
@@ -321,9 +350,7 @@ def _audit_values(cfg: ContinuousConfig, world, version: int) -> np.ndarray:
                           for req, row in zip(chunk, placed)], np.int64)
         users = np.array([req["user_id"] for req in chunk], np.int64)
         values.append(expected_feedback(world, users, items)["click"])
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, np.concatenate(values))
-    return np.load(cache)
+    return np.concatenate(values)
 
 
 def paired_lift(base: np.ndarray, new: np.ndarray) -> dict[str, float]:
@@ -477,6 +504,10 @@ def run(cfg: ContinuousConfig) -> dict[str, Any]:
                     if "challenger" in arms:
                         rnd["audit_lift"] = paired_lift(_audit_values(cfg, world, champion),
                                                         _audit_values(cfg, world, arms["challenger"]))
+                    teacher = None if cfg.aa else _teacher_values(cfg, world, r)
+                    if teacher is not None:
+                        rnd["audit_teacher"] = float(teacher.mean())
+                        rnd["audit_teacher_vs_round0"] = paired_lift(base, teacher)
                 # the last round's traffic would only train a challenger never decided; A/A trains nothing
                 if r < cfg.rounds and not cfg.aa:
                     rnd["data"] = _prepare_round(cfg, rnd, features)
@@ -519,7 +550,7 @@ def _round_metrics(rnd: dict[str, Any]) -> dict[str, float]:
     """A round's numbers: the decision's lift and interval, the oracle's, both arms' clicks."""
     d = rnd.get("decision") or {}
     out = {k: float(d[k]) for k in ("lift", "low", "high", "oracle_lift") if k in d}
-    out.update({k: float(rnd[k]) for k in ("audit_champion", "audit_challenger") if k in rnd})
+    out.update({k: float(rnd[k]) for k in ("audit_champion", "audit_challenger", "audit_teacher") if k in rnd})
     out.update({k: float(v) for k, v in rnd["looks"][-1].items() if k.endswith("_clicks")})
     out["looks"] = float(len(rnd["looks"]))
     return out
@@ -549,7 +580,7 @@ def _plot(summary: dict[str, Any], path: Path) -> Path:
     rounds = summary["rounds"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     xs = [rnd["round"] for rnd in rounds]
-    for role, style in (("champion", "o-"), ("challenger", "s--")):
+    for role, style in (("champion", "o-"), ("challenger", "s--"), ("teacher", "^:")):
         pts = [(rnd["round"], rnd[f"audit_{role}"]) for rnd in rounds if f"audit_{role}" in rnd]
         if pts:
             axes[0].plot(*zip(*pts), style, label=role)
@@ -585,8 +616,9 @@ def _print(summary: dict[str, Any]) -> None:
     print(f"\n== continuous training: {len(summary['rounds']) - 1} rounds{' (A/A)' if summary['aa'] else ''}, "
           f"{summary['minutes']} min ==")
     print("| round | champion | challenger | looks | served clicks lift [interval] | decision "
-          "| oracle lift (A/B) | oracle lift (audit set, paired) | champion vs round 0 (oracle) |")
-    print("|---:|---:|---:|---:|---|---|---|---|---|")
+          "| oracle lift (A/B) | oracle lift (audit set, paired) | champion vs round 0 (oracle) "
+          "| teacher vs round 0 (oracle) |")
+    print("|---:|---:|---:|---:|---|---|---|---|---|---|")
     for rnd in summary["rounds"]:
         d = rnd.get("decision") or {}
         oracle = {"lift": d["oracle_lift"], "low": d["oracle_low"], "high": d["oracle_high"]} if "oracle_lift" in d \
@@ -595,7 +627,7 @@ def _print(summary: dict[str, Any]) -> None:
         print(f"| {rnd['round']} | v{rnd.get('champion')} | {challenger} | {len(rnd.get('looks', []))} "
               f"| {_interval(d if 'lift' in d else None)} | {d.get('action') or rnd.get('train_error', '–')} "
               f"| {_interval(oracle)} | {_interval(rnd.get('audit_lift'))} "
-              f"| {_interval(rnd.get('audit_champion_vs_round0'))} |")
+              f"| {_interval(rnd.get('audit_champion_vs_round0'))} | {_interval(rnd.get('audit_teacher_vs_round0'))} |")
     final = summary.get("final_vs_round0")
     regressions = summary["regressions_promoted"]
     print(f"promotions {summary['promotions']} (regressions by the oracle: "

@@ -12,7 +12,7 @@ import torch
 from gref.data.batch import Batch
 from gref.losses import multi_token_loss, sequence_log_prob
 from gref.model import GenReranker, ModelConfig, decode
-from gref.train.objectives import Distill, distill_loss, kl_to_reference, post_validation
+from gref.train.objectives import Distill, distill_loss, kl_to_reference, post_validation, reward_clicks
 from gref.train.onpolicy import OnPolicyConfig, OracleReward, audit, best_worst_pairs, onpolicy_batch
 from gref.train.steps import better, metric_mode, validation_metrics
 
@@ -143,7 +143,22 @@ def test_kl_to_itself_is_zero_and_validation_reports_it():
     assert kl_to_reference(model, model, b, heads=2) == pytest.approx(0.0, abs=1e-6)
     reward = FixedReward(torch.randn(4, 6, generator=torch.Generator().manual_seed(3)))
     out = post_validation(model, tiny(seed=1), Distill(reward), None, b, heads=2)
-    assert set(out) == {"val_kl", "val_distill_nll"} and out["val_kl"] != 0.0
+    assert set(out) == {"val_kl", "val_distill_nll", "reward_clicks"} and out["val_kl"] != 0.0
+
+
+def test_reward_clicks_is_the_rewards_value_of_the_greedy_lists_cut_at_each_length():
+    from dataclasses import replace
+
+    model, b = tiny(), batch()
+    b = replace(b, lengths=torch.tensor([3, 2, 1, 3]))
+    values = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
+    greedy = decode(model, b.num, b.cat, b.cand_mask, 3, heads=2)
+    by_hand = 0.0  # FixedReward: sum of the placed candidates' values / rank, over each shown prefix
+    for i, n in enumerate(b.lengths.tolist()):
+        by_hand += sum(float(values[i, greedy[i, p]]) / (p + 1) for p in range(n))
+    assert reward_clicks(model, FixedReward(values), b, heads=2) == pytest.approx(by_hand / 4, abs=1e-6)
+    assert post_validation(model, tiny(seed=1), Distill(FixedReward(values)), None, b, heads=2)[
+        "reward_clicks"] == pytest.approx(by_hand / 4, abs=1e-6)
 
 
 def test_oracle_reward_is_the_worlds_expected_clicks():
@@ -178,4 +193,7 @@ def test_metric_direction_and_the_metrics_each_stage_produces():
     assert "val_loss" in validation_metrics("baseline", False, False) and "oracle_clicks" not in validation_metrics(
         "pretrain", True, False)
     assert "val_distill_nll" in validation_metrics("dpo", True, True, {"objective": "distill", "pairs": "logged"})
+    assert "reward_clicks" in validation_metrics("dpo", True, False, {"objective": "distill", "pairs": "logged"})
+    assert "reward_clicks" in validation_metrics("dpo", True, False, {"objective": "dpo", "pairs": "onpolicy"})
+    assert "reward_clicks" not in validation_metrics("dpo", True, False, {"objective": "dpo", "pairs": "logged"})
     assert "val_reward_margin" in validation_metrics("dpo", True, False, {"objective": "dpo", "pairs": "logged"})

@@ -36,7 +36,8 @@ class ScalingConfig:
 class EvalConfig:
     world: str = ""  # simulated world dir (DIR/world) for the oracle; "" = no oracle metrics
     max_requests: int = 2000  # validation requests evaluated each epoch
-    metric: str = "auto"  # model-selection metric: auto = oracle_clicks with a world, else ndcg; losses and
+    metric: str = "auto"  # model-selection metric: auto = oracle_clicks with a world, else est_clicks_dbn;
+    #                       reward_clicks = post-training's reward's value of the greedy lists; losses and
     #                       NLLs (val_nll, val_loss, val_dpo_loss) are minimised, every other metric maximised
     batch_size: int = 512
 

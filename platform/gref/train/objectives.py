@@ -161,13 +161,28 @@ def kl_to_reference(policy: nn.Module, reference: nn.Module, batch: Batch, heads
 
 
 @torch.no_grad()
+def reward_clicks(policy: nn.Module, reward: ListReward, batch: Batch, heads: int) -> float:
+    """The reward's value of the policy's greedy lists, each cut at its request's shown length,
+    averaged over the batch's requests: what post-training raises, judged by the same (frozen)
+    reward -- an oracle-free selection metric that sees list effects, which the DBN / PBM click
+    estimates of the valid split do not."""
+    n = int(batch.lengths.max())
+    lists = decode(policy, batch.num, batch.cat, batch.cand_mask, n, heads=heads)  # [B, n]
+    slots = torch.arange(n, device=lists.device)[None]
+    lists = torch.where(slots < batch.lengths[:, None], lists, torch.full_like(lists, -1))
+    return float(reward.list_values(batch, lists[:, None])[:, 0].mean())
+
+
+@torch.no_grad()
 def post_validation(policy: nn.Module, reference: nn.Module, objective: Objective, pairs: Batch | None,
                     sequences: Batch, heads: int) -> dict[str, Any]:
     """Instrumentation of post-training on validation: the preference loss and its parts on
     validation pairs (logged pairs, or on-policy pairs made with a fixed seed), the distillation
-    NLL, and the KL of the policy to the reference."""
+    NLL, the KL of the policy to the reference, and with a reward its value of the greedy lists."""
     policy.eval()
     out: dict[str, Any] = {"val_kl": kl_to_reference(policy, reference, sequences, heads)}
+    if isinstance(objective, (Distill, OnPolicyDPO)):
+        out["reward_clicks"] = reward_clicks(policy, objective.reward, sequences, heads)
     if isinstance(objective, Distill):
         out["val_distill_nll"] = float(objective(policy, sequences)["loss"])
         return out

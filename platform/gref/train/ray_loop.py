@@ -167,7 +167,7 @@ class _Validation:
 
 
 SHOWN = ("train_loss", "val_nll", "val_loss", "val_dpo_loss", "val_distill_nll", "val_kl", "ndcg",
-         "oracle_clicks", "oracle_click_lift", "est_clicks_dbn")
+         "oracle_clicks", "oracle_click_lift", "est_clicks_dbn", "reward_clicks")
 
 
 def _quiet_train_reports() -> None:

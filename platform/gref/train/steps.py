@@ -130,6 +130,8 @@ def validation_metrics(stage: str, gref_model: bool, has_world: bool, post: dict
         names |= {"est_clicks_pbm", "est_clicks_dbn"}
     if stage == "dpo":
         names |= {"val_kl"}
+        if post and (post.get("objective") == "distill" or post.get("pairs") == "onpolicy"):
+            names |= {"reward_clicks"}  # the post-training reward's value of the greedy lists
         names |= {"val_distill_nll"} if post and post.get("objective") == "distill" else {
             "val_dpo_loss", "val_reward_margin", "val_reward_accuracy", "val_chosen_logp", "val_rejected_logp"}
     return names
