@@ -5,8 +5,9 @@
 Round 0 serves the champion alone (``champion``: a registered version, alias, run or directory;
 registered into ``tracking.registered_model`` when it is not). Every round r >= 1 then:
   1. post-trains a challenger from the champion on the traffic of the last ``1 + replay_rounds``
-     rounds (``reward`` + ``dpo``: the pipeline's recipe, oracle-free: models are selected on
-     held-out clicks) and registers it with the alias ``challenger``;
+     rounds (``reward`` + ``dpo``: the pipeline's recipe, oracle-free: the reward is selected on
+     held-out clicks, the challenger by the reward's value of its lists) and registers it with the
+     alias ``challenger``;
   2. serves champion and challenger side by side (Ray Serve, users split by a hash), ``requests``
      requests per look: ``traffic=simulated`` sends them from the simulated users of ``world``;
      ``traffic=clients`` leaves them to real clients of the endpoint (``host``:``port``) and waits
@@ -18,7 +19,8 @@ registered into ``tracking.registered_model`` when it is not). Every round r >= 
      interval of the lift is above 0, roll back when below, else one more look, up to
      ``rule.max_looks``); a promotion moves the alias ``champion``. With a simulated ``world`` its
      oracle audits every decision (the lift of expected clicks, on the A/B and on a fixed audit
-     set) but never makes one (``world=''`` with real clients: no audit);
+     set, where it also scores the round's reward's own lists: the challenger's teacher) but never
+     makes one (``world=''`` with real clients: no audit);
   4. exports the round's lists + feedback (a time window of the feedback store, from where the
      previous round's ended: no row twice, none lost) and prepares them alone, with the round-0
      champion's feature spec (unseen values -> OOV).
