@@ -279,7 +279,7 @@ def _train_challenger(cfg: ContinuousConfig, r: int, champion: int, data: Path) 
     from gref.train.runner import run_training
     from jobs import reward as reward_job
 
-    storage = str(_reward_dir(cfg, r).parent.parent)
+    storage = str(_training_storage(cfg))
     rcfg = replace(cfg.reward, data=str(data), init=_registry_uri(cfg, champion), tracking=cfg.tracking,
                    eval=replace(cfg.reward.eval, world=""), run=replace(cfg.reward.run, name=f"round{r}-reward",
                                                                         storage=storage))
@@ -293,9 +293,14 @@ def _train_challenger(cfg: ContinuousConfig, r: int, champion: int, data: Path) 
     return version
 
 
+def _training_storage(cfg: ContinuousConfig) -> Path:
+    """Where the rounds' training runs keep their checkpoints and models (one directory per run name)."""
+    return Path(cfg.out).resolve() / "ray"
+
+
 def _reward_dir(cfg: ContinuousConfig, r: int) -> Path:
     """Round r's reward model (the challenger's teacher), as jobs.reward saves it."""
-    return Path(cfg.out).resolve() / "ray" / f"round{r}-reward" / "model"
+    return _training_storage(cfg) / f"round{r}-reward" / "model"
 
 
 # ---------------------------------------------------------------- the oracle's audit

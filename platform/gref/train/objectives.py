@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from gref.data.batch import Batch
 from gref.losses import OMTPLoss, RerankDPOLoss, multi_token_loss, sequence_log_prob
 from gref.model.decoding import decode
-from gref.train.onpolicy import ListReward, OnPolicyConfig, onpolicy_batch
+from gref.train.onpolicy import ListReward, OnPolicyConfig, onpolicy_batch, shown_values
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -166,11 +166,8 @@ def reward_clicks(policy: nn.Module, reward: ListReward, batch: Batch, heads: in
     averaged over the batch's requests: what post-training raises, judged by the same (frozen)
     reward -- an oracle-free selection metric that sees list effects, which the DBN / PBM click
     estimates of the valid split do not."""
-    n = int(batch.lengths.max())
-    lists = decode(policy, batch.num, batch.cat, batch.cand_mask, n, heads=heads)  # [B, n]
-    slots = torch.arange(n, device=lists.device)[None]
-    lists = torch.where(slots < batch.lengths[:, None], lists, torch.full_like(lists, -1))
-    return float(reward.list_values(batch, lists[:, None])[:, 0].mean())
+    greedy = decode(policy, batch.num, batch.cat, batch.cand_mask, int(batch.lengths.max()), heads=heads)  # [B, n]
+    return float(shown_values(reward, batch, greedy[:, None])[1].mean())
 
 
 @torch.no_grad()

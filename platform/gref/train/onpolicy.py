@@ -110,6 +110,14 @@ def best_worst_pairs(lists: Tensor, values: Tensor, min_gap: float = 0.0) -> tup
     return lists[rows, best], lists[rows, worst], keep
 
 
+def shown_values(reward: ListReward, batch: Batch, lists: Tensor) -> tuple[Tensor, Tensor]:
+    """lists [B, G, n] cut at each request's shown length n_b (a request shows its own n_b items:
+    the rest of a generated list is not shown) -> (those lists, the reward's values [B, G])."""
+    shown = torch.arange(lists.shape[-1], device=lists.device)[None, None] < batch.lengths[:, None, None]
+    lists = torch.where(shown, lists, -1)
+    return lists, reward.list_values(batch, lists)
+
+
 def onpolicy_batch(policy, batch: Batch, reward: ListReward, cfg: OnPolicyConfig,
                    generator: torch.Generator | None = None) -> tuple[Batch, dict[str, float]]:
     """A DPO batch (winner / loser set; requests without a pair dropped) from a batch of
@@ -119,10 +127,7 @@ def onpolicy_batch(policy, batch: Batch, reward: ListReward, cfg: OnPolicyConfig
     policy.eval()
     lists = candidate_lists(policy, batch, reward, cfg, n, generator)
     policy.train(was_training)
-    # a request shows its own n_b items: the rest of a generated list is not shown
-    shown = torch.arange(n, device=lists.device)[None, None] < batch.lengths[:, None, None]
-    lists = torch.where(shown, lists, -1)
-    values = reward.list_values(batch, lists)
+    lists, values = shown_values(reward, batch, lists)
     winner, loser, keep = best_worst_pairs(lists, values, cfg.min_gap)
     stats = {"reward_greedy": float(values[:, 0].mean()), "reward_best": float(values.max(1).values.mean()),
              "reward_gap": float((values.max(1).values - values.min(1).values).mean()),
