@@ -560,7 +560,18 @@ def _round_metrics(rnd: dict[str, Any]) -> dict[str, float]:
     out.update({k: float(rnd[k]) for k in ("audit_champion", "audit_challenger", "audit_teacher") if k in rnd})
     out.update({k: float(v) for k, v in rnd["looks"][-1].items() if k.endswith("_clicks")})
     out["looks"] = float(len(rnd["looks"]))
+    out.update(_phase_seconds(rnd))
     return out
+
+
+def _phase_seconds(rnd: dict[str, Any]) -> dict[str, float]:
+    """Where a round's wall-clock time went: ``learn_s`` from the previous round's end to this
+    round's first A/B request (preparing that round's traffic, training the challenger, deploying),
+    ``serve_s`` its looks. Empty for a round that has not served yet."""
+    if not all(k in rnd for k in ("since_ms", "ab_since_ms", "until_ms")):
+        return {}
+    return {"learn_s": (rnd["ab_since_ms"] - rnd["since_ms"]) / 1000,
+            "serve_s": (rnd["until_ms"] - rnd["ab_since_ms"]) / 1000}
 
 
 def _summary(cfg: ContinuousConfig, state: State, seconds: float, audit: bool) -> dict[str, Any]:
@@ -575,6 +586,9 @@ def _summary(cfg: ContinuousConfig, state: State, seconds: float, audit: bool) -
            "final_champion": final, "promotions": len(promoted), "regressions_promoted": regressions,
            "rollbacks": sum(1 for rnd in rounds if (rnd.get("decision") or {}).get("action") == "rollback"),
            "minutes": round(seconds / 60, 1), "rounds": rounds}
+    phases = [_phase_seconds(rnd) for rnd in rounds]
+    for phase in ("learn", "serve"):
+        out[f"{phase}_minutes"] = [round(p.get(f"{phase}_s", 0.0) / 60, 2) for p in phases]  # per round
     return out
 
 
@@ -641,6 +655,9 @@ def _print(summary: dict[str, Any]) -> None:
           f"{'unknown, no simulated world' if regressions is None else regressions}), "
           f"rollbacks {summary['rollbacks']}; final champion v{summary['final_champion']}"
           + (f": {_interval(final)} over the round-0 champion (oracle, audit set)" if final else ""))
+    learn, serve = summary["learn_minutes"], summary["serve_minutes"]
+    print(f"time: learning (prepare, train, deploy) {sum(learn):.1f} min, per round "
+          f"{', '.join(f'{m:.1f}' for m in learn[1:])}; serving (the looks) {sum(serve):.1f} min")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -74,6 +74,9 @@ def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir,
         assert 1 <= len(r["looks"]) <= 2 and "oracle_lift" in r["decision"]
         assert "audit_lift" in r and r["audit_champion"] > 0
         assert r["audit_teacher"] > 0 and "audit_teacher_vs_round0" in r  # the round's reward audited too
+    # where the time went, per round: learning (prepare, train, deploy) then serving; round 1 trained
+    assert len(summary["learn_minutes"]) == len(summary["serve_minutes"]) == 3
+    assert summary["learn_minutes"][1] > summary["learn_minutes"][0] >= 0 and min(summary["serve_minutes"]) > 0
     # the store: every request once, though round 2's first 50 were sent twice
     sent = sum(len(r["looks"]) * 120 for r in rounds)
     counts = FeedbackStore(tmp_path / "loop" / "feedback.db").counts()
