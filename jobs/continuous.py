@@ -41,7 +41,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -306,18 +306,30 @@ def _reward_dir(cfg: ContinuousConfig, r: int) -> Path:
 # ---------------------------------------------------------------- the oracle's audit
 
 
+def _cached_audit(cfg: ContinuousConfig, name: str, compute: Callable[[], np.ndarray | None]) -> np.ndarray | None:
+    """out/audit/<name>.npy, computed once (a resumed run and benchmarks.loop_recipes reuse it);
+    None, and nothing cached, when ``compute`` has nothing to score."""
+    cache = Path(cfg.out) / "audit" / f"{name}.npy"
+    if not cache.exists():
+        values = compute()
+        if values is None:
+            return None
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, values)
+    return np.load(cache)
+
+
 def _audit_values(cfg: ContinuousConfig, world, version: int) -> np.ndarray:
     """E[clicks] (the oracle) of the version's greedy lists on the fixed audit requests, per request."""
     from gref import tracking
     from gref.data.features import FeatureSpec
 
-    cache = Path(cfg.out) / "audit" / f"v{version}.npy"
-    if not cache.exists():
+    def compute() -> np.ndarray:
         uri = _registry_uri(cfg, version)
         spec = FeatureSpec.load(tracking.reranker_dir(uri) / "features.json")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, audit_model_values(cfg, world, tracking.load_reranker_uri(uri), spec))
-    return np.load(cache)
+        return audit_model_values(cfg, world, tracking.load_reranker_uri(uri), spec)
+
+    return _cached_audit(cfg, f"v{version}", compute)
 
 
 def _teacher_values(cfg: ContinuousConfig, world, r: int) -> np.ndarray | None:
@@ -326,14 +338,14 @@ def _teacher_values(cfg: ContinuousConfig, world, r: int) -> np.ndarray | None:
     from gref.data.features import FeatureSpec
     from gref.model.io import load_reranker
 
-    cache, model_dir = Path(cfg.out) / "audit" / f"teacher-r{r}.npy", _reward_dir(cfg, r)
-    if not cache.exists():
+    model_dir = _reward_dir(cfg, r)
+
+    def compute() -> np.ndarray | None:
         if not (model_dir / "model.pt").exists():
             return None
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, audit_model_values(cfg, world, load_reranker(model_dir),
-                                          FeatureSpec.load(model_dir / "features.json")))
-    return np.load(cache)
+        return audit_model_values(cfg, world, load_reranker(model_dir), FeatureSpec.load(model_dir / "features.json"))
+
+    return _cached_audit(cfg, f"teacher-r{r}", compute)
 
 
 def audit_model_values(cfg: ContinuousConfig, world, model, spec) -> np.ndarray:
