@@ -73,6 +73,7 @@ class Recipe:
     pretrain: dict | None = field(default_factory=dict)
     post: dict | None = field(default_factory=dict)
     anchored_reward: bool = True
+    reward: dict = field(default_factory=dict)  # overrides of the experiment's reward config (its teacher)
 
 
 # The paper's Rerank-DPO (Eq. 7 pairs, Eq. 8) at the learning rate the DPO stage measured best here
@@ -87,6 +88,11 @@ RECIPES: dict[str, Recipe] = {
     "lo_single": Recipe(pretrain={"model.omtp_heads": 1, "lambda2": 1.0, "lo_window": 4}),
     "onpolicy": Recipe(post={"objective": "dpo", "pairs": "onpolicy", "optim.lr": 3e-4, "optim.epochs": 2}),
     "oracle_teacher": Recipe(post={"reward": "oracle"}),
+    # the reward's parts (issue 33): no neural list context (the structured form alone), one context
+    # network (no ensemble), the ensemble searched by its mean (no pessimism)
+    "structured_reward": Recipe(reward={"model.context_members": 0}),
+    "context_single": Recipe(reward={"model.context_members": 1}),
+    "context_mean": Recipe(reward={"model.pessimism": 0.0}),
     "dcn_reward": Recipe(anchored_reward=False),
     "dpo": Recipe(post=PAPER_POST),
     "ipo": Recipe(post={**PAPER_POST, "loss_type": "ipo"}),
@@ -102,6 +108,9 @@ LABELS = {
     "lo_single": "GReF with L_o on one head (k = 1, Eq. 6 + Eq. 10)",
     "onpolicy": "GReF, on-policy DPO on the reward (instead of distillation)",
     "oracle_teacher": "GReF distilled from the oracle's best lists (diagnostic)",
+    "structured_reward": "GReF distilled from the structured list click model alone (no list context)",
+    "context_single": "GReF distilled from a reward with one list-context network (no ensemble)",
+    "context_mean": "GReF distilled from the list-context ensemble's mean (no pessimism)",
     "dcn_reward": "GReF distilled from a reward without the GReF anchor (DCN appeal)",
     "dpo": "GReF, Rerank-DPO on Eq. 7 pairs (instead of distillation)",
     "ipo": "GReF, Rerank-DPO with the IPO loss", "cdpo": "GReF, conservative Rerank-DPO (label smoothing 0.1)",
@@ -113,8 +122,8 @@ TEACHER = "reward"  # the default recipe's reward model, evaluated as a reranker
 
 TABLE_ROWS = {
     "baselines": ["gref", "pre", TEACHER],  # after the references and the baselines
-    "post": ["gref", "pre", "post_only", "onpolicy", "dcn_reward", "oracle_teacher", "dpo", "ipo", "cdpo", "rpo",
-             "dpo_lnorm"],
+    "post": ["gref", "pre", "post_only", "onpolicy", "dcn_reward", "oracle_teacher", "structured_reward",
+             "context_single", "context_mean", "dpo", "ipo", "cdpo", "rpo", "dpo_lnorm"],
     "pretraining": ["gref", "no_list_bias", "ln_lo", "lo_single", "paper"],
 }
 REFERENCES = ("logged exposure", "upstream order", "oracle best list", "oracle pointwise sort",
@@ -183,12 +192,13 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
         name = _name("pre", overrides)
         return _trained(storage, name) or run_training("pretrain", stage_cfg(override(cfg.pretrain, overrides), name))["model_dir"]
 
-    def reward(anchored: bool) -> str:
-        """The teacher: anchored on the default pre-trained GReF, or a DCN appeal (an ablation)."""
-        name = "reward-pre" if anchored else "reward-dcn"
+    def reward(anchored: bool, overrides: dict) -> str:
+        """The teacher: anchored on the default pre-trained GReF, or a DCN appeal (an ablation);
+        ``overrides`` of the reward config (the reward's own ablations)."""
+        name = _name("reward-pre" if anchored else "reward-dcn", overrides)
         if found := _trained(storage, name):
             return found
-        rcfg = stage_cfg(replace(cfg.reward, init=pretrained({}) if anchored else ""), name)
+        rcfg = stage_cfg(replace(override(cfg.reward, overrides), init=pretrained({}) if anchored else ""), name)
         return reward_job.train(rcfg)["model_dir"]
 
     dirs: dict[str, str] = {}
@@ -211,11 +221,11 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
             if (post.objective == "distill" or post.pairs == "onpolicy") and not post.reward:
                 # one teacher for every row: the reward anchored on the default pre-trained GReF, so a
                 # pre-training ablation changes the student alone
-                post = replace(post, reward=reward(recipe.anchored_reward))
+                post = replace(post, reward=reward(recipe.anchored_reward, recipe.reward))
             found = run_training("dpo", stage_cfg(post, name), init=load_reranker(pre_dir) if pre_dir else None)["model_dir"]
         dirs[model_id] = found
     if "gref" in dirs:
-        dirs[TEACHER] = reward(True)
+        dirs[TEACHER] = reward(True, {})
     return dirs
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -108,3 +109,51 @@ def test_every_candidate_shown_string_ids_seconds_and_id_features(ray_cluster, t
     # 3000 ids, ~1 sighting each: most are rarer than min_category_count and share the OOV row
     assert summary["features"]["cat_sizes"][spec["cat_cols"].index("cat_item_id")] < 1500
     # that such a log trains end to end is tests/test_yandex.py (a real m = n log, id-only features)
+
+
+def news_log(requests: int, seed: int = 0) -> pa.Table:
+    """A news-like log (issue 33): every candidate shown, lists of 2..120 (median ~24), topics."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for r in range(requests):
+        n = int(np.clip(rng.lognormal(np.log(24), 0.8), 2, 120))
+        parts.append(pa.table({
+            "request_id": np.full(n, r), "user_id": np.full(n, r % 50), "ts": np.full(n, 19_676 * DAY_MS + r * 3_600_000),
+            "item_id": rng.choice(3000, size=n, replace=False), "upstream_rank": np.arange(1, n + 1, dtype=np.int32),
+            "position": pa.array(np.arange(1, n + 1, dtype=np.int32)),
+            "click": pa.array((rng.random(n) < 0.3 / np.sqrt(np.arange(1, n + 1))).astype(np.int8)),
+            "cat_topic": rng.integers(0, 12, size=n), "num_popularity": rng.normal(size=n)}))
+    return pa.concat_tables(parts)
+
+
+def hotel_log(requests: int, seed: int = 0) -> pa.Table:
+    """A hotel-search-like log (issue 33): m = n = 24, a third of the searches in random order
+    (the ``randomized`` bucket), over three days."""
+    table = raw_log(requests, m=24, n_max=24, days=2.5, seed=seed)
+    rng = np.random.default_rng(seed)
+    bucket = np.repeat(rng.random(requests) < 0.3, 24).astype(np.int8)
+    return table.append_column("randomized", pa.array(bucket)).append_column(
+        "num_price", pa.array(rng.lognormal(4.5, 0.5, size=table.num_rows)))
+
+
+@pytest.mark.parametrize("shape", ["news", "hotel"])
+def test_the_default_pipeline_trains_on_real_shapes(ray_cluster, tmp_path, shape):
+    """prepare -> pretrain -> the default reward (list click model + list context) -> distillation
+    -> evaluate -> register, on each shape: finite losses, a registered model, a report."""
+    from jobs import pipeline
+
+    logs = write_logs(tmp_path, news_log(260) if shape == "news" else hotel_log(209))
+    tiny = [f"{stage}.{o}" for stage in ("pretrain", "reward", "dpo") for o in
+            ("optim.epochs=1", "optim.batch_size=64", "scaling.num_workers=0", "eval.max_requests=60")]
+    summary = pipeline.main(["--config", "configs/pipeline.yaml", f"out={tmp_path / 'run'}", f"logs={logs}",
+                             "baselines=[]", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                             "pretrain.model.d_model=16", "pretrain.model.enc_layers=1", "pretrain.model.dec_layers=1",
+                             *tiny])
+    rows = summary["test"]
+    for row in ("GReF (pre-train only)", "GReF (pre-train + post-train)"):
+        assert np.isfinite(rows[row]["auc_click"]) and np.isfinite(rows[row]["est_clicks_pbm"]), row
+    for stage in ("pretrain", "reward", "dpo"):
+        assert all(np.isfinite(v) for e in json.loads(
+            (Path(summary[stage]["model_dir"]).parent / "history.json").read_text())
+            for k, v in e.items() if k.startswith("train_")), stage
+    assert summary["registry"]["version"] >= 1

@@ -39,7 +39,11 @@ def ordered_log_probs(logits: Tensor, seq: Tensor) -> Tensor:
     before = placed_before(seq, M)  # [B, N, M]
     idx = (torch.arange(N, device=seq.device)[None, :] + torch.arange(k, device=seq.device)[:, None]).clamp(max=N - 1)
     mask = before[:, idx]  # [B, k, N, M]: head j at step t -> placed before t+j
-    return torch.log_softmax(logits.masked_fill(mask, NEG_INF), dim=-1)
+    masked = logits.masked_fill(mask, NEG_INF)
+    # a step past a request's last candidate (every one shown, shorter than the batch's longest list)
+    # has nothing left: its log-probs are never used, but an all -inf row makes NaN gradients
+    empty = torch.isneginf(masked).all(dim=-1, keepdim=True)
+    return torch.log_softmax(masked.masked_fill(empty, 0.0), dim=-1)
 
 
 def target_log_probs(logits: Tensor, seq: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:

@@ -11,6 +11,10 @@ P(click at p | list) = e_p * q_p with the structured list effects of gref.clickm
   * list effects through attribute equality on every categorical column c: redundancy (per earlier
     item sharing c), adjacency (item right above shares c), adjacency after a click -- a
     weight each per column, learned; nothing says which column matters.
+  * optionally (``context_members`` > 0) a neural list context on top (gref.clickmodel.context):
+    a bootstrap ensemble of small networks that read the items above each slot and correct its
+    click probability -- the effects the structured form cannot express -- and the list value
+    becomes pessimistic (mean - ``pessimism`` * std over members).
 Trained by the Bernoulli likelihood of each logged click (the marginal P(click at p), exact for
 the model), which identifies position bias because the same kind of item is shown at different
 positions. ``value(lists)`` = expected clicks of any list of the request's candidates, which is
@@ -26,12 +30,12 @@ Shapes: B requests, M candidates, N exposure slots, C categorical columns.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gref.baselines.common import BaselineReranker
 from gref.baselines.config import BaselineConfig
 from gref.baselines.pointwise import DCN
+from gref.clickmodel.context import ListContext, bootstrap_weights, context_beam_search, weighted_bce
 from gref.clickmodel.search import beam_search
 from gref.clickmodel.structured import ListEffects, expected_clicks, same_attribute
 from gref.data.batch import Batch
@@ -77,6 +81,9 @@ class ListClickModel(BaselineReranker):
         self.click_adjacency = nn.Parameter(torch.zeros(C))
         # theta_1 is unused (e_1 = 1); sigmoid(2.2) ~ 0.9 per step to start
         self.continuation = nn.Parameter(torch.full((cfg.max_length,), 2.2))
+        # effects beyond the structured form, learned from the lists (gref.clickmodel.context)
+        self.context = ListContext(cfg.num_features, cfg.cat_sizes, cfg.context_members, cfg.pessimism,
+                                   cfg.max_length) if cfg.context_members else None
 
     def item_logits(self, num: Tensor, cat: Tensor, cand_mask: Tensor) -> Tensor:
         """a(i) [B, M]."""
@@ -97,24 +104,54 @@ class ListClickModel(BaselineReranker):
                            click_adjacency=self.click_adjacency, examination=self.examination(),
                            cand_mask=cand_mask)
 
-    def value(self, fx: ListEffects, lists: Tensor) -> Tensor:
-        """Expected clicks [B] of lists [B, L] (-1 = none) under this model."""
-        return expected_clicks(fx, lists)[0]
+    def marginals(self, num: Tensor, cat: Tensor, cand_mask: Tensor, lists: Tensor) -> Tensor:
+        """P(click at p) of lists [B, L] (-1 = none): [1, B, L] for the structured model alone,
+        [K, B, L] with a context ensemble (one row per member)."""
+        fx = self.effects(num, cat, cand_mask)
+        p_click = expected_clicks(fx, lists)[1]
+        if self.context is None:
+            return p_click[None]
+        return self.context.marginals(num, cat, fx.logit, p_click, lists)
+
+    @torch.no_grad()
+    def list_values(self, num: Tensor, cat: Tensor, cand_mask: Tensor, lists: Tensor) -> Tensor:
+        """The value of lists [B, G, n] (-1 = none) -> [B, G]: expected clicks; with a context
+        ensemble its pessimistic value (members' mean - pessimism * std), what ``search`` maximises."""
+        B, G, n = lists.shape
+        rep = lambda x: x.repeat_interleave(G, 0)  # noqa: E731
+        per_member = self.marginals(rep(num), rep(cat), rep(cand_mask), lists.reshape(B * G, n)).sum(-1)
+        value = per_member[0] if self.context is None else self.context.pessimistic(per_member)
+        return value.view(B, G)
+
+    @torch.no_grad()
+    def search(self, num: Tensor, cat: Tensor, cand_mask: Tensor, n: int, width: int | None = None) -> Tensor:
+        """The best list [B, n] of the model by beam search (-1 past a request's m)."""
+        width = width or self.cfg.beam_width
+        fx = self.effects(num, cat, cand_mask)
+        if self.context is None:
+            return beam_search(fx, n, width)[0]
+        tokens = [net.tokens(num, cat, fx.logit) for net in self.context.nets]
+        return context_beam_search(fx, self.context, tokens, n, width)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
-        """Bernoulli log-likelihood of the logged clicks at the exposed slots."""
+        """Bernoulli log-likelihood of the logged clicks at the exposed slots (with a context
+        ensemble: each member's, its requests weighted by their bootstrap draws while training)."""
         N = batch.exposure.shape[1]
         valid = torch.arange(N, device=batch.num.device)[None] < batch.lengths[:, None]
         lists = torch.where(valid, batch.exposure, -1)
-        _, p_click = expected_clicks(self.effects(batch.num, batch.cat, batch.cand_mask), lists)
-        p = p_click.clamp(1e-6, 1 - 1e-6)
-        nll = F.binary_cross_entropy(p, batch.click, reduction="none")
-        loss = (nll * valid).sum() / valid.sum().clamp_min(1)
-        return {"loss": loss, "click_nll": loss}
+        p = self.marginals(batch.num, batch.cat, batch.cand_mask, lists)  # [K, B, N]
+        if self.context is not None and self.training:
+            weights = bootstrap_weights(batch.request_id, p.shape[0], p.shape[1], p.device)
+        else:
+            weights = torch.ones(p.shape[:2], device=p.device)
+        loss = weighted_bce(p, batch.click, valid.float(), weights)
+        with torch.no_grad():
+            mean_nll = weighted_bce(p.mean(0, keepdim=True), batch.click, valid.float(), torch.ones_like(weights[:1]))
+        return {"loss": loss, "click_nll": mean_nll}
 
     @torch.no_grad()
     def rerank(self, num: Tensor, cat: Tensor, cand_mask: Tensor, n: int) -> Tensor:
-        return beam_search(self.effects(num, cat, cand_mask), n, self.cfg.beam_width)[0]
+        return self.search(num, cat, cand_mask, n)
 
     @torch.no_grad()
     def item_scores(self, num: Tensor, cat: Tensor, cand_mask: Tensor, placed: Tensor) -> Tensor:

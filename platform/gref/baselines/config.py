@@ -34,6 +34,8 @@ class BaselineConfig:
     num_lists: int = 16  # gen_eval: lists the generator proposes per request (1 greedy + samples)
     temperature: float = 1.0  # gen_eval: Plackett-Luce sampling temperature of the generator
     beam_width: int = 4  # clickmodel: beam of its list search (1 = greedy)
+    context_members: int = 0  # clickmodel: networks in the neural list-context ensemble (0 = the structured model alone)
+    pessimism: float = 1.0  # clickmodel: the list value searched is mean - pessimism * std over those members
     anchor: dict = field(default_factory=dict)  # clickmodel: ModelConfig of the pre-trained GReF whose first-step
     #                                             logits, scaled, are a(i) (frozen; jobs.reward); {} = a DCN
 

@@ -44,7 +44,8 @@ class WorldConfig:
     # share of requests in a randomisation bucket: n of the m candidates shown in a uniformly random
     # order instead of production's (logged as ``randomized``: unbiased offline estimates); 0 = none
     randomized_share: float = 0.0
-    # --- hidden user model
+    # --- hidden user model (gref.sim.user_model: the families and their exact oracle)
+    family: str = "attribute"  # attribute | satisfaction | contrast | complement | coverage
     affinity_scale: float = 1.2  # weight of user.item latent match in the click logit
     quality_weight: float = 0.5  # weight of hidden item quality in the click logit
     base_click_logit: float = -1.6  # click logit intercept
@@ -52,6 +53,15 @@ class WorldConfig:
     continue_next_screen: float = 0.60  # P(swipe to the next screen) -- position bias
     series_boost: float = 1.5  # logit bonus: same series right after a clicked item
     category_fatigue: float = 0.35  # logit penalty per earlier item of the same category
+    # the other families' knobs, fixed when the families were written (before any model met them)
+    sat_bias: float = -0.5  # satisfaction: P(stop after a click) = sigmoid(sat_bias + sat_quality * quality)
+    sat_quality: float = 1.0  #   (~0.4 on average: the share of satisfied clicks click models fit on search logs)
+    contrast: float = 0.6  # contrast: logit per unit of quality above the mean of the items just above
+    contrast_window: int = 3  #   how many items above set the reference
+    complement_share: float = 0.1  # complement: share of category pairs that go together (and as many that clash)
+    complement_strength: float = 1.0  #   logit of the item right after one of a complementary (clashing: -) category
+    intents: int = 3  # coverage: favourite categories per user
+    coverage_floor: float = 0.6  #   P(move on) scale when none of them has been shown yet (1 when all have)
     like_bias: float = -1.5  # like logit intercept (given a click)
     like_quality: float = 1.0  # like logit weight on hidden quality
     long_view_bias: float = -0.5  # long-view logit intercept (given a click)

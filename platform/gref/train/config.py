@@ -87,6 +87,8 @@ class DPOConfig:
     reward: str = ""  # distill / onpolicy: a list click model (jobs.reward; dir or URI), or "oracle" =
     #                   the simulated world's exact user model (a diagnostic reference, needs eval.world)
     search_width: int = 4  # beam width of the reward's list search (distill targets, onpolicy search list)
+    search_horizon: int = 32  # distill: the reward's list is searched (and taught) for the first positions only --
+    #                           where users look; a news log's lists of 200 would cost 200 search steps a request
     onpolicy: OnPolicySettings = field(default_factory=OnPolicySettings)
     beta: float = 0.1  # Eq. 8 temperature (paper: 0.1)
     loss_type: str = "sigmoid"  # sigmoid = Eq. 8 | ipo
@@ -125,7 +127,8 @@ class RewardConfig(BaselineTrainConfig):
     (gref.baselines.clickmodel) fitted to the logged clicks, anchored on a pre-trained GReF."""
 
     init: str = ""  # the pre-trained GReF whose first-step logits anchor a(i) (dir or URI); "" = a DCN over the features
-    model: BaselineConfig = field(default_factory=lambda: BaselineConfig(kind="clickmodel"))
+    # the structured click model + a 4-network list-context ensemble searched pessimistically (issue 33)
+    model: BaselineConfig = field(default_factory=lambda: BaselineConfig(kind="clickmodel", context_members=4))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, epochs=2))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(metric="val_loss"))  # held-out click NLL
     register: bool = False  # a training artifact of post-training, not a serving candidate

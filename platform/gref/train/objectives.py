@@ -124,14 +124,16 @@ class Distill(Objective):
     and reused by later epochs and validations: cached by (request id, horizon n) -- a beam search's
     best list can depend on how far it looks. A batch without request ids is searched every time."""
 
-    def __init__(self, reward: ListReward):
-        self.reward = reward
+    def __init__(self, reward: ListReward, horizon: int = 0):
+        self.reward, self.horizon = reward, horizon  # horizon: positions searched and taught (0 = all shown)
         self.targets: dict[tuple[Any, int], Tensor] = {}  # (request id, n) -> [n] the reward's list
 
     @torch.no_grad()
     def target(self, batch: Batch) -> Tensor:
-        """The reward's best list per request, [B, n] (n = the batch's longest shown list)."""
+        """The reward's best list per request, [B, n] (n = the batch's longest shown list, at most
+        the horizon; distill_loss then teaches each request's first min(n_b, n) positions)."""
         n, ids = int(batch.lengths.max()), batch.request_id
+        n = min(n, self.horizon) if self.horizon else n
         if ids is None:
             return self.reward.search(batch, n)
         if any((r, n) not in self.targets for r in ids):  # a new batch: one search for all of it

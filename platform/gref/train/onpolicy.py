@@ -52,17 +52,11 @@ class ModelReward:
 
     @torch.no_grad()
     def list_values(self, batch: Batch, lists: Tensor) -> Tensor:
-        B, G, n = lists.shape
-        fx = self.model.effects(batch.num, batch.cat, batch.cand_mask)
-        rep = fx.__class__(**{k: (v.repeat_interleave(G, 0) if k in ("logit", "same", "cand_mask") else v)
-                              for k, v in fx.__dict__.items()})
-        return self.model.value(rep, lists.reshape(B * G, n)).view(B, G)
+        return self.model.list_values(batch.num, batch.cat, batch.cand_mask, lists)
 
     @torch.no_grad()
     def search(self, batch: Batch, n: int) -> Tensor:
-        from gref.clickmodel.search import beam_search
-
-        return beam_search(self.model.effects(batch.num, batch.cat, batch.cand_mask), n, self.beam_width)[0]
+        return self.model.search(batch.num, batch.cat, batch.cand_mask, n, self.beam_width)
 
 
 class OracleReward:
@@ -84,10 +78,12 @@ class OracleReward:
 
     def search(self, batch: Batch, n: int) -> Tensor:
         from gref.clickmodel.search import beam_search
-        from gref.sim.reference import oracle_effects
+        from gref.sim.reference import oracle_effects, oracle_search
 
-        fx = oracle_effects(self.world, batch.user_id.cpu().numpy(), batch.item_id.cpu().numpy())
-        return beam_search(fx, n, self.beam_width)[0].to(batch.num.device)
+        users, items = batch.user_id.cpu().numpy(), batch.item_id.cpu().numpy()
+        if self.world.config.family != "attribute":
+            return torch.as_tensor(oracle_search(self.world, users, items, n, self.beam_width)).to(batch.num.device)
+        return beam_search(oracle_effects(self.world, users, items), n, self.beam_width)[0].to(batch.num.device)
 
 
 def candidate_lists(policy, batch: Batch, reward: ListReward, cfg: OnPolicyConfig, n: int,

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from gref.data.batch import collate, read_split
+from gref.data.batch import collate, group_by_length, read_split
 from gref.losses import OMTPLoss, RerankDPOLoss
 from gref.model.io import model_from_config
 from gref.train import objectives as obj
@@ -115,7 +115,7 @@ def _objective(stage: str, cfg, model, reference, config: dict[str, Any], device
                             cfg.target, config["meta"]["alpha"], config["meta"]["gamma"])
     heads = cfg.decode_heads or model.k
     if cfg.objective == "distill":
-        return obj.Distill(_reward(cfg, config, device))
+        return obj.Distill(_reward(cfg, config, device), cfg.search_horizon)
     loss_fn = RerankDPOLoss(cfg.beta, cfg.sft_weight, cfg.loss_type, cfg.label_smoothing, cfg.length_norm)
     if cfg.pairs == "onpolicy":
         from gref.train.onpolicy import OnPolicyConfig
@@ -166,6 +166,9 @@ class _Validation:
         return out
 
 
+NON_FINITE = "non-finite training loss"  # the runner turns a worker's error with it into one line
+# batches pooled per length group (gref.data.batch.group_by_length): the shuffle buffer's size
+LENGTH_GROUP = 4
 SHOWN = ("train_loss", "val_nll", "val_loss", "val_dpo_loss", "val_distill_nll", "val_kl", "ndcg",
          "oracle_clicks", "oracle_click_lift", "est_clicks_dbn", "reward_clicks")
 
@@ -236,12 +239,19 @@ def train_loop(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.optim.epochs):
         model.train()
         t0, seen, sums, steps = time.time(), 0, {}, 0
-        for table in shard.iter_batches(batch_size=cfg.optim.batch_size, batch_format="pyarrow",
-                                        local_shuffle_buffer_size=4 * cfg.optim.batch_size,
-                                        local_shuffle_seed=cfg.run.seed + epoch):
+        batches = shard.iter_batches(batch_size=cfg.optim.batch_size, batch_format="pyarrow",
+                                     local_shuffle_buffer_size=4 * cfg.optim.batch_size,
+                                     local_shuffle_seed=cfg.run.seed + epoch)
+        for table in group_by_length(batches, LENGTH_GROUP, seed=cfg.run.seed + epoch):
             batch = collate(table, F, C, weights).to(device)
             with _autocast(device, cfg.scaling.mixed_precision):
                 out = objective(model, batch)
+            if not torch.isfinite(out["loss"]):
+                raise FloatingPointError(
+                    f"{NON_FINITE} in {stage}, epoch {epoch + 1}, step {steps + 1} (a batch of {batch.size} requests, "
+                    f"candidates m up to {int(batch.cand_mask.sum(1).max())}, shown n up to {int(batch.lengths.max())}): "
+                    "the model's numbers broke on these shapes; please report it with the data profile "
+                    "(prepare's summary.json)")
             opt.zero_grad(set_to_none=True)
             scaler.scale(out["loss"]).backward()
             if cfg.optim.grad_clip:

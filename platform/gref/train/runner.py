@@ -25,7 +25,7 @@ from gref import tracking
 from gref.cli import log
 from gref.config import ConfigError, flatten, to_dict
 from gref.model.io import model_from_config, save_reranker
-from gref.train.ray_loop import train_loop
+from gref.train.ray_loop import NON_FINITE, train_loop
 from gref.train.steps import data_meta, metric_mode, selection_metric, validation_metrics
 
 
@@ -166,7 +166,13 @@ def run_training(stage: str, cfg: Any, init: torch.nn.Module | None = None,
                                  logging_config=LoggingConfig(log_level="WARNING"),
                                  callbacks=callbacks or []),
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except Exception as err:  # noqa: BLE001 -- re-raised unless it is the loop's own non-finite loss check
+            if NON_FINITE not in str(err):
+                raise
+            line = next(ln for ln in str(err).splitlines() if NON_FINITE in ln)
+            raise SystemExit(f"[{stage}] stopped: {line.split('FloatingPointError: ')[-1].strip()}") from None
         if result.checkpoint is None:
             raise RuntimeError(f"{stage} run {name} finished without a checkpoint")
         with result.checkpoint.as_directory() as d:

@@ -1,0 +1,132 @@
+"""The neural list context of the list click model (gref.clickmodel.context), without Ray: it starts
+at the structured model, its search is exact where the beam covers every list, its bootstrap
+weights are fixed per request, and it learns an effect the structured form cannot express."""
+
+import itertools
+
+import numpy as np
+import torch
+
+from gref.baselines.clickmodel import ListClickModel
+from gref.baselines.config import BaselineConfig
+from gref.clickmodel.context import ListContext, bootstrap_weights
+from gref.data.batch import Batch
+
+
+class Appeal(torch.nn.Module):
+    """a(i) = the first numeric feature (no anchor, no DCN): appeal known exactly."""
+
+    def forward(self, num, cat, cand_mask):
+        return num[..., 0].masked_fill(~cand_mask, 0.0)
+
+
+def model(members: int, pessimism: float = 1.0, seed: int = 0) -> ListClickModel:
+    torch.manual_seed(seed)
+    cfg = BaselineConfig(kind="clickmodel", num_features=2, cat_sizes=[6], max_length=8,
+                         context_members=members, pessimism=pessimism)
+    return ListClickModel(cfg, Appeal())
+
+
+def inputs(B: int = 3, M: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    num = torch.randn(B, M, 2, generator=g)
+    cat = torch.randint(2, 6, (B, M, 1), generator=g)
+    return num, cat, torch.ones(B, M, dtype=torch.bool)
+
+
+def test_context_starts_at_the_structured_model():
+    num, cat, mask = inputs()
+    lists = torch.tensor([[0, 1, 2], [3, 2, -1], [1, 0, 3]])
+    with_context = model(3).eval()
+    plain = model(0).eval()
+    plain.load_state_dict({k: v for k, v in with_context.state_dict().items() if not k.startswith("context")})
+    a = with_context.marginals(num, cat, mask, lists)
+    b = plain.marginals(num, cat, mask, lists)
+    assert a.shape == (3, 3, 3) and b.shape == (1, 3, 3)
+    assert torch.allclose(a, b.expand_as(a), atol=1e-5)
+    assert (a[:, 1, 2] == 0).all()  # no item, no click
+
+
+def perturbed(members: int, pessimism: float) -> ListClickModel:
+    m = model(members, pessimism).eval()
+    for net in m.context.nets:  # a context that matters: random output layers
+        torch.nn.init.normal_(net.out[-1].weight, std=1.0)
+    return m
+
+
+def test_search_is_exhaustive_when_the_beam_holds_every_list():
+    num, cat, mask = inputs(B=2, M=4)
+    for pessimism in (0.0, 1.5):
+        m = perturbed(3, pessimism)
+        every = torch.tensor(list(itertools.permutations(range(4), 3)))  # 24 lists
+        values = m.list_values(num, cat, mask, every[None].expand(2, -1, -1))  # [2, 24]
+        found = m.search(num, cat, mask, 3, width=24)
+        got = m.list_values(num, cat, mask, found[:, None])[:, 0]
+        assert torch.allclose(got, values.max(1).values, atol=1e-5), pessimism
+
+
+def test_pessimistic_value_is_mean_minus_std():
+    m = perturbed(4, pessimism=2.0)
+    num, cat, mask = inputs()
+    lists = torch.tensor([[0, 1, 2], [3, 2, 1], [1, 0, 3]])
+    per = m.marginals(num, cat, mask, lists).sum(-1)  # [K, B]
+    got = m.list_values(num, cat, mask, lists[:, None])[:, 0]
+    assert torch.allclose(got, per.mean(0) - 2.0 * per.std(0), atol=1e-5)
+
+
+def test_search_respects_short_candidate_sets():
+    m = perturbed(2, 1.0)
+    num, cat, mask = inputs(B=2, M=4)
+    mask[0, 2:] = False  # the first request has 2 candidates
+    found = m.search(num, cat, mask, 3, width=4)
+    assert found[0, 2] == -1 and set(found[0, :2].tolist()) == {0, 1}
+    assert len(set(found[1].tolist())) == 3 and (found[1] >= 0).all()
+
+
+def test_bootstrap_weights_are_fixed_per_request_and_poisson():
+    ids = list(range(4000))
+    w = bootstrap_weights(ids, 3, len(ids), "cpu")
+    again = bootstrap_weights(list(reversed(ids)), 3, len(ids), "cpu").flip(1)
+    assert torch.equal(w, again)  # a function of the id, not of the batch position
+    assert abs(float(w.mean()) - 1.0) < 0.05 and abs(float(w.var()) - 1.0) < 0.1  # Poisson(1)
+    assert abs(float((w == 0).float().mean()) - np.exp(-1)) < 0.03
+    assert not torch.equal(w[0], w[1])  # members draw differently
+    assert torch.equal(bootstrap_weights(None, 2, 5, "cpu"), torch.ones(2, 5))
+
+
+def test_context_learns_an_effect_between_different_categories():
+    """Clicks follow the structured model except that category 3 right after category 2 gets +2
+    logits (a complement the attribute-equality form cannot express): the context's fit finds it."""
+    torch.manual_seed(0)
+    B, M, N = 2048, 6, 4
+    num = torch.randn(B, M, 2) * 0.5
+    cat = torch.randint(2, 6, (B, M, 1))
+    lists = torch.stack([torch.randperm(M)[:N] for _ in range(B)])
+    cats = torch.gather(cat[..., 0], 1, lists)
+    logit = torch.gather(num[..., 0], 1, lists) - 1.0
+    logit[:, 1:] += 2.0 * ((cats[:, :-1] == 2) & (cats[:, 1:] == 3))
+    click = (torch.rand(B, N) < torch.sigmoid(logit)).float()
+    batch = Batch(num=num, cat=cat, cand_mask=torch.ones(B, M, dtype=torch.bool), exposure=lists,
+                  lengths=torch.full((B,), N), relevance=click, click=click, request_id=list(range(B)))
+
+    def fit(members: int) -> float:
+        m = model(members, 0.0)
+        with torch.no_grad():
+            m.continuation.fill_(20.0)  # examination 1 everywhere: the effect is all in the clicks
+        m.continuation.requires_grad_(False)
+        opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+        for _ in range(150):
+            loss = m(batch)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        m.eval()
+        return float(m(batch)["click_nll"])
+
+    assert fit(2) < fit(0) - 0.01
+
+
+def test_list_context_without_members_is_one_value():
+    ctx = ListContext(2, [6], members=1, pessimism=5.0)
+    v = torch.tensor([[1.0, 2.0]])
+    assert torch.equal(ctx.pessimistic(v), v[0])
