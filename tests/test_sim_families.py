@@ -4,7 +4,6 @@ family's own beam search."""
 
 import numpy as np
 import pytest
-import torch
 
 from gref.sim import World, WorldConfig, expected_feedback, sample_feedback, simulate_requests
 from gref.sim.reference import hidden_logit, oracle_effects, oracle_search
@@ -122,4 +121,3 @@ def test_oracle_search_handles_fewer_candidates_than_slots():
     items = np.array([[3, 8, -1, -1], [4, 5, 6, 7]])
     lists = oracle_search(world, np.array([0, 1]), items, 3, width=2)
     assert (lists[0, 2] == -1) and set(lists[0, :2]) == {0, 1} and (lists[1] >= 0).all()
-    assert torch.is_tensor(torch.as_tensor(lists))
