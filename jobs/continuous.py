@@ -243,14 +243,20 @@ def _arm_users(records: list[dict[str, Any]], arm: str) -> np.ndarray:
 
 def _prepare_round(cfg: ContinuousConfig, rnd: dict[str, Any], features: Path) -> dict[str, Any]:
     """Export the round's window of the feedback store and prepare it alone (the fixed spec)."""
-    from gref.serving.feedback import FeedbackStore
     from jobs import prepare
 
     root = Path(cfg.out) / "rounds" / str(rnd["round"])
-    rows = FeedbackStore(Path(cfg.out) / "feedback.db").export_logs(
-        root / "logs" / "served.parquet", since_ms=rnd["since_ms"], until_ms=rnd["until_ms"])
+    rows = _export_round(cfg, rnd, root / "logs" / "served.parquet")
     summary = prepare.run(str(root / "logs"), str(root / "prep"), replace(cfg.dataset, features=str(features)))
     return {"rows": rows, "sequences": summary["sequences"], "quarantined": summary["quarantined"]}
+
+
+def _export_round(cfg: ContinuousConfig, rnd: dict[str, Any], dest: Path) -> int:
+    """The round's window of the store the app writes to (``app.feedback_db``, e.g. PostgreSQL, or
+    out/feedback.db) as raw-log Parquet at ``dest``; returns the number of rows."""
+    from gref.serving.feedback import FeedbackStore
+
+    return FeedbackStore(_feedback_location(cfg)).export_logs(dest, since_ms=rnd["since_ms"], until_ms=rnd["until_ms"])
 
 
 def _window(cfg: ContinuousConfig, r: int) -> Path:

@@ -29,10 +29,11 @@ def mlflow_key(name: str) -> str:
 
 def run(data: str | Path, models: dict[str, Any], out: str | Path, world_dir: str = "",
         split: str = "test", max_requests: int = 0, device: str = "auto",
-        estimate: bool = True) -> dict[str, dict[str, float]]:
+        estimate: bool = True, compare_to: str = "") -> dict[str, dict[str, float]]:
     """Evaluate ``models`` ({name: GenReranker}) and the reference orders; write the report and
     log it to the active MLflow run. ``device``: auto = the GPU when there is one; ``estimate``:
-    the click-model estimate of every row (fitted on the split's own logged clicks, cross-fitted)."""
+    the click-model estimate of every row (fitted on the split's own logged clicks, cross-fitted);
+    ``compare_to``: a model's name, every other model's paired gain over it (gref.evaluation.add_gains)."""
     import mlflow
     import torch
 
@@ -63,7 +64,8 @@ def run(data: str | Path, models: dict[str, Any], out: str | Path, world_dir: st
         estimator = ClickEstimator(table, meta, context)
         log("evaluate", "click models (PBM, DBN, feature PBM) fitted by EM on the split's logged clicks (2-fold cross-fit)"
                         + (f", documents keyed by ({context}, item_id)" if context else ""))
-    rows = report_rows(models, table, meta, world, device=device, fit_table=fit_table, estimator=estimator)
+    rows = report_rows(models, table, meta, world, device=device, fit_table=fit_table, estimator=estimator,
+                       compare_to=compare_to)
     (out / "report.json").write_text(json.dumps(rows, indent=2))
     md = markdown_table(rows)
     audit = estimate_audit(rows) if world is not None and estimate else {}

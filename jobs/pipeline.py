@@ -9,7 +9,10 @@ recipe (configs/pipeline.yaml) fits a list click model to the logged clicks (``r
 anchored on the pre-trained GReF; jobs.reward) and distils its beam-search lists into GReF;
 configs/paper.yaml is the paper's Rerank-DPO on Eq. 7 pairs. The post-trained model is registered as
 ``tracking.registered_model``; the new version gets the alias ``challenger``, and also
-``champion`` when it beats the current champion on this run's test split (or there is none).
+``champion`` when there is none yet or it is shown better than the current champion on this run's
+test split, paired on the same requests: by the oracle on a simulated world, and on real logs only when
+every click model's 95 % interval of the gain lies above 0 (gref.serving.promotion.offline_decision);
+otherwise the online A/B test (jobs.continuous) decides.
 ``baselines`` (kinds of gref.baselines, or ``all``) are trained on the same data by the same
 Ray Train machinery (configs/baselines/<kind>.yaml + ``baseline_overrides``), registered as
 gref-<kind>@champion and evaluated beside GReF. Prints a summary table and writes
@@ -50,6 +53,7 @@ class PipelineConfig:
 
 
 GREF_ROW = "GReF (pre-train + post-train)"  # the model this pipeline registers
+ESTIMATORS = ("pbm", "dbn", "pbm_features")  # the click models an offline promotion must all convince
 TEACHER_ROW = "list click model + beam search (GReF's teacher)"  # the reward model as a reranker of its own
 
 
@@ -100,20 +104,22 @@ def simulate_step(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
     return out / "sim" / "logs", out / "sim" / "world"
 
 
-def register_step(cfg: PipelineConfig, version: int, rows: dict, champion_rows: dict | None, metric: str) -> dict:
-    """challenger = the new version; champion = the new version if it is at least as good as
-    the current champion on this test split."""
+def register_step(cfg: PipelineConfig, version: int, rows: dict, champion_row: str) -> dict:
+    """challenger = the new version; champion = the new version when there is no champion yet or
+    gref.serving.promotion.offline_decision says it is better than the current one on this test
+    split (the oracle's gain on a simulated world; else every click model's paired interval)."""
     from gref import tracking
+    from gref.serving.promotion import offline_decision
 
     name = cfg.tracking.registered_model
     aliases = {"challenger": version}
-    new_score = rows[GREF_ROW][metric]
-    promote = champion_rows is None or new_score >= champion_rows["score"]
-    if promote:
+    decision = ({"promote": True, "why": "no champion yet"} if not champion_row
+                else offline_decision(rows[GREF_ROW], ESTIMATORS))
+    if decision["promote"]:
         aliases["champion"] = version
     tracking.set_aliases(name, aliases)
-    return {"registered_model": name, "version": version, "aliases": aliases, "metric": metric,
-            "new_score": new_score, "previous_champion": champion_rows, "promoted": promote}
+    return {"registered_model": name, "version": version, "aliases": aliases, "previous_champion": champion_row or None,
+            "promoted": decision["promote"], "decision": decision}
 
 
 def current_champion(name: str):
@@ -177,19 +183,13 @@ def run(cfg: PipelineConfig) -> dict:
             baselines = _timed(timings, "baselines", baselines_step, cfg, prep, world_dir, out)
             models.update({LABELS[k]: load_reranker(o["model_dir"]) for k, o in baselines.items()})
 
-        champion = current_champion(cfg.tracking.registered_model)
+        champion, champion_row = current_champion(cfg.tracking.registered_model), ""
         if champion is not None and int(champion.version) != dpo["registered_version"]:
-            models[f"champion v{champion.version}"] = tracking.load_reranker_uri(
-                f"models:/{cfg.tracking.registered_model}@champion")
+            champion_row = f"champion v{champion.version}"
+            models[champion_row] = tracking.load_reranker_uri(f"models:/{cfg.tracking.registered_model}@champion")
         rows = _timed(timings, "evaluate", evaluate.run, prep, models, out / "report",
-                      str(world_dir or ""), "test", cfg.eval_max_requests)
-        # no oracle: the most pessimistic click-model estimate of the lift over the logged order
-        metric = "oracle_clicks" if world_dir else "est_lift_min"
-        champion_rows = None
-        if champion is not None and f"champion v{champion.version}" in rows:
-            champion_rows = {"version": int(champion.version),
-                             "score": rows[f"champion v{champion.version}"][metric]}
-        registry = register_step(cfg, dpo["registered_version"], rows, champion_rows, metric)
+                      str(world_dir or ""), "test", cfg.eval_max_requests, compare_to=champion_row)
+        registry = register_step(cfg, dpo["registered_version"], rows, champion_row)
         timings["total"] = round(time.time() - started, 1)
         summary = {"out": str(out), "mlflow_run_id": parent.info.run_id, "timings_s": timings,
                    "data": {k: data_summary[k] for k in ("requests_read", "sequences", "pairs",
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\ntest split (every column: {Path(summary['out']) / 'report' / 'report.md'}):\n"
           f"{markdown_table(summary['test'], SUMMARY_KEYS)}\n")
     print(f"registry: {reg['registered_model']} v{reg['version']} aliases {sorted(reg['aliases'])}"
-          + ("" if reg["promoted"] else f" (champion stays v{reg['previous_champion']['version']})"))
+          + ("" if reg["promoted"] else f" (the champion stays {reg['previous_champion']}: {reg['decision']['why']})"))
     print(f"summary: {Path(summary['out']) / 'summary.json'}   MLflow run: {summary['mlflow_run_id']}")
     return summary
 

@@ -1,6 +1,7 @@
 """The promotion rule of continuous training on hand-made A/B results (no Ray): the interval by hand,
 each action, the Bonferroni and O'Brien-Fleming levels over looks, and the false-promotion rate of
-A/A tests."""
+A/A tests; and the offline rule of jobs.pipeline (a new model replaces the champion only when every
+click model's paired interval is above 0) on hand-made per-request estimates."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from gref.serving.promotion import PromotionRule, crossing_probability, decide, lift_interval, mean_and_variance
+from gref.evaluation import add_gains
+from gref.serving.promotion import (PromotionRule, crossing_probability, decide, lift_interval, mean_and_variance,
+                                     offline_decision)
 
 
 def test_lift_interval_by_hand():
@@ -136,3 +139,64 @@ def test_unknown_unit_or_boundary_is_an_error():
         decide(np.ones(200), np.ones(200), 1, PromotionRule(unit="session"))
     with pytest.raises(ValueError, match="rule.boundary"):
         decide(np.ones(200), 1.1 * np.ones(200), 1, PromotionRule(boundary="pocock"))
+
+
+ESTIMATORS = ("pbm", "dbn")
+
+
+def offline(new: dict[str, np.ndarray], champion: dict[str, np.ndarray], oracle: tuple[float, float] | None = None):
+    """offline_decision on rows built from per-request estimates, as jobs.pipeline builds them."""
+    rows = {"new": {f"_est_{k}": v for k, v in new.items()}, "champion": {f"_est_{k}": v for k, v in champion.items()}}
+    if oracle is not None:
+        rows["new"]["oracle_clicks"], rows["champion"]["oracle_clicks"] = oracle
+    add_gains(rows, ["new"], "champion")
+    return offline_decision(rows["new"], ESTIMATORS)
+
+
+def test_offline_gain_by_hand():
+    # the same requests: champion [1, 2, 3, 2] (mean 2), new [2, 2, 3, 3] (mean 2.5): gain +25 %
+    rows = {"new": {"_est_pbm": np.array([2.0, 2, 3, 3])}, "champion": {"_est_pbm": np.array([1.0, 2, 3, 2])}}
+    add_gains(rows, ["new"], "champion")
+    r = rows["new"]
+    assert r["gain_pbm"] == pytest.approx(0.25)
+    # the new model is >= the champion on every request: every resample's gain is >= 0
+    assert 0.0 <= r["gain_pbm_lo"] <= r["gain_pbm"] <= r["gain_pbm_hi"]
+
+
+def test_identical_models_are_not_promoted():
+    v = np.random.default_rng(0).gamma(2.0, 1.0, 500)
+    d = offline({"pbm": v, "dbn": v}, {"pbm": v, "dbn": v})
+    assert not d["promote"] and d["gains"]["pbm"] == [0.0, 0.0, 0.0]
+    # the oracle's verdict on a simulated world: equal is not better either
+    assert not offline({"pbm": v, "dbn": v}, {"pbm": v, "dbn": v}, oracle=(2.0, 2.0))["promote"]
+
+
+def test_a_model_one_estimator_calls_worse_is_not_promoted():
+    rng = np.random.default_rng(1)
+    base = rng.gamma(2.0, 1.0, 2000)
+    better, worse = base * 1.1, base * 0.9
+    d = offline({"pbm": better, "dbn": worse}, {"pbm": base, "dbn": base})
+    assert not d["promote"] and d["why"] == "worse than the champion by dbn"
+    assert d["gains"]["pbm"][1] > 0 and d["gains"]["dbn"][2] < 0
+
+
+def test_a_model_every_estimator_calls_better_is_promoted_and_noise_is_not():
+    rng = np.random.default_rng(2)
+    base = rng.gamma(2.0, 1.0, 2000)
+    assert offline({"pbm": base * 1.05, "dbn": base * 1.03}, {"pbm": base, "dbn": base})["promote"]
+    # per-request noise around the same mean: the interval straddles 0 -> the champion stays
+    noisy = base + rng.normal(0.0, 1.0, base.size)
+    noisy *= base.mean() / noisy.mean()  # exactly the champion's mean
+    d = offline({"pbm": noisy, "dbn": noisy}, {"pbm": base, "dbn": base})
+    assert not d["promote"] and "interval reaches 0" in d["why"]
+
+
+def test_the_oracle_decides_where_there_is_one():
+    v = np.ones(10)
+    assert offline({"pbm": v, "dbn": v}, {"pbm": v, "dbn": v}, oracle=(2.1, 2.0))["promote"]
+    assert not offline({"pbm": v * 2, "dbn": v * 2}, {"pbm": v, "dbn": v}, oracle=(1.9, 2.0))["promote"]
+
+
+def test_offline_decision_without_paired_gains_says_how_to_get_them():
+    with pytest.raises(ValueError, match="compare_to"):
+        offline_decision({"est_lift_pbm": 0.1}, ESTIMATORS)

@@ -181,6 +181,18 @@ def test_feedback_store_survives_reopen_and_exports_raw_logs(db, tmp_path):
     assert {"num_a", "num_b", "cat_c"} <= set(pq.read_schema(tmp_path / "auto.parquet").names)
 
 
+def test_a_round_exports_the_store_the_app_writes_to(db, tmp_path):
+    """Review defect (issue 35): each round exported out/feedback.db while the app wrote to
+    ``app.feedback_db``: with PostgreSQL every round trained on an empty export."""
+    from jobs.continuous import ContinuousConfig, _export_round
+
+    store = FeedbackStore(db)
+    store.record_served("r1", "u1", "champion", "m#1", [{"item_id": "i1"}, {"item_id": "i2"}], ["i2", "i1"])
+    cfg = ContinuousConfig(out=str(tmp_path / "loop"), app={"feedback_db": db})
+    assert _export_round(cfg, {"since_ms": 0, "until_ms": 2**62}, tmp_path / "served.parquet") == 2
+    assert pq.read_table(tmp_path / "served.parquet").column("item_id").to_pylist() == ["i1", "i2"]
+
+
 def test_reposted_feedback_counts_once(db):
     """Review defect: /metrics added every post while the store kept the max (the same post 3x:
     metrics 3 clicks, store 1). The store now says which events are new; posting again adds none."""

@@ -64,7 +64,7 @@ def test_pipeline_on_a_slice_reports_the_click_model_estimate(ray_cluster, tmp_p
     logged_clicks = sum(map(sum, clicks)) / len(clicks)
     for kind in ("pbm", "dbn"):
         assert abs(logged[f"est_clicks_{kind}"] / logged_clicks - 1) < 0.1, (kind, logged_clicks)
-    assert summary["registry"]["metric"] == "est_lift_min"
+    assert summary["registry"]["decision"] == {"promote": True, "why": "no champion yet"}
     for r in rows.values():  # promotion relies on the most pessimistic of the click models
         assert r["est_lift_min"] == min(r[f"est_lift_{k}"] for k in ("pbm", "dbn", "pbm_features"))
     assert (tmp_path / "run" / "report" / "expected_clicks.png").exists()

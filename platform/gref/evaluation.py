@@ -226,14 +226,16 @@ def reference_ranker(name: str, world, features_only) -> Ranker:
 def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, Any], world=None,
                 batch_size: int = 512, device: str | torch.device = "cpu",
                 fit_table: pa.Table | None = None,
-                estimator: ClickEstimator | None = None) -> dict[str, dict[str, float]]:
+                estimator: ClickEstimator | None = None, compare_to: str = "") -> dict[str, dict[str, float]]:
     """Reference orders + every model (decoded on ``device``, latency measured), one dict of
     metrics per row. With a world, each row gets ``click_lift`` = its expected clicks relative to
     the logged exposure order, and -- given ``fit_table`` (the train split, where the features-only
     reference is fitted) -- the ceilings of gref.sim.reference as rows and every row's
     ``headroom_share`` = (row - logged) / (features-only best list - logged). With an
     ``estimator`` (no oracle needed), every row gets ``est_clicks_<kind>`` and ``est_lift_<kind>``
-    (paired, over the logged order) with bootstrap 95 % CIs (``_lo`` / ``_hi``)."""
+    (paired, over the logged order) with bootstrap 95 % CIs (``_lo`` / ``_hi``). With ``compare_to``
+    (the name of one of ``models``: the current champion), every other model gets its paired gain
+    over that row on the same requests (add_gains): what an offline promotion decides on."""
     rows = {"logged exposure": evaluate_ranker(logged_ranker, table, meta, world, batch_size, estimator=estimator),
             "upstream order": evaluate_ranker(upstream_ranker, table, meta, world, batch_size, estimator=estimator)}
     rows["logged exposure"]["auc_exposure"] = float("nan")  # trivially 1: it defines the exposure
@@ -250,6 +252,8 @@ def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, A
         model = model.to(device)
         rows[name] = evaluate_model(model, table, meta, world, batch_size, device, estimator)
         rows[name]["latency_ms_b1"] = single_request_latency(model, table, meta, device)
+    if compare_to:
+        add_gains(rows, [n for n in models if n != compare_to], compare_to)
     add_estimates(rows)
     add_ips(rows, table)
     if world is not None:
@@ -261,6 +265,23 @@ def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, A
             for r in rows.values():
                 r["headroom_share"] = (r["oracle_clicks"] - base) / headroom if headroom > 0 else float("nan")
     return rows
+
+
+def add_gains(rows: dict[str, dict[str, Any]], names: list[str], reference: str) -> None:
+    """Give each of ``names`` its gain over the ``reference`` row on the same requests:
+    ``gain_<kind>`` = E[clicks] / the reference's - 1 by each click model, with a paired bootstrap
+    95 % CI (``_lo`` / ``_hi``: the same resampled requests for both rows), and with an oracle
+    ``gain_oracle`` (exact on these requests). Reads the per-request ``_est_<kind>`` arrays, so
+    it runs before add_estimates replaces them by their means."""
+    ref = rows[reference]
+    kinds = [k[len("_est_"):] for k in ref if k.startswith("_est_")]
+    for name in names:
+        r = rows[name]
+        for kind in kinds:
+            s = bootstrap_summary(r[f"_est_{kind}"], ref[f"_est_{kind}"])
+            r[f"gain_{kind}"], r[f"gain_{kind}_lo"], r[f"gain_{kind}_hi"] = s["lift"], s["lift_lo"], s["lift_hi"]
+        if "oracle_clicks" in r:
+            r["gain_oracle"] = r["oracle_clicks"] / ref["oracle_clicks"] - 1.0
 
 
 def add_estimates(rows: dict[str, dict[str, Any]]) -> None:

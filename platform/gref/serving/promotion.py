@@ -140,3 +140,31 @@ def decide(champion: np.ndarray, challenger: np.ndarray, look: int, rule: Promot
         why = f"lift {lift:+.2%}, interval [{low:+.2%}, {high:+.2%}] contains 0" + (
             f" after the last look ({rule.max_looks})" if last else f": look {look + 1} of {rule.max_looks} next")
     return Decision(action, lift, low, high, z, na, nb, why)
+
+
+def offline_decision(row: dict[str, float], estimators: tuple[str, ...]) -> dict:
+    """Whether a new model replaces the champion offline, from its gains over the champion on the
+    same test requests (gref.evaluation.add_gains): with an oracle (a simulated world) when its
+    exact gain is above 0; without one, only when the paired 95 % interval of *every* estimator in
+    ``estimators`` lies above 0. A model as good as the champion, or one that any estimator cannot
+    tell apart from it (or calls worse), stays ``challenger``: the online A/B test decides.
+    -> {promote, why, gains: {estimator: [gain, low, high]}}."""
+    if "gain_oracle" in row:
+        gain = row["gain_oracle"]
+        gains = {"oracle": [gain, gain, gain]}
+    else:
+        missing = [k for k in estimators if f"gain_{k}" not in row]
+        if missing:
+            raise ValueError(f"no paired gain over the champion for estimator(s) {missing}: "
+                             "evaluate with compare_to=<the champion's row>")
+        gains = {k: [row[f"gain_{k}"], row[f"gain_{k}_lo"], row[f"gain_{k}_hi"]] for k in estimators}
+    unsure = [k for k, (_, low, _) in gains.items() if not low > 0]
+    worse = [k for k, (_, _, high) in gains.items() if high < 0]
+    if not unsure:
+        why = "every estimate is above the champion's: " + ", ".join(f"{k} {g:+.2%} [{lo:+.2%}, {hi:+.2%}]"
+                                                                     for k, (g, lo, hi) in gains.items())
+    elif worse:
+        why = f"worse than the champion by {', '.join(worse)}"
+    else:
+        why = f"not shown better than the champion by {', '.join(unsure)} (interval reaches 0)"
+    return {"promote": not unsure, "why": why, "gains": gains}
