@@ -48,3 +48,22 @@ def test_auc_counts_ties_half_as_a_hand_count():
     assert auc([1.0, 1.0], [1, 0]) == pytest.approx(0.5)  # one tie group
     assert auc([0.2, 0.9], [0, 1]) == 1.0 and auc([0.9, 0.2], [0, 1]) == 0.0
     assert math.isnan(auc([0.5, 0.4], [1, 1]))  # no negative: undefined
+
+
+def test_every_row_says_what_share_of_its_items_the_click_models_never_saw_shown():
+    """Requests alternate between two folds, each judged by the click models fitted on the other:
+    request 0 (shows items 1, 2) is judged by models that saw request 1 show 1, 2, 3 -> 0 unseen;
+    request 1 (upstream order places 1, 2, 3) by models that saw only 1, 2 -> item 3 unseen.
+    The upstream row places 2 + 3 items, 1 of them unseen: 20 %."""
+    from gref.clickmodel.estimate import ClickEstimator
+
+    table = pa.table({
+        "request_id": [1, 2], "user_id": [10, 11], "m": pa.array([3, 3], pa.int32()),
+        "n": pa.array([2, 3], pa.int32()), "item_id": [[1, 2, 3], [1, 2, 3]],
+        "num": [[0.1, 0.2, 0.3], [0.1, 0.2, 0.3]], "cat": pa.array([[], []], pa.list_(pa.int32())),
+        "exposure": pa.array([[0, 1], [0, 1, 2]], pa.list_(pa.int32())),
+        "click": pa.array([[1.0, 0.0], [0.0, 1.0, 0.0]], pa.list_(pa.float32())),
+    })
+    estimator = ClickEstimator(table, META, features=False, iterations=2)
+    assert evaluate_ranker(upstream_ranker, table, META, estimator=estimator)["unseen_share"] == pytest.approx(0.2)
+    assert evaluate_ranker(logged_ranker, table, META, estimator=estimator)["unseen_share"] == pytest.approx(0.2)

@@ -98,7 +98,7 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
     from gref.sim.user_model import expected_feedback
 
     acc: dict[str, list] = {k: [] for k in ("cs", "cl", "es", "el", "ns", "ng", "nv", "div",
-                                            "o_click", "o_like", "o_long", "ips")}
+                                            "o_click", "o_like", "o_long", "ips", "unseen", "placed")}
     est: dict[str, list] = {}
     nll, n_req, width = 0.0, 0, 0
     div_col = meta.get("cat_cols", []).index(DIVERSITY_COLUMN) if DIVERSITY_COLUMN in meta.get("cat_cols", []) else None
@@ -114,6 +114,8 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
         if estimator is not None:
             for kind, v in estimator.expected_clicks(n_req + np.arange(b.size), placed, lengths, b.num, b.cat).items():
                 est.setdefault(kind, []).append(v)
+            unseen, shown = estimator.unseen(n_req + np.arange(b.size), placed, lengths)
+            acc["unseen"].append(unseen); acc["placed"].append(shown)
         n_req += b.size
         slot = np.arange(exposure.shape[1])[None] < lengths[:, None]
         exp_scores = np.take_along_axis(scores, exposure, axis=1)
@@ -154,6 +156,8 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
         out["oracle_long_views"] = float(np.concatenate(acc["o_long"]).mean())
     for kind, parts in est.items():
         out[f"_est_{kind}"] = np.concatenate(parts)
+    if acc["unseen"]:  # the share of placed items the click models extrapolate to (never shown in their logs)
+        out["unseen_share"] = float(np.concatenate(acc["unseen"]).sum() / max(np.concatenate(acc["placed"]).sum(), 1))
     if acc["ips"]:
         out["_ips"] = np.concatenate(acc["ips"])
     return out
@@ -381,6 +385,9 @@ COLUMNS = [("oracle_clicks", "E[clicks]", "{:.4f}"), ("click_lift", "vs logged",
            ("est_clicks_dbn", "est. E[clicks] DBN", "{:.4f}"), ("est_lift_dbn", "DBN vs logged [95% CI]", "{:+.2%}"),
            ("est_clicks_pbm_features", "est. E[clicks] feature PBM", "{:.4f}"),
            ("est_lift_pbm_features", "feature PBM vs logged [95% CI]", "{:+.2%}"),
+           ("unseen_share", "placed never shown (click models extrapolate)", "{:.1%}"),
+           ("gain_pbm", "PBM vs champion [95% CI]", "{:+.2%}"), ("gain_dbn", "DBN vs champion [95% CI]", "{:+.2%}"),
+           ("gain_pbm_features", "feature PBM vs champion [95% CI]", "{:+.2%}"),
            ("ips_clicks", "IPS E[clicks] (randomised bucket)", "{:.4f}"),
            ("ips_lift", "IPS vs production [95% CI]", "{:+.2%}"),
            ("ndcg", "NDCG", "{:.4f}"), ("auc_click", "AUC click", "{:.4f}"),
@@ -402,7 +409,7 @@ def markdown_table(rows: dict[str, dict[str, float]], keys: tuple[str, ...] | No
         for key, _, fmt in cols:
             v = r.get(key)
             cell = "–" if v is None or v != v else fmt.format(v)
-            if key.startswith(("est_lift_", "ips_lift")) and f"{key}_lo" in r and name != "logged exposure":
+            if key.startswith(("est_lift_", "ips_lift", "gain_")) and f"{key}_lo" in r and name != "logged exposure":
                 cell += f" [{fmt.format(r[f'{key}_lo'])}, {fmt.format(r[f'{key}_hi'])}]"
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -84,6 +84,7 @@ class PBM:
         self.iterations = iterations
         self.theta = np.zeros(0)  # [K] P(examine position k)
         self.alpha = np.zeros(1)  # [V] P(attractive | document code)
+        self.seen = np.zeros(1, dtype=bool)  # [V] documents shown in the fitting lists
 
     def fit(self, docs: np.ndarray, clicks: np.ndarray, lengths: np.ndarray) -> PBM:
         K = docs.shape[1]
@@ -96,6 +97,7 @@ class PBM:
             successes, trials = _per_doc(docs, p_attr, valid, V)
             alpha = _smoothed(successes, trials)
         self.theta, self.alpha = theta, _with_unseen(alpha, trials)
+        self.seen = trials > 0  # [V] documents shown in the fitting lists
         return self
 
     def expected_clicks(self, docs: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -101,6 +101,19 @@ class ClickEstimator:
         return out
 
 
+    def unseen(self, rows: np.ndarray, placed: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """How many of the items placed in each list ``placed`` [B, N] the PBM judging it never saw
+        shown (their appeal is the shown documents' mean: an extrapolation) -> (unseen [B], placed [B])."""
+        keep = (placed >= 0) & (np.arange(placed.shape[1])[None] < lengths[:, None])
+        docs = np.take_along_axis(self.codes[rows], np.clip(placed, 0, None), axis=1)
+        unseen = np.zeros(len(rows))
+        for f, model in enumerate(self.models["pbm"]):
+            sel = self.fold[rows] == f
+            seen = model.seen[np.clip(docs[sel], 0, len(model.seen) - 1)] & (docs[sel] < len(model.seen))
+            unseen[sel] = (keep[sel] & ~seen).sum(1)
+        return unseen, keep.sum(1)
+
+
 def bootstrap_summary(values: np.ndarray, baseline: np.ndarray, seed: int = 0) -> dict[str, float]:
     """Mean of per-request ``values`` [R] with a 95 % CI, and the paired lift over ``baseline``
     [R] (the same requests) with its CI, from one set of bootstrap resamples of the requests.
