@@ -1,5 +1,7 @@
 """PBM and DBN click models (gref.clickmodel.em): closed forms by hand, the DBN's posteriors
-against brute-force enumeration of its latent variables, and EM recovering known parameters."""
+against brute-force enumeration of its latent variables, EM recovering known parameters, and the
+empirical-Bayes prior (its strength by marginal likelihood, a feature model's prior for documents
+never shown)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import itertools
 import numpy as np
 import pytest
 
-from gref.clickmodel.em import DBN, PBM
+from gref.clickmodel.em import DBN, PBM, PRIOR_STRENGTHS, _shrunk
 
 
 def test_pbm_expected_clicks_by_hand():
@@ -110,6 +112,39 @@ def test_unseen_documents_get_the_mean_attractiveness():
     m = PBM().fit(docs, clicks, lengths)
     assert min(m.alpha[1:]) < m.alpha[0] < max(m.alpha[1:])
     assert m.expected_clicks(np.array([[0, 0, 0]]), np.array([3]))[0] > 0
+
+
+def test_the_prior_strength_is_what_the_documents_spread_says():
+    """Documents whose appeal is exactly their prior mean: the marginal likelihood trusts the prior
+    (the largest s); documents spread from 0.05 to 0.95 around the same mean: it trusts the counts."""
+    rng = np.random.default_rng(3)
+    V, n = 400, np.full(400, 20.0)
+    prior = rng.uniform(0.2, 0.6, V)
+    alike = rng.binomial(20, prior).astype(float)
+    _, s_alike = _shrunk(alike, n, prior)
+    spread = rng.binomial(20, rng.choice([0.05, 0.95], V)).astype(float)
+    shrunk, s_spread = _shrunk(spread, n, np.full(V, np.nan))
+    assert s_alike == PRIOR_STRENGTHS[-1] and s_spread <= 1.0  # a U-shaped beta: a < 1
+    # (x + s m) / (n + s) by hand, m = the pooled mean
+    m = spread.sum() / n.sum()
+    assert shrunk[0] == pytest.approx((spread[0] + s_spread * m) / (20 + s_spread))
+
+
+def test_a_never_shown_document_is_judged_by_the_feature_prior():
+    rng = np.random.default_rng(4)
+    alpha = np.r_[0.0, rng.uniform(0.3, 0.7, 8)]
+    docs, clicks, lengths = simulate_pbm(rng, 5000, np.array([1.0, 0.6, 0.4]), alpha)
+    for model in (PBM(), DBN()):
+        m = model.fit(docs, clicks, lengths, prior=np.full(docs.shape, 0.5))
+        unseen = np.array([[20, 21, 22]])  # codes the fit never saw
+        low, high = (m.expected_clicks(unseen, np.array([3]), np.full((1, 3), p)) for p in (0.05, 0.5))
+        if isinstance(m, PBM):  # E[clicks] = sum theta_k a_k: a tenth of the appeal, a tenth of the clicks
+            assert low[0] == pytest.approx(high[0] * 0.1)
+        assert low[0] < high[0]
+        assert m.expected_clicks(unseen, np.array([3]))[0] > low[0]  # without a prior: the shown ones' mean
+        seen = docs[:1]  # a shown document keeps its fitted appeal, whatever the prior of the judged list
+        assert m.expected_clicks(seen, np.array([3]), np.full((1, 3), 0.01)) == pytest.approx(
+            m.expected_clicks(seen, np.array([3])))
 
 
 def test_documents_are_keyed_by_query_and_item():

@@ -18,9 +18,15 @@ DBN:  E_1 = 1;  C_k = E_k * A_k, P(A_k) = alpha_d;  after a click the user is sa
       sigma_d and stops; unless satisfied she goes on with gamma:
       P(E_{k+1} = 1 | E_k = 1) = gamma * (1 - C_k * S_k),   P(S_k = 1 | C_k = 1) = sigma_d.
       E[clicks] = sum_k P(E_k) alpha_k,  P(E_{k+1}) = P(E_k) gamma (1 - alpha_k sigma_k).
-Every M-step shrinks each document's estimate towards the impression-weighted mean with
-``PRIOR_STRENGTH`` pseudo-impressions (empirical Bayes: a document seen twice without a click is
-not judged by two impressions alone, and not pulled towards 1/2 either).
+Every M-step shrinks each document's attractiveness towards a prior mean with ``s``
+pseudo-impressions (empirical Bayes: a document seen twice without a click is not judged by two
+impressions alone, and not pulled towards 1/2 either). The prior mean is the impression-weighted
+mean, or -- given ``prior`` [S, K], a feature model's attractiveness of every shown candidate --
+the mean of that over the document's impressions; ``s`` maximises the beta-binomial marginal
+likelihood of the documents' (expected) attractive impressions. A document never shown in fitting
+gets the prior: the feature model's attractiveness of the candidate itself when ``expected_clicks``
+is given ``prior`` for the judged lists (production shows its best candidates: the never-shown
+ones are not average), else the mean.
 
 ``FeaturePBM`` is the PBM whose attractiveness is a function of the candidate's features
 (regression EM, Wang et al., WSDM 2018): it generalises to documents never seen in the logs
@@ -31,9 +37,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.special import betaln
 from torch import nn
 
-PRIOR_STRENGTH = 2.0  # pseudo-impressions at the mean added to every document's counts
+PRIOR_STRENGTHS = np.geomspace(0.25, 256.0, 11)  # pseudo-impressions s tried by the marginal likelihood
 
 
 def _valid(lengths: np.ndarray, K: int) -> np.ndarray:
@@ -48,9 +55,28 @@ def _per_doc(docs: np.ndarray, weights: np.ndarray, valid: np.ndarray,
             np.bincount(d, minlength=size).astype(float))
 
 
-def _smoothed(successes: np.ndarray, trials: np.ndarray) -> np.ndarray:
-    mean = successes.sum() / max(trials.sum(), 1e-12)
-    return (successes + PRIOR_STRENGTH * mean) / (trials + PRIOR_STRENGTH)
+def _prior_means(docs: np.ndarray, prior: np.ndarray | None, valid: np.ndarray, size: int,
+                 trials: np.ndarray) -> np.ndarray:
+    """[V] each document's prior mean: its impressions' mean of ``prior`` [S, K] (a feature
+    model's attractiveness), or None -> 0 here and the impression-weighted mean in _shrunk."""
+    if prior is None:
+        return np.full(size, np.nan)
+    total, _ = _per_doc(docs, np.clip(prior, 1e-4, 1 - 1e-4), valid, size)
+    return np.where(trials > 0, total / np.maximum(trials, 1), np.nan)
+
+
+def _shrunk(successes: np.ndarray, trials: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per document (successes + s m) / (trials + s) with prior means ``means`` [V] (NaN: the
+    impression-weighted mean) and s from PRIOR_STRENGTHS maximising the beta-binomial marginal
+    likelihood of the documents' (fractional) successes -> (attractiveness [V], s)."""
+    pooled = successes.sum() / max(trials.sum(), 1e-12)
+    m = np.clip(np.where(np.isnan(means), pooled, means), 1e-4, 1 - 1e-4)
+    shown = trials > 0
+    x, n, mm = successes[shown], trials[shown], m[shown]
+    loglik = [float((betaln(x + s * mm, n - x + s * (1 - mm)) - betaln(s * mm, s * (1 - mm))).sum())
+              for s in PRIOR_STRENGTHS]
+    s = float(PRIOR_STRENGTHS[int(np.argmax(loglik))]) if len(x) else float(PRIOR_STRENGTHS[0])
+    return (successes + s * m) / (trials + s), s
 
 
 def _with_unseen(p: np.ndarray, trials: np.ndarray) -> np.ndarray:
@@ -59,6 +85,17 @@ def _with_unseen(p: np.ndarray, trials: np.ndarray) -> np.ndarray:
     p = p.copy()
     p[trials == 0] = float((p * trials).sum() / max(trials.sum(), 1.0))
     return p
+
+
+def _judged(alpha: np.ndarray, seen: np.ndarray, docs: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+    """[S, K] the attractiveness of the judged documents: the fitted one, and for a document never
+    shown in fitting the feature model's ``prior`` of the candidate where it is given."""
+    idx = np.clip(docs, 0, len(alpha) - 1)
+    a = alpha[idx]
+    if prior is None:
+        return a
+    known = seen[idx] & (docs < len(alpha))
+    return np.where(known, a, prior)
 
 
 def _pbm_step(theta: np.ndarray, a: np.ndarray, c: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,25 +122,29 @@ class PBM:
         self.theta = np.zeros(0)  # [K] P(examine position k)
         self.alpha = np.zeros(1)  # [V] P(attractive | document code)
         self.seen = np.zeros(1, dtype=bool)  # [V] documents shown in the fitting lists
+        self.strength = 0.0  # s: the prior's pseudo-impressions (marginal likelihood)
 
-    def fit(self, docs: np.ndarray, clicks: np.ndarray, lengths: np.ndarray) -> PBM:
+    def fit(self, docs: np.ndarray, clicks: np.ndarray, lengths: np.ndarray, prior: np.ndarray | None = None) -> PBM:
+        """``prior`` [S, K]: a feature model's attractiveness of the shown candidates (or None)."""
         K = docs.shape[1]
         V = int(docs.max(initial=0)) + 1
         valid = _valid(lengths, K)
         c = np.where(valid, clicks, 0.0)
         theta, alpha = np.full(K, 0.5), np.full(V, 0.5)
+        means = _prior_means(docs, prior, valid, V, np.bincount(docs[valid], minlength=V).astype(float))
         for _ in range(self.iterations):
             p_attr, theta = _pbm_step(theta, alpha[docs], c, valid)
             successes, trials = _per_doc(docs, p_attr, valid, V)
-            alpha = _smoothed(successes, trials)
+            alpha, self.strength = _shrunk(successes, trials, means)
         self.theta, self.alpha = theta, _with_unseen(alpha, trials)
-        self.seen = trials > 0  # [V] documents shown in the fitting lists
+        self.seen = trials > 0
         return self
 
-    def expected_clicks(self, docs: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """[S] E[clicks] of each list."""
+    def expected_clicks(self, docs: np.ndarray, lengths: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+        """[S] E[clicks] of each list; ``prior`` [S, K]: the feature model's attractiveness of the
+        judged candidates, used for the documents never shown in fitting."""
         K = docs.shape[1]
-        a = self.alpha[np.clip(docs, 0, len(self.alpha) - 1)]
+        a = _judged(self.alpha, self.seen, docs, prior)
         return (_theta_for(self.theta, K)[None] * a * _valid(lengths, K)).sum(1)
 
 
@@ -115,6 +156,7 @@ class DBN:
         self.alpha = np.zeros(1)  # [V] P(attractive | document code)
         self.sigma = np.zeros(1)  # [V] P(satisfied | clicked document code)
         self.gamma = 0.9  # P(continue | examined and not satisfied)
+        self.seen = np.zeros(1, dtype=bool)  # [V] documents shown in the fitting lists
 
     def posteriors(self, docs: np.ndarray, clicks: np.ndarray, lengths: np.ndarray):
         """Scaled forward-backward over the examination chain X_k in {0, 1} (X_1 = 1).
@@ -146,10 +188,13 @@ class DBN:
         stop[:, :-1] = (f[:, :-1, 1] * (1.0 - tau[:, :-1]) * e0[:, 1:] * b[:, 1:, 0]) / scale[:, 1:]
         return exam, stop, np.log(scale).sum(1)
 
-    def fit(self, docs: np.ndarray, clicks: np.ndarray, lengths: np.ndarray) -> DBN:
+    def fit(self, docs: np.ndarray, clicks: np.ndarray, lengths: np.ndarray, prior: np.ndarray | None = None) -> DBN:
+        """``prior`` [S, K]: a feature model's attractiveness of the shown candidates (or None)."""
         K = docs.shape[1]
         V = int(docs.max(initial=0)) + 1
         valid = _valid(lengths, K)
+        means = _prior_means(docs, prior, valid, V, np.bincount(docs[valid], minlength=V).astype(float))
+        no_prior = np.full(V, np.nan)
         c = np.where(valid, clicks, 0.0) > 0
         last = np.asarray(lengths)[:, None] - 1 == np.arange(K)[None]  # the last shown position
         self.alpha, self.sigma, self.gamma = np.full(V, 0.5), np.full(V, 0.5), 0.9
@@ -165,16 +210,17 @@ class DBN:
             going_on = valid & ~last  # positions with a next one
             opportunities = ((exam - p_sat) * going_on).sum()  # examined, not satisfied
             continued = ((exam - stop) * going_on).sum()  # X_k = 1 and X_{k+1} = 1
-            self.alpha, self.sigma = _smoothed(succ_a, trials_a), _smoothed(succ_s, trials_s)
+            (self.alpha, _), (self.sigma, _) = _shrunk(succ_a, trials_a, means), _shrunk(succ_s, trials_s, no_prior)
             self.gamma = float(np.clip(continued / max(opportunities, 1e-12), 1e-6, 1.0 - 1e-6))
         self.alpha, self.sigma = _with_unseen(self.alpha, trials_a), _with_unseen(self.sigma, trials_s)
+        self.seen = trials_a > 0
         return self
 
-    def expected_clicks(self, docs: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """[S] E[clicks] of each list."""
+    def expected_clicks(self, docs: np.ndarray, lengths: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+        """[S] E[clicks] of each list; ``prior`` as PBM.expected_clicks."""
         S, K = docs.shape
         idx = np.clip(docs, 0, len(self.alpha) - 1)
-        a, s = self.alpha[idx] * _valid(lengths, K), self.sigma[idx]
+        a, s = _judged(self.alpha, self.seen, docs, prior) * _valid(lengths, K), self.sigma[idx]
         exam, total = np.ones(S), np.zeros(S)
         for k in range(K):
             total += exam * a[:, k]

@@ -6,7 +6,10 @@ Three click models: PBM and DBN with one attractiveness per document -- a candid
 or the pair (context, item_id) when the dataset names a request-level ``context`` column (a
 query: the same url is not equally good for every query) -- and ``pbm_features``, the PBM whose
 attractiveness is a function of the candidate's features (regression EM: it judges documents
-the logs never showed, and relevance that depends on the user). Requests alternate between two
+the logs never showed, and relevance that depends on the user). The feature model is also the
+prior of the other two: each document is shrunk towards its attractiveness (by the pseudo-count
+its marginal likelihood picks), and a document the fitting fold never showed is judged by it
+(issue 34: production shows its best candidates, so the never-shown ones are not average). Requests alternate between two
 folds; each fold's lists are scored by the models fitted on the other fold.
 """
 
@@ -63,17 +66,19 @@ class ClickEstimator:
         lengths = np.asarray(table.column("n").to_numpy(), dtype=np.int64)
         docs = np.take_along_axis(self.codes, exposure, axis=1)
         self.models: dict[str, list] = {}
+        priors: list[np.ndarray | None] = [None] * FOLDS
+        if features:  # first: its attractiveness is the PBM's and DBN's prior for every document
+            b = collate(table, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"])
+            num, cat = _gather(b.num, exposure), _gather(b.cat, exposure)
+            self.models["pbm_features"] = [
+                FeaturePBM(meta["num_features"], list(meta["cat_sizes"]), seed=f).fit(
+                    num[torch.from_numpy(self.fold != f)], cat[torch.from_numpy(self.fold != f)],
+                    clicks[self.fold != f], lengths[self.fold != f]) for f in range(FOLDS)]
+            priors = [model.attractiveness(num[torch.from_numpy(self.fold != f)], cat[torch.from_numpy(self.fold != f)])
+                      for f, model in enumerate(self.models["pbm_features"])]
         for kind, cls in CLICK_MODELS.items():
             self.models[kind] = [cls(iterations).fit(docs[self.fold != f], clicks[self.fold != f],
-                                                     lengths[self.fold != f]) for f in range(FOLDS)]
-        if not features:
-            return
-        b = collate(table, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"])
-        num, cat = _gather(b.num, exposure), _gather(b.cat, exposure)
-        self.models["pbm_features"] = [
-            FeaturePBM(meta["num_features"], list(meta["cat_sizes"]), seed=f).fit(
-                num[torch.from_numpy(self.fold != f)], cat[torch.from_numpy(self.fold != f)],
-                clicks[self.fold != f], lengths[self.fold != f]) for f in range(FOLDS)]
+                                                     lengths[self.fold != f], priors[f]) for f in range(FOLDS)]
 
     def expected_clicks(self, rows: np.ndarray, placed: np.ndarray, lengths: np.ndarray,
                         num: torch.Tensor, cat: torch.Tensor) -> dict[str, np.ndarray]:
@@ -92,11 +97,13 @@ class ClickEstimator:
                 sel = self.fold[rows] == f
                 if not sel.any():
                     continue
+                t = torch.from_numpy(sel)
                 if kind == "pbm_features":
-                    t = torch.from_numpy(sel)
                     est[sel] = model.expected_clicks(placed_num[t], placed_cat[t], shown[sel])
-                else:
-                    est[sel] = model.expected_clicks(docs[sel], shown[sel])
+                else:  # documents never shown in fitting: the feature model's attractiveness of the candidate
+                    prior = (self.models["pbm_features"][f].attractiveness(placed_num[t], placed_cat[t])
+                             if "pbm_features" in self.models else None)
+                    est[sel] = model.expected_clicks(docs[sel], shown[sel], prior)
             out[kind] = est
         return out
 
