@@ -38,7 +38,7 @@ from gref.evaluation import (
     reference_ranker,
     upstream_ranker,
 )
-from gref.model.io import load_reranker
+from gref.reranker_io import load_reranker
 from gref.sim.reference import REFERENCE_ROWS, fit_features_only
 from gref.sim.user_model import expected_feedback, sample_feedback
 from gref.sim.world import World

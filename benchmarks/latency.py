@@ -19,7 +19,7 @@ import torch
 
 from gref.data.batch import collate, read_split
 from gref.evaluation import timed_rerank
-from gref.model.io import load_reranker
+from gref.reranker_io import load_reranker
 from gref.train.steps import data_meta
 
 

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from gref.data.features import FeatureSpec
 from gref.model.decoding import decode
-from gref.model.io import load_reranker
+from gref.reranker_io import load_reranker
 from gref.serving.feedback import FeedbackStore
 from gref.serving.requests import RequestError, encode_candidates, parse_json, parse_rerank
 

@@ -122,7 +122,7 @@ def http_caller(url: str):
 def in_process_caller(model_dir: str):
     from gref.data.features import FeatureSpec
     from gref.model.decoding import decode
-    from gref.model.io import load_reranker
+    from gref.reranker_io import load_reranker
     from gref.serving.requests import encode_candidates, parse_json, parse_rerank
 
     model = load_reranker(model_dir)

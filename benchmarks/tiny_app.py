@@ -21,7 +21,7 @@ def tiny_app(tmp: Path, name: str = "bench", **serve_args: Any) -> tuple[str, st
     from ray import serve
 
     from gref.model.config import ModelConfig
-    from gref.model.io import save_reranker
+    from gref.reranker_io import save_reranker
     from gref.ray_utils import init_ray
     from gref.serving.auth import KeyFile
     from gref.train.steps import build_model, data_meta

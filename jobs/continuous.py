@@ -342,7 +342,7 @@ def _teacher_values(cfg: ContinuousConfig, world, r: int) -> np.ndarray | None:
     """The oracle's E[clicks] of round r's reward model's own beam-search lists on the audit set (the
     teacher its challenger distils: how far the challenger got towards it); None without one."""
     from gref.data.features import FeatureSpec
-    from gref.model.io import load_reranker
+    from gref.reranker_io import load_reranker
 
     model_dir = _reward_dir(cfg, r)
 

@@ -175,7 +175,7 @@ def _name(prefix: str, overrides: dict) -> str:
 def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path, root: Path) -> dict[str, str]:
     """Train (or find) every model of ``recipes``; -> id -> model dir (and TEACHER: the default
     recipe's reward model)."""
-    from gref.model.io import load_reranker
+    from gref.reranker_io import load_reranker
     from gref.train.runner import run_training
     from jobs import reward as reward_job
     from jobs.baseline import baseline_config, train
@@ -231,7 +231,7 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
 
 def run_seed(cfg: ExperimentConfig, world: str, seed: int) -> dict[str, dict[str, float]]:
     """One world and seed: simulate, prepare, train, evaluate -> the test report (cached)."""
-    from gref.model.io import load_reranker
+    from gref.reranker_io import load_reranker
     from gref.sim import World, generate_logs
     from gref.sim.world import WorldConfig
     from jobs import evaluate, prepare

@@ -163,7 +163,7 @@ def run(cfg: PipelineConfig) -> dict:
             stage_cfg.eval.world = str(world_dir) if world_dir else ""
             stage_cfg.run.storage = str(out / "ray")
         pre = _timed(timings, "pretrain", run_training, "pretrain", cfg.pretrain)
-        from gref.model.io import load_reranker
+        from gref.reranker_io import load_reranker
 
         pretrained = load_reranker(pre["model_dir"])
         models = {"GReF (pre-train only)": pretrained}

@@ -106,7 +106,7 @@ class Reranker:
 
         from gref import tracking
         from gref.data.features import FeatureSpec
-        from gref.model.io import load_reranker
+        from gref.reranker_io import load_reranker
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)

@@ -19,7 +19,7 @@ from gref.config import ConfigError, load_config
 from gref.data.batch import Batch
 from gref.evaluation import distinct_fraction
 from gref.model.decoding import list_scores
-from gref.model.io import load_reranker, save_reranker
+from gref.reranker_io import load_reranker, save_reranker
 
 F, CATS = 3, [5, 7]
 

@@ -14,7 +14,8 @@ import torch
 from gref.baselines.clickmodel import ListClickModel
 from gref.baselines.config import BaselineConfig
 from gref.clickmodel.search import beam_search, pointwise_order
-from gref.clickmodel.structured import ListEffects, expected_clicks, same_attribute
+from gref.clickmodel.structured import ListEffects, expected_clicks
+from gref.data.batch import same_attribute
 from gref.sim.reference import oracle_effects
 from gref.sim.user_model import expected_feedback
 from gref.sim.world import World, WorldConfig

@@ -17,7 +17,7 @@ from helpers import free_ports
 def champion(prep_dir, tmp_path_factory):
     """A tiny untrained GReF as a model directory (the loop registers it as round 0's champion)."""
     from gref.model.config import ModelConfig
-    from gref.model.io import save_reranker
+    from gref.reranker_io import save_reranker
     from gref.train.steps import build_model, data_meta
 
     root = tmp_path_factory.mktemp("loop-champion")

@@ -154,7 +154,7 @@ def test_rejects_too_long_lists():
 
 
 def test_list_bias_by_hand():
-    from gref.model.reranker import ListBias
+    from gref.model.list_bias import ListBias
 
     bias = ListBias(2)
     with torch.no_grad():

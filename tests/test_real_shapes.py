@@ -69,7 +69,7 @@ def pretrain(prep, tmp_path):
 
 
 def test_lists_longer_than_the_default_length_train(ray_cluster, tmp_path):
-    from gref.model.io import load_reranker
+    from gref.reranker_io import load_reranker
     from jobs import prepare
 
     logs = write_logs(tmp_path, raw_log(300, m=40, n_max=40, days=10))

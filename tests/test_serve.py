@@ -29,7 +29,7 @@ def registry(prep_dir, tmp_path_factory):
     from gref import tracking
     from gref.baselines import BaselineConfig
     from gref.model.config import ModelConfig
-    from gref.model.io import save_reranker
+    from gref.reranker_io import save_reranker
     from gref.train.steps import build_baseline_model, build_model, data_meta
 
     root = tmp_path_factory.mktemp("serve")
@@ -318,7 +318,7 @@ def test_a_killed_replica_is_replaced_while_requests_keep_succeeding(app, regist
 
     from gref import tracking
     from gref.model.config import ModelConfig
-    from gref.model.io import save_reranker
+    from gref.reranker_io import save_reranker
     from gref.serving.feedback import FeedbackStore
     from gref.train.steps import build_model, data_meta
 

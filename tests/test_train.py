@@ -14,7 +14,7 @@ import torch
 from gref.config import load_config
 from gref.data.batch import collate, read_split
 from gref.model.decoding import decode
-from gref.model.io import load_reranker
+from gref.reranker_io import load_reranker
 from gref.train.config import DPOConfig, PretrainConfig
 from gref.train.steps import data_meta
 

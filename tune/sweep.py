@@ -114,7 +114,7 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
 
     from gref import tracking
     from gref.data.pairs import rederive
-    from gref.model.io import load_reranker
+    from gref.reranker_io import load_reranker
     from gref.train.runner import run_training
 
     trial_id = tune.get_context().get_trial_id()

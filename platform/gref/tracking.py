@@ -106,7 +106,7 @@ def _pyfunc_class():
         the platform itself loads the GenReranker through ``load_reranker_uri``."""
 
         def load_context(self, context):
-            from gref.model.io import load_reranker
+            from gref.reranker_io import load_reranker
 
             self.model = load_reranker(context.artifacts["reranker"])
 
@@ -175,7 +175,7 @@ def reranker_dir(uri: str) -> Path:
 def load_reranker_uri(uri: str, device: str = "cpu"):
     """A reranker (GenReranker or baseline) from a directory, ``models:/name@alias``,
     ``models:/name/3`` or ``runs:/id/model``."""
-    from gref.model.io import load_reranker
+    from gref.reranker_io import load_reranker
 
     return load_reranker(reranker_dir(uri), device)
 

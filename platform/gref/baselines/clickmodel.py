@@ -37,8 +37,8 @@ from gref.baselines.config import BaselineConfig
 from gref.baselines.pointwise import DCN
 from gref.clickmodel.context import ListContext, bootstrap_weights, context_beam_search, weighted_bce
 from gref.clickmodel.search import beam_search
-from gref.clickmodel.structured import ListEffects, expected_clicks, same_attribute
-from gref.data.batch import Batch
+from gref.clickmodel.structured import ListEffects, expected_clicks
+from gref.data.batch import Batch, same_attribute
 
 
 class PolicyAttractiveness(nn.Module):

@@ -98,12 +98,3 @@ def expected_clicks(fx: ListEffects, lists: Tensor) -> tuple[Tensor, Tensor]:
         click_at[:, p] = fx.examination[p] * q[:, 0]
         state.place(keep, item, q)
     return click_at.sum(1), click_at
-
-
-def same_attribute(cat: Tensor, columns: list[int] | None = None) -> Tensor:
-    """[B, M, C_all] encoded categorical ids -> [B, C, M, M] bool equality of the chosen ``columns``
-    (None = all: no index tensor, so it can run inside a CUDA graph); padding (0) and
-    out-of-vocabulary (1) ids equal nothing."""
-    c = (cat if columns is None else cat[..., columns]).permute(0, 2, 1)  # [B, C, M]
-    known = c >= 2
-    return (c[..., :, None] == c[..., None, :]) & known[..., :, None] & known[..., None, :]

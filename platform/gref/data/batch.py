@@ -12,6 +12,7 @@ import pyarrow.dataset as pads
 import torch
 from torch import Tensor
 
+from gref.data.features import OOV_ID
 from gref.data.pairs import padded
 
 
@@ -114,3 +115,12 @@ def group_by_length(tables: Iterable[pa.Table], group: int, seed: int = 0) -> It
             pool = []
     if pool:
         yield from flush()
+
+
+def same_attribute(cat: Tensor, columns: list[int] | None = None) -> Tensor:
+    """[B, M, C_all] encoded categorical ids -> [B, C, M, M] bool equality of the chosen ``columns``
+    (None = all: no index tensor, so it can run inside a CUDA graph); padding (0) and
+    out-of-vocabulary (1) ids equal nothing."""
+    c = (cat if columns is None else cat[..., columns]).permute(0, 2, 1)  # [B, C, M]
+    known = c > OOV_ID
+    return (c[..., :, None] == c[..., None, :]) & known[..., :, None] & known[..., None, :]

@@ -19,4 +19,4 @@ class ModelConfig:
     dropout: float = 0.0  # dropout inside every layer; costs ~35% of a CPU step (random numbers are slow there)
     input_dropout: float = 0.0  # dropout on the encoder's candidate inputs and the decoder's inputs only (cheap)
     omtp_heads: int = 4  # k: OMTP output heads; 1 = plain next-item model (paper: 4 = a screen)
-    list_bias: bool = False  # add learned list-context terms to Eq. 5's logits (reranker.ListBias); paper: off
+    list_bias: bool = False  # add learned list-context terms to Eq. 5's logits (list_bias.ListBias); paper: off

@@ -9,10 +9,15 @@ cached, so pass p only runs the k tokens placed by pass p-1 through the decoder.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from gref.model.reranker import GenReranker, ListBiasState
+from gref.model.list_bias import ListBiasState
+
+if TYPE_CHECKING:  # annotations only: the reranker imports this module
+    from gref.model.reranker import GenReranker
 
 
 @torch.no_grad()

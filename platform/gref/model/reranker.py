@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gref.clickmodel.structured import same_attribute
 from gref.model.config import ModelConfig
+from gref.model.decoding import decode, score_items
+from gref.model.list_bias import ListBias
 
 KVCache = list[tuple[Tensor, Tensor]]  # per decoder layer: self-attention (K, V) [B, H, L, dh]
 
@@ -103,60 +104,6 @@ class OMTPHeads(nn.Module):
         return h[:, None] + torch.einsum("bktd,kde->bkte", x, self.w2[:heads]) + self.b2[:heads, None]
 
 
-class ListBias(nn.Module):
-    """List-context terms added to the logits of Eq. 5 (our addition, ``ModelConfig.list_bias``):
-    the logit of candidate j as the item at list position q gets, per categorical column c,
-        w_red[c] * #{r < q : same_c(y_r, j)}  +  w_adj[c] * same_c(y_{q-1}, j).
-    The decoder could learn such effects through h_t . z_j, but with OMTP a head places its item
-    without re-running the decoder on the items the earlier heads of its pass placed; these terms
-    read that prefix directly (the ordered mask does the same for duplicates), so a list-level
-    effect -- fatigue with repeated categories, affinity for series continuations -- is one weight.
-    Zero-initialised: a fresh model is Eq. 5 exactly."""
-
-    def __init__(self, num_columns: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(2, num_columns))  # [redundancy, adjacency] x column
-
-    def pairwise(self, cat: Tensor) -> tuple[Tensor, Tensor]:
-        """cat [B, M, C] -> (redundancy, adjacency) [B, M, M]: entry (i, j) = the term candidate i,
-        once placed, adds to candidate j."""
-        same = same_attribute(cat).to(self.weight.dtype)  # [B, C, M, M]
-        return torch.einsum("bcij,c->bij", same, self.weight[0]), torch.einsum("bcij,c->bij", same, self.weight[1])
-
-    def teacher_forced(self, cat: Tensor, seq: Tensor) -> Tensor:
-        """cat [B, M, C], seq [B, N] -> bias [B, N, M]: row q is every candidate's term as the item
-        at position q after y_0..y_{q-1}."""
-        red, adj = self.pairwise(cat)
-        idx = seq[..., None].expand(-1, -1, red.shape[-1])  # [B, N, M]
-        red_rows, adj_rows = torch.gather(red, 1, idx), torch.gather(adj, 1, idx)  # row r: y_r's terms
-        before = torch.cumsum(red_rows, dim=1) - red_rows  # sum over r < q
-        prev = torch.cat([torch.zeros_like(adj_rows[:, :1]), adj_rows[:, :-1]], dim=1)  # y_{q-1}
-        return before + prev
-
-
-class ListBiasState:
-    """The list-context terms of ``ListBias`` for partial lists being decoded (one per row)."""
-
-    def __init__(self, bias: ListBias, cat: Tensor):
-        self.red, self.adj = bias.pairwise(cat)
-        self.acc = torch.zeros(self.red.shape[:2], dtype=self.red.dtype, device=cat.device)  # [B, M]
-        self.last = None  # [B, M] adjacency row of the last placed item
-
-    def current(self) -> Tensor:
-        return self.acc if self.last is None else self.acc + self.last
-
-    def place(self, item: Tensor) -> None:
-        """item [B] candidate index placed next."""
-        idx = item[:, None, None].expand(-1, 1, self.red.shape[-1])
-        self.acc = self.acc + torch.gather(self.red, 1, idx)[:, 0]
-        self.last = torch.gather(self.adj, 1, idx)[:, 0]
-
-    def select(self, rows: Tensor) -> None:
-        """Keep the states of ``rows`` (beam search reorders its beams)."""
-        self.red, self.adj, self.acc = self.red[rows], self.adj[rows], self.acc[rows]
-        self.last = None if self.last is None else self.last[rows]
-
-
 class GenReranker(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -236,14 +183,10 @@ class GenReranker(nn.Module):
     def rerank(self, num: Tensor, cat: Tensor, cand_mask: Tensor, n: int) -> Tensor:
         """The list this model shows: greedy OMTP decoding, [B, n] candidate indices (-1 = none).
         Every reranker of the platform (gref.baselines too) answers rerank and item_scores."""
-        from gref.model.decoding import decode
-
         return decode(self, num, cat, cand_mask, n)
 
     def item_scores(self, num: Tensor, cat: Tensor, cand_mask: Tensor, placed: Tensor) -> Tensor:
         """Per-candidate scores [B, M] of a generated list, for AUC (decoding.score_items)."""
-        from gref.model.decoding import score_items
-
         return score_items(self, num, cat, cand_mask, placed)
 
     def forward(self, num: Tensor, cat: Tensor, cand_mask: Tensor, sequences: Tensor) -> Tensor:

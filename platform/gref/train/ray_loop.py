@@ -30,7 +30,7 @@ import torch
 
 from gref.data.batch import collate, group_by_length, read_split
 from gref.losses import OMTPLoss, RerankDPOLoss
-from gref.model.io import model_from_config
+from gref.reranker_io import model_from_config
 from gref.train import objectives as obj
 from gref.train.steps import better, build_baseline_model, build_model, evaluate, lr_schedule, selection_metric
 

@@ -24,7 +24,7 @@ import torch
 from gref import tracking
 from gref.cli import log
 from gref.config import ConfigError, flatten, to_dict
-from gref.model.io import model_from_config, save_reranker
+from gref.reranker_io import model_from_config, save_reranker
 from gref.train.ray_loop import NON_FINITE, train_loop
 from gref.train.steps import data_meta, metric_mode, selection_metric, validation_metrics
 
