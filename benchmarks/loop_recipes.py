@@ -47,6 +47,7 @@ def main() -> None:
     from gref.config import load_config
     from gref.ray_utils import init_ray
     from gref.sim.world import World
+    from gref.stats import paired_ratio_lift
     from jobs import continuous
 
     loop, out = Path(args.loop).resolve(), Path(args.out).resolve()
@@ -86,12 +87,12 @@ def main() -> None:
         start, teacher = continuous._audit_values(cfg, world, init), continuous._teacher_values(cfg, world, args.round)
         rounds = json.loads((window / "summary.json").read_text())["window_rounds"]
         row = {"overrides": overrides, "window_rounds": rounds, "version": version, "train_s": round(train_s, 1),
-               "vs_round0": continuous.paired_lift(base, new), "vs_init": continuous.paired_lift(start, new),
-               "teacher_vs_round0": continuous.paired_lift(base, teacher)}
+               "vs_round0": paired_ratio_lift(base, new), "vs_init": paired_ratio_lift(start, new),
+               "teacher_vs_round0": paired_ratio_lift(base, teacher)}
         if first is None:
             first = (name, new)
         else:
-            row[f"vs_{first[0]}"] = continuous.paired_lift(first[1], new)
+            row[f"vs_{first[0]}"] = paired_ratio_lift(first[1], new)
         result["variants"][name] = row
         lift = row["vs_round0"]
         teach = row["teacher_vs_round0"]

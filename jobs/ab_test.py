@@ -20,7 +20,6 @@ and deletes it at the end.
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 import time
@@ -33,6 +32,7 @@ import numpy as np
 
 from gref.cli import log, parser, resolve_config
 from gref.config import flatten, to_dict
+from gref.stats import normal_mean_interval
 from gref.tracking import TrackingConfig
 
 KINDS = ("click", "like", "long_view")
@@ -72,12 +72,6 @@ def simulated_requests(world, count: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
-def mean_ci(values: np.ndarray) -> dict[str, float]:
-    mean = float(values.mean())
-    half = 1.96 * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return {"mean": mean, "ci95": half}
-
-
 def lift_ci(a: np.ndarray, b: np.ndarray, users_a: np.ndarray | None = None,
             users_b: np.ndarray | None = None) -> dict[str, float]:
     """b / a - 1 with a 95% CI by the delta method (independent arms; users given: users are the units)."""
@@ -99,10 +93,10 @@ def summarize(records: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
         stats: dict[str, Any] = {"requests": len(recs), "model": recs[0]["model"]}
         clicks = np.array([r["sampled"]["click"] for r in recs], float)
         stats["ctr"] = {"mean": float(clicks.sum() / shown.sum()),
-                        "ci95": mean_ci(clicks / np.maximum(shown, 1))["ci95"]}
+                        "ci95": normal_mean_interval(clicks / np.maximum(shown, 1))["ci95"]}
         for kind in KINDS:
-            stats[f"{kind}s_per_request"] = mean_ci(np.array([r["sampled"][kind] for r in recs], float))
-            stats[f"oracle_{kind}s_per_request"] = mean_ci(np.array([r["oracle"][kind] for r in recs], float))
+            stats[f"{kind}s_per_request"] = normal_mean_interval(np.array([r["sampled"][kind] for r in recs], float))
+            stats[f"oracle_{kind}s_per_request"] = normal_mean_interval(np.array([r["oracle"][kind] for r in recs], float))
         latency = np.array([r["latency_ms"] for r in recs])
         stats["latency_ms"] = {"p50": float(np.percentile(latency, 50)), "p99": float(np.percentile(latency, 99))}
         out["arms"][arm] = stats

@@ -49,6 +49,7 @@ from gref.cli import log, parser, resolve_config
 from gref.config import ConfigError, flatten, save_yaml, to_dict
 from gref.data.schema import DatasetConfig
 from gref.serving.promotion import PromotionRule, decide, lift_interval
+from gref.stats import paired_ratio_lift
 from gref.tracking import TrackingConfig
 from gref.train.config import DPOConfig, RewardConfig
 
@@ -378,13 +379,6 @@ def audit_model_values(cfg: ContinuousConfig, world, model, spec) -> np.ndarray:
     return np.concatenate(values)
 
 
-def paired_lift(base: np.ndarray, new: np.ndarray) -> dict[str, float]:
-    """mean(new) / mean(base) - 1 on the same requests, with a 95 % interval (delta method, paired)."""
-    lift = float(new.mean() / base.mean() - 1.0)
-    half = 1.96 * float(np.std(new - (1.0 + lift) * base, ddof=1)) / (np.sqrt(len(base)) * float(base.mean()))
-    return {"lift": lift, "low": lift - half, "high": lift + half}
-
-
 # ---------------------------------------------------------------- one round
 
 
@@ -525,14 +519,14 @@ def run(cfg: ContinuousConfig) -> dict[str, Any]:
                         if role in arms:
                             values = _audit_values(cfg, world, arms[role])
                             rnd[f"audit_{role}"] = float(values.mean())
-                            rnd[f"audit_{role}_vs_round0"] = paired_lift(base, values)
+                            rnd[f"audit_{role}_vs_round0"] = paired_ratio_lift(base, values)
                     if "challenger" in arms:
-                        rnd["audit_lift"] = paired_lift(_audit_values(cfg, world, champion),
+                        rnd["audit_lift"] = paired_ratio_lift(_audit_values(cfg, world, champion),
                                                         _audit_values(cfg, world, arms["challenger"]))
                     teacher = None if cfg.aa else _teacher_values(cfg, world, r)
                     if teacher is not None:
                         rnd["audit_teacher"] = float(teacher.mean())
-                        rnd["audit_teacher_vs_round0"] = paired_lift(base, teacher)
+                        rnd["audit_teacher_vs_round0"] = paired_ratio_lift(base, teacher)
                 # the last round's traffic would only train a challenger never decided; A/A trains nothing
                 if r < cfg.rounds and not cfg.aa:
                     rnd["data"] = _prepare_round(cfg, rnd, features)
@@ -543,7 +537,7 @@ def run(cfg: ContinuousConfig) -> dict[str, Any]:
             mlflow.log_metrics(metrics, step=r, run_id=parent.info.run_id)  # per-round curves on the parent
         summary = _summary(cfg, state, time.time() - started, audit)
         if audit:
-            summary["final_vs_round0"] = paired_lift(_audit_values(cfg, world, state.data["round0_champion"]),
+            summary["final_vs_round0"] = paired_ratio_lift(_audit_values(cfg, world, state.data["round0_champion"]),
                                                      _audit_values(cfg, world, state.data["champion"]))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         mlflow.log_artifact(str(out / "summary.json"))

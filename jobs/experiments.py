@@ -35,6 +35,7 @@ import numpy as np
 
 from gref.cli import log, parser, resolve_config
 from gref.config import flatten, override, save_yaml, to_dict
+from gref.stats import t_half_width
 from gref.data.schema import DatasetConfig
 from gref.tracking import TrackingConfig
 from gref.train.config import DPOConfig, PretrainConfig, RewardConfig
@@ -313,12 +314,6 @@ def _label(model_id: str) -> str:
     return LABELS[model_id]
 
 
-def t_quantile_975(df: int) -> float:
-    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom (df >= 1)."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-    return table.get(df, 1.96 + 2.5 / df)  # within 0.5 % of the exact value beyond 10
-
-
 def aggregate(reports: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
     """Per row and metric over seeds: {"mean", "std" (sample, ddof=1), "ci95" (half-width of the
     mean's 95 % t interval), "n"}; NaN (undefined) and missing values are left out."""
@@ -330,10 +325,9 @@ def aggregate(reports: list[dict[str, dict[str, float]]]) -> dict[str, dict[str,
             values = np.array([v for report in reports
                                if (v := report.get(row, {}).get(metric)) is not None and v == v], dtype=float)
             if len(values):
-                n = len(values)
-                std = float(values.std(ddof=1)) if n > 1 else 0.0
-                out[row][metric] = {"mean": float(values.mean()), "std": std, "n": n,
-                                    "ci95": t_quantile_975(n - 1) * std / np.sqrt(n) if n > 1 else 0.0}
+                std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+                out[row][metric] = {"mean": float(values.mean()), "std": std, "n": len(values),
+                                    "ci95": t_half_width(values)}
     return out
 
 
@@ -344,9 +338,7 @@ def paired_lift(reports: list[dict], row: str, other: str) -> dict[str, float] |
                       if row in r and other in r])
     if not len(lifts):
         return None
-    n = len(lifts)
-    ci = t_quantile_975(n - 1) * lifts.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0
-    return {"mean": float(lifts.mean()), "ci95": float(ci), "positive": int((lifts > 0).sum()), "n": n}
+    return {"mean": float(lifts.mean()), "ci95": t_half_width(lifts), "positive": int((lifts > 0).sum()), "n": len(lifts)}
 
 
 COLUMNS = [("oracle_clicks", "E[clicks]", "{:.4f}"), ("click_lift", "vs logged (95% CI)", "{:+.2%}"),
@@ -393,7 +385,7 @@ def verdicts(reports: list[dict], baseline_labels: list[str]) -> list[str]:
     pre = _label("pre")
     if pre in reports[0]:  # issue 33's targets: what post-training adds over the pre-trained model
         d = np.array([(r[gref]["click_lift"] - r[pre]["click_lift"]) * 100 for r in reports])
-        ci = t_quantile_975(len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+        ci = t_half_width(d)
         ref = "features-only best list"
         gap = [(r[gref]["oracle_clicks"] - r[pre]["oracle_clicks"]) / (r[ref]["oracle_clicks"] - r[pre]["oracle_clicks"])
                for r in reports if ref in r and r[ref]["oracle_clicks"] > r[pre]["oracle_clicks"]]

@@ -200,3 +200,16 @@ def test_the_oracle_decides_where_there_is_one():
 def test_offline_decision_without_paired_gains_says_how_to_get_them():
     with pytest.raises(ValueError, match="compare_to"):
         offline_decision({"est_lift_pbm": 0.1}, ESTIMATORS)
+
+
+def test_the_stats_intervals_by_hand():
+    from gref.stats import normal_mean_interval, paired_ratio_lift, t_half_width
+
+    # t: [1, 2, 4] -> sd 1.5275, t(2) 97.5 % = 4.3027
+    assert t_half_width(np.array([1.0, 2.0, 4.0])) == pytest.approx(4.3027 * 1.5275 / math.sqrt(3), rel=1e-4)
+    assert t_half_width(np.array([3.0])) == 0.0
+    assert normal_mean_interval(np.array([1.0, 3.0]))["ci95"] == pytest.approx(1.95996, rel=1e-5)  # sd sqrt(2), n 2
+    # paired: base [1, 2, 3], new [2, 2, 4]: lift 8/6 - 1 = 1/3; residuals new - (4/3) base = [2/3, -2/3, 0]
+    out = paired_ratio_lift(np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 4.0]))
+    assert out["lift"] == pytest.approx(1 / 3)
+    assert out["high"] - out["lift"] == pytest.approx(1.95996 * math.sqrt(4 / 9) / (math.sqrt(3) * 2.0), rel=1e-4)
