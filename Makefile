@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 # pip takes the local CPU wheel when one is on disk (see RAY-NOTES); else the registry's 2.13.0
 TORCH   := torch==2.13.0
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-unit venv clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: venv
 ## 2. run the tests (a real local Ray cluster, a real MLflow store)
 test: venv
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -p no:cacheprovider $(ARGS)
+
+## the tests that need no Ray cluster (model, losses, decoding, click models, statistics, layering...)
+test-unit: venv
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -m "not integration" -p no:cacheprovider $(ARGS)
 
 clean:
 	rm -rf runs mlflow.db mlartifacts

@@ -77,7 +77,7 @@ class ContinuousConfig:
     feedback_wait_s: float = 60.0  # clients: a list's clicks count once it was served this long ago
     look_timeout_s: float = 3600.0  # clients: the longest a look waits for its requests (then decides on what came)
     direct_ingress: bool = False  # looks go to the Router replica's own port, not Serve's proxy (Serve's
-    #                               high-throughput mode, on in the Ray this job starts; README: ~2x the traffic)
+    #                               high-throughput mode, on in the Ray this job starts; docs/serving.md: ~2x the traffic)
     app: dict = field(default_factory=dict)  # more serve.app ServeConfig args (replicas, reranker_cpus, ...)
     dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(
         split="quantile", valid_fraction=0.15, test_fraction=0.05))  # a round spans minutes: split by time quantiles

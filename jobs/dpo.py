@@ -8,7 +8,7 @@ What it optimises (``objective``, ``pairs``; train.config.DPOConfig):
   * objective=dpo pairs=onpolicy reward=<list click model>: Eq. 8 on the reward's best vs worst
     of the policy's own sampled lists (and the reward's beam-search list), fresh every batch;
   * objective=distill reward=<list click model>: the NLL of the reward's beam-search list -- the
-    list-level signal the pipeline's default recipe uses (README: Results);
+    list-level signal the pipeline's default recipe uses (docs/results.md);
   * reward=oracle: the simulated world's exact user model in place of a learned reward (a
     diagnostic reference, needs eval.world).
 The initial model is validated first and is a candidate for the exported model, so

@@ -2,11 +2,11 @@
 beside the ceilings no model can reach), Table 3 and the options beyond the paper (training
 stages, the OMTP loss, post-training signals, reward models), and the OMTP head count k.
 
-    python -m jobs.experiments --config configs/experiments.yaml [key=value ...]   # the README's tables
+    python -m jobs.experiments --config configs/experiments.yaml [key=value ...]   # the tables of docs/results.md
     python -m jobs.experiments --config configs/ablations.yaml          # the ablation tables
 
 Without ``--config`` the config is ExperimentConfig's defaults: every stage's own defaults (the
-job's, not the README recipe) and one unit at a time.
+job's, not configs/pipeline.yaml's recipe) and one unit at a time.
 
 For every world (a named set of WorldConfig overrides) and seed: simulate ``requests`` with
 world seed = seed, prepare them (Ray Data), train every model a requested table needs through
@@ -412,7 +412,7 @@ def write_tables(cfg: ExperimentConfig, aggs: dict[str, dict], per_seed: dict[st
              (f"{cfg.requests:,} simulated requests per world and seed; test split = the last "
               f"{cfg.dataset.test_days} days. E[·] = expected feedback of the generated list under the world's "
               "hidden user model; vs logged = per-seed lift over the logged order, mean ± 95 % CI; headroom share = "
-              "(row - logged) / (features-only best list - logged); NDCG / AUC on logged clicks (README: "
+              "(row - logged) / (features-only best list - logged); NDCG / AUC on logged clicks (docs/evaluation.md: "
               "evaluation protocol); ms/request = `rerank` one request at a time on this machine's CPU. The "
               "oracle and features-only rows are references, not bounds (gref.sim.reference).\n")]
     kinds = baseline_kinds(cfg.baselines)

@@ -1,5 +1,6 @@
 """Shared fixtures: one real local Ray cluster per pytest session, a small simulated world and
-its prepared data (built once, through the real jobs)."""
+its prepared data (built once, through the real jobs). A test that needs a Ray cluster (this
+session's or its own) is marked ``integration``; ``make test-unit`` runs the others."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # RAY-NOTES: token auth is o
 # A small world: fast to simulate and train on, same code paths as the default.
 SMALL_WORLD = ["n_users=400", "n_items=2000", "n_series=60", "n_creators=300", "days=6",
                "corrupt_fraction=0.02"]
+
+
+RAY_FIXTURES = {"ray_cluster", "prep_dir", "ray_head"}  # fixtures that start (or need) a Ray cluster
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -170,7 +170,7 @@ def randomized_ips(placed: np.ndarray, exposure: np.ndarray, lengths: np.ndarray
     probability 1/m): sum over slots k < n of 1[placed_k = shown_k] * click_k * m. Its mean over
     the bucket is unbiased for the list's E[clicks] whenever a click on slot k depends only on
     (request, item, k) -- no list effects (Li et al., 2018, "Offline evaluation of ranking
-    policies with click models"); with list effects it is biased, measured in the README.
+    policies with click models"); with list effects it is biased, measured in docs/evaluation.md.
     placed [B, >=N] (-1 = none), exposure / click [B, N], lengths / m / randomized [B] -> [B]
     (NaN for requests outside the bucket)."""
     N = exposure.shape[1]

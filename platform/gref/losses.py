@@ -146,7 +146,7 @@ class OMTPLoss(nn.Module):
     head's step-t distribution, each permutation's log-probability that of drawing it from that
     distribution without replacement (Plackett-Luce) -- the paper's "L_o alone corresponds to
     single-head autoregressive pre-training (Eq. 6)" (Table 3), read as Eq. 6 plus Eq. 10 on a
-    single head (README: the L_o ablation)."""
+    single head (docs/results.md: the L_o ablation)."""
 
     def __init__(self, k: int, lambda1: float = 1.0, lambda2: float = 1.0, max_perms: int = 120, window: int = 0):
         super().__init__()

@@ -7,7 +7,7 @@ P(click at p | list) = e_p * q_p with the structured list effects of gref.clickm
     pre-trained GReF's first-step logit -- what it learned about each candidate from the exposure
     orders of the whole log -- and only the scale s and bias b are fitted to clicks; without an
     anchor, a DCN-V2 over every feature + the upstream rank, fitted to clicks alone (it overfits
-    them: README, the reward-model ablation);
+    them: docs/results.md, the reward-model ablation);
   * list effects through attribute equality on every categorical column c: redundancy (per earlier
     item sharing c), adjacency (item right above shares c), adjacency after a click -- a
     weight each per column, learned; nothing says which column matters.

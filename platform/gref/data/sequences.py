@@ -90,7 +90,7 @@ def build_sequences(table: pa.Table, num_cols: list[str], cat_cols: list[str],
     never copied whole: the rows are ordered by (request, upstream_rank) through an index
     (``order``), every check runs on NumPy columns read through it, and each output column is
     gathered from ``table`` once -- peak memory ~3x the table's Arrow size (with the process's
-    own), where sorted copies of it had needed 5.4x (benchmarks.prepare, README).
+    own), where sorted copies of it had needed 5.4x (benchmarks.prepare, docs/benchmarks.md).
     """
     n_rows = table.num_rows
     req_codes, _ = pd.factorize(table.column("request_id").to_pandas(), use_na_sentinel=True)

@@ -97,7 +97,7 @@ class DPOConfig:
     sft_weight: float = 0.0  # + weight * NLL(winner) per item (RPO); 0 = the paper's pure DPO
     decode_heads: int = 0  # heads per pass in log pi(Y); 0 = all the model's heads (its decoding)
     model: ModelConfig = field(default_factory=ModelConfig)  # used only when init = ""
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, epochs=2))  # small lr: larger ones over-optimise (README)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, epochs=2))  # small lr: larger ones over-optimise (docs/training.md)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSettings = field(default_factory=RunSettings)

@@ -139,7 +139,7 @@ def run_training(stage: str, cfg: Any, init: torch.nn.Module | None = None,
         resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
         data_context(whole_split_reads=True)
         train_ds = ray.data.read_parquet(str(train_split(stage, cfg)), num_cpus=cfg.scaling.read_cpus)
-        if cfg.scaling.materialize:  # epochs then read the object store, not Parquet (README: benchmarks)
+        if cfg.scaling.materialize:  # epochs then read the object store, not Parquet (docs/benchmarks.md)
             train_ds = train_ds.materialize()
         loop_config = {"stage": stage, "cfg": cfg, "meta": meta,
                        "steps_per_epoch": math.ceil(train_ds.count() / max(workers, 1) / cfg.optim.batch_size),
