@@ -54,7 +54,7 @@ from gref.data.schema import (
     canonical_schema,
     feature_columns,
 )
-from gref.data.sequences import build_sequences
+from gref.data.sequences import build_sequences, without_bucket
 from gref.ray_utils import data_context, init_ray
 
 SPLITS = ("train", "valid", "test")
@@ -184,8 +184,8 @@ def prepare_in_memory(files: list[str], mapping: dict[str, str], cfg: DatasetCon
     profile = merge_profiles([partial_profile(seqs)])
     stats_end = time.time()
     encoded = spec.encode(seqs)
-    pairs = add_pairs(encoded.filter(pc.not_equal(encoded.column("split"), "test")), cfg.alpha, cfg.gamma,
-                      cfg.feedback_weights)
+    pairs = add_pairs(without_bucket(encoded.filter(pc.not_equal(encoded.column("split"), "test"))), cfg.alpha,
+                      cfg.gamma, cfg.feedback_weights)
     for sub, written in (("sequences", encoded), ("pairs", pairs)):
         for split in SPLITS:
             part = written.filter(pc.equal(written.column("split"), split)).drop_columns(["split"])

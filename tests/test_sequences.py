@@ -191,3 +191,13 @@ def test_categorical_counts_and_ids_by_arrow_equal_pythons(values):
     spec = FeatureSpec([], ["cat_c"], [], [], {"cat_c": {seen[0]: 2, seen[1]: 3}})
     assert spec.encode_cat_array("cat_c", values).tolist() == spec.encode_cat("cat_c", values.to_pylist()).tolist()
     assert spec.encode_cat_array("cat_c", values).tolist()[:3] == [2, 3, 1]
+
+
+def test_imitation_leaves_the_randomisation_bucket_out():
+    """Pre-training and Eq. 7 pairs imitate production's order; a bucket request's order is random."""
+    from gref.data.sequences import without_bucket
+
+    table = pa.table({"request_id": [1, 2, 3], "randomized": pa.array([0, 1, 0], pa.int8())})
+    assert without_bucket(table).column("request_id").to_pylist() == [1, 3]
+    no_bucket = pa.table({"request_id": [1, 2]})
+    assert without_bucket(no_bucket) is no_bucket

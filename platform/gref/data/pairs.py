@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gref.data.schema import FEEDBACK
+from gref.data.sequences import without_bucket
 
 
 def padded(lists: pa.Array, fill: float = 0.0) -> np.ndarray:
@@ -88,7 +89,7 @@ def rederive(data_dir: str | Path, out_dir: str | Path, alpha: float, gamma: flo
         target.mkdir(parents=True)
         counts[split] = 0
         for i, path in enumerate(sorted((data_dir / "sequences" / split).glob("*.parquet"))):
-            table = add_pairs(pq.read_table(path), alpha, gamma, config["feedback_weights"])
+            table = add_pairs(without_bucket(pq.read_table(path)), alpha, gamma, config["feedback_weights"])
             pq.write_table(table, target / f"part-{i:05d}.parquet")
             counts[split] += table.num_rows
     summary = {**summary, "config": config, "pairs": counts, "pairs_derived_from": str(data_dir)}

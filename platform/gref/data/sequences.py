@@ -233,3 +233,12 @@ def _quarantine(table: pa.Table, order: np.ndarray, starts: np.ndarray, counts: 
         } for gidx, size, end in zip(chunk, sizes, ends)], schema=schema))
         del rows
     return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def without_bucket(table: pa.Table) -> pa.Table:
+    """The requests outside the randomisation bucket (``randomized`` = 1: a random order of random
+    candidates): what pre-training and Eq. 7 pairs may imitate. The bucket feeds the reward and the
+    estimates, not imitation. A table without the column is returned as it is."""
+    if "randomized" not in table.column_names:
+        return table
+    return table.filter(pc.not_equal(table.column("randomized"), 1))

@@ -1,0 +1,166 @@
+"""The families results page, generated (never edited by hand): issue 33's targets per user-model
+family from the per-seed reports of a ``jobs.experiments --config configs/families.yaml`` run, the
+oracle-free estimators' audit (benchmarks.estimate_audit) and the reward audit
+(benchmarks.reward_audit) beside them.
+
+    python -m benchmarks.families_page --runs runs/families --json benchmarks/results/families-3seeds-cpu.json
+        # collects the run's per-seed reports into the JSON (then the page)
+    python -m benchmarks.families_page --json benchmarks/results/families-3seeds-cpu.json \\
+        [--estimates benchmarks/results/estimate-audit-families-cpu.json] \\
+        [--rewards benchmarks/results/reward-audit-families-cpu.json] --page docs/results-families.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from gref.stats import t_half_width
+
+GREF, PRE = "GReF", "GReF (pre-train only)"
+STRUCTURED = "GReF distilled from the structured list click model alone (no list context)"
+DCN, TEACHER = "DCN", "list click model + beam search (GReF's teacher)"
+LOGGED, FO_BEST, ORACLE_BEST = "logged exposure", "features-only best list", "oracle best list"
+ROWS = (("logged order", LOGGED), ("oracle best list (reference)", ORACLE_BEST),
+        ("features-only best list (reference)", FO_BEST), ("DCN (best pointwise baseline)", DCN),
+        ("GReF pre-trained", PRE), ("**GReF, default recipe**", GREF),
+        ("GReF, structured reward alone (ablation: no list context)", STRUCTURED), ("the default reward's own lists", TEACHER))
+
+
+def collect(runs: Path) -> dict[str, dict[str, dict]]:
+    """{world: {seed: report rows}} of every (world, seed) with a report (the largest report set)."""
+    out: dict[str, dict[str, dict]] = {}
+    for path in sorted(runs.glob("*/seed*/report*/report.json")):
+        world, seed = path.parts[-4], path.parts[-3].removeprefix("seed")
+        rows = json.loads(path.read_text())
+        if len(rows) >= len(out.get(world, {}).get(seed, {})):
+            out.setdefault(world, {})[seed] = rows
+    return out
+
+
+def _pm(values: list[float], scale: float = 100.0, unit: str = " %") -> str:
+    v = np.asarray(values) * scale
+    return f"{v.mean():+.2f}{unit} ± {t_half_width(v):.2f}" if len(v) > 1 else f"{v.mean():+.2f}{unit}"
+
+
+def world_section(world: str, seeds: dict[str, dict]) -> tuple[str, dict]:
+    """The world's table and its targets; -> (markdown, the figures the summary needs)."""
+    reports = [seeds[s] for s in sorted(seeds, key=int)]
+    lines = [f"### `{world}` ({len(reports)} seeds: {', '.join(sorted(seeds, key=int))})\n",
+             "| row | E[clicks] vs logged (mean ± 95 % CI) | per seed | headroom share |", "|---|---:|---:|---:|"]
+    for label, row in ROWS:
+        have = [r for r in reports if row in r]
+        if not have:
+            continue
+        lifts = [r[row]["oracle_clicks"] / r[LOGGED]["oracle_clicks"] - 1 for r in have]
+        share = [r[row].get("headroom_share", float("nan")) for r in have]
+        lines.append(f"| {label} | {_pm(lifts)} | {', '.join(f'{x * 100:+.2f}' for x in lifts)} | "
+                     f"{np.nanmean(share):.0%} |")
+    figures: dict = {}
+    both = [r for r in reports if GREF in r and PRE in r]
+    if both:
+        adds = [(r[GREF]["click_lift"] - r[PRE]["click_lift"]) for r in both]
+        gap = [(r[GREF]["oracle_clicks"] - r[PRE]["oracle_clicks"]) / (r[FO_BEST]["oracle_clicks"] - r[PRE]["oracle_clicks"])
+               for r in both if r[FO_BEST]["oracle_clicks"] > r[PRE]["oracle_clicks"]]
+        figures = {"adds_points": float(np.mean(adds) * 100), "adds_ci": t_half_width(np.asarray(adds) * 100),
+                   "below_pre_seeds": int(sum(a < 0 for a in adds)), "seeds": len(adds),
+                   "gap_captured": float(np.mean(gap)) if gap else float("nan")}
+        lines += ["", f"- post-training adds **{_pm(adds, unit=' points')}** over the pre-trained GReF (per seed "
+                  f"{', '.join(f'{a * 100:+.2f}' for a in adds)}; below it on {figures['below_pre_seeds']} of "
+                  f"{len(adds)} seeds); it captures {figures['gap_captured']:.0%} of the gap from the pre-trained GReF "
+                  "to the features-only best list."]
+        if all(DCN in r for r in both):
+            vs = [(r[GREF]["click_lift"] - r[DCN]["click_lift"]) for r in both]
+            figures["vs_dcn_points"] = float(np.mean(vs) * 100)
+            figures["vs_dcn_ci"] = t_half_width(np.asarray(vs) * 100)
+            lines.append(f"- GReF vs DCN: {_pm(vs, unit=' points')} (per seed {', '.join(f'{v * 100:+.2f}' for v in vs)}).")
+        if all(STRUCTURED in r for r in both):
+            ctx = [(r[GREF]["click_lift"] - r[STRUCTURED]["click_lift"]) for r in both]
+            figures["context_points"] = float(np.mean(ctx) * 100)
+            lines.append(f"- the reward's list context (default vs the structured reward alone): {_pm(ctx, unit=' points')}.")
+    return "\n".join(lines) + "\n", figures
+
+
+def targets_table(figures: dict[str, dict]) -> str:
+    lines = ["| family | post-training adds (points, ≥ +2) | never below pre-trained | ≥ DCN (points) | gap captured |",
+             "|---|---:|---:|---:|---:|"]
+    for world, f in figures.items():
+        if not f:
+            continue
+        ok = lambda cond: "met" if cond else "**not met**"  # noqa: E731
+        lines.append(f"| {world} | {f['adds_points']:+.2f} ± {f['adds_ci']:.2f} ({ok(f['adds_points'] >= 2)}) | "
+                     f"{f['seeds'] - f['below_pre_seeds']}/{f['seeds']} ({ok(f['below_pre_seeds'] == 0)}) | "
+                     + (f"{f['vs_dcn_points']:+.2f} ± {f['vs_dcn_ci']:.2f} ({ok(f['vs_dcn_points'] >= 0)})" if "vs_dcn_points" in f
+                        else "–") + f" | {f['gap_captured']:.0%} |")
+    gaps = [f["gap_captured"] for f in figures.values() if f and f["gap_captured"] == f["gap_captured"]]
+    lines.append(f"\nMean gap captured over the families: **{np.mean(gaps):.0%}** (target ≥ 40 %)." if gaps else "")
+    return "\n".join(lines) + "\n"
+
+
+def estimates_section(audit: dict) -> str:
+    lines = ["| estimator | points (row × seed × world) | 95 % interval covers the oracle's lift | wrong-sign exclusions | "
+             "mean error (points) | Kendall τ vs the oracle (mean, min) |", "|---|---:|---:|---:|---:|---:|"]
+    for kind, a in audit["estimators"].items():
+        lines.append(f"| {kind} | {a['points']} | {a['coverage']:.0%} | {a['wrong_sign_exclusions']} | "
+                     f"{a['mean_error'] * 100:+.2f} | {a['kendall_tau_mean']:.2f}, {a['kendall_tau_min']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def rewards_section(audit: dict) -> str:
+    lines = ["| reward | held-out click NLL | promised (mean) | promised (pessimistic) | members' std | delivered (oracle) | "
+             "optimism of the mean | of the pessimistic value |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for unit, rewards in audit["units"].items():
+        for kind, a in rewards.items():
+            lines.append(f"| {unit} {kind} | {a['click_nll']:.4f} | {a['promised_mean']:+.1%} | {a['promised_pessimistic']:+.1%} | "
+                         f"{a['member_std']:.1%} | {a['delivered']:+.1%} | {a['optimism_mean'] * 100:+.1f} | "
+                         f"{a['optimism_pessimistic'] * 100:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def page(data: dict, estimates: dict | None, rewards: dict | None, sources: list[str]) -> str:
+    sections, figures = [], {}
+    for world, seeds in data.items():
+        text, figures[world] = world_section(world, seeds)
+        sections.append(text)
+    out = ["# Results: user-model families (issue 33)\n",
+           f"Generated by `python -m benchmarks.families_page` from {', '.join(f'`{s}`' for s in sources)}; do not edit.\n",
+           "Every family's knobs were fixed when it was written, and the recipe (configs/families.yaml: the default "
+           "recipe) before it met the families; lifts are the oracle's E[clicks] over the logged order on each seed's "
+           "test split, mean ± the 95 % t interval over seeds (paired per seed). The reference rows are not bounds.\n",
+           "## Issue 33's targets\n", targets_table(figures), "## Per family\n", *sections]
+    if estimates:
+        out += ["## The oracle-free estimates against the oracle (issue 34)\n",
+                "Every row of every report above but the logged order itself (references included).\n",
+                estimates_section(estimates)]
+    if rewards:
+        out += ["## What the reward promises and what it delivers (issue 33 item 3)\n",
+                f"Test split, first {rewards['requests']} requests of each unit. Promised = the reward's E[clicks] of its "
+                "own search lists over the logged lists' (oracle-free); delivered = the oracle's.\n", rewards_section(rewards)]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default="", help="collect this jobs.experiments run's reports into --json first")
+    p.add_argument("--json", required=True, help="the per-seed reports: {world: {seed: rows}}")
+    p.add_argument("--estimates", default="", help="benchmarks.estimate_audit JSON")
+    p.add_argument("--rewards", default="", help="benchmarks.reward_audit JSON")
+    p.add_argument("--page", default="docs/results-families.md")
+    args = p.parse_args(argv)
+    if args.runs:
+        data = collect(Path(args.runs))
+        if not data:
+            raise SystemExit(f"no */seed*/report*/report.json under {args.runs}")
+        Path(args.json).write_text(json.dumps(data) + "\n")
+    data = json.loads(Path(args.json).read_text())
+    load = lambda f: json.loads(Path(f).read_text()) if f else None  # noqa: E731
+    sources = [s for s in (args.json, args.estimates, args.rewards) if s]
+    Path(args.page).write_text(page(data, load(args.estimates), load(args.rewards), sources))
+    print(f"wrote {args.page}")
+
+
+if __name__ == "__main__":
+    main()
