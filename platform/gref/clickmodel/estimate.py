@@ -55,8 +55,11 @@ class ClickEstimator:
     """Cross-fitted PBM, DBN and feature PBM of one split (its rows in table order)."""
 
     def __init__(self, table: pa.Table, meta: dict, context: str = "", iterations: int = 50,
-                 features: bool = True):
-        """``features``: also the feature PBM (slower to fit: validation during training skips it)."""
+                 features: bool = True, feature_prior: bool = True):
+        """``features``: also the feature PBM (slower to fit: validation during training skips it);
+        ``feature_prior``: the feature PBM is the PBM's and DBN's prior (False: the shown documents'
+        mean; benchmarks.unseen_prior measures both)."""
+        self.feature_prior = features and feature_prior
         cat_cols = meta["cat_cols"]
         self.codes = document_codes(table, cat_cols, context)  # [R, M]
         R = table.num_rows
@@ -74,8 +77,9 @@ class ClickEstimator:
                 FeaturePBM(meta["num_features"], list(meta["cat_sizes"]), seed=f).fit(
                     num[torch.from_numpy(self.fold != f)], cat[torch.from_numpy(self.fold != f)],
                     clicks[self.fold != f], lengths[self.fold != f]) for f in range(FOLDS)]
-            priors = [model.attractiveness(num[torch.from_numpy(self.fold != f)], cat[torch.from_numpy(self.fold != f)])
-                      for f, model in enumerate(self.models["pbm_features"])]
+            if self.feature_prior:
+                priors = [model.attractiveness(num[torch.from_numpy(self.fold != f)], cat[torch.from_numpy(self.fold != f)])
+                          for f, model in enumerate(self.models["pbm_features"])]
         for kind, cls in CLICK_MODELS.items():
             self.models[kind] = [cls(iterations).fit(docs[self.fold != f], clicks[self.fold != f],
                                                      lengths[self.fold != f], priors[f]) for f in range(FOLDS)]
@@ -102,7 +106,7 @@ class ClickEstimator:
                     est[sel] = model.expected_clicks(placed_num[t], placed_cat[t], shown[sel])
                 else:  # documents never shown in fitting: the feature model's attractiveness of the candidate
                     prior = (self.models["pbm_features"][f].attractiveness(placed_num[t], placed_cat[t])
-                             if "pbm_features" in self.models else None)
+                              if self.feature_prior else None)
                     est[sel] = model.expected_clicks(docs[sel], shown[sel], prior)
             out[kind] = est
         return out
