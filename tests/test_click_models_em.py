@@ -121,10 +121,12 @@ def test_the_prior_strength_is_what_the_documents_spread_says():
     V, n = 400, np.full(400, 20.0)
     prior = rng.uniform(0.2, 0.6, V)
     alike = rng.binomial(20, prior).astype(float)
-    _, s_alike = _shrunk(alike, n, prior)
+    _, s_alike, scale = _shrunk(alike, n, prior)
     spread = rng.binomial(20, rng.choice([0.05, 0.95], V)).astype(float)
-    shrunk, s_spread = _shrunk(spread, n, np.full(V, np.nan))
+    shrunk, s_spread, _ = _shrunk(spread, n, np.full(V, np.nan))
     assert s_alike == PRIOR_STRENGTHS[-1] and s_spread <= 1.0  # a U-shaped beta: a < 1
+    # the prior is rescaled to the documents' own level: here it is at that level already
+    assert scale == pytest.approx(1.0, abs=0.05)
     # (x + s m) / (n + s) by hand, m = the pooled mean
     m = spread.sum() / n.sum()
     assert shrunk[0] == pytest.approx((spread[0] + s_spread * m) / (20 + s_spread))
@@ -178,3 +180,13 @@ def test_bootstrap_ci_and_kendall_tau_by_hand():
     assert np.isclose(shifted["lift"], 0.1) and np.isclose(shifted["lift_lo"], 0.1)
     assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)  # pairs: +1, +1, -1
     assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+
+
+def test_a_prior_at_another_level_is_rescaled_to_the_documents_own():
+    """A feature model's attractiveness is a PBM's; a DBN's attractiveness sits at another level.
+    The prior keeps its ranking of the documents and takes the pooled mean of their counts."""
+    successes, trials = np.array([2.0, 8.0, 5.0]), np.array([10.0, 10.0, 10.0])  # pooled mean 0.5
+    shrunk, s, scale = _shrunk(successes, trials, np.array([0.1, 0.4, 0.25]))  # prior's mean 0.25
+    assert scale == pytest.approx(2.0)
+    m = np.array([0.2, 0.8, 0.5])
+    assert shrunk == pytest.approx((successes + s * m) / (trials + s))

@@ -22,7 +22,8 @@ Every M-step shrinks each document's attractiveness towards a prior mean with ``
 pseudo-impressions (empirical Bayes: a document seen twice without a click is not judged by two
 impressions alone, and not pulled towards 1/2 either). The prior mean is the impression-weighted
 mean, or -- given ``prior`` [S, K], a feature model's attractiveness of every shown candidate --
-the mean of that over the document's impressions; ``s`` maximises the beta-binomial marginal
+the mean of that over the document's impressions, rescaled to the model's own pooled mean (a
+PBM's attractiveness is not a DBN's); ``s`` maximises the beta-binomial marginal
 likelihood of the documents' (expected) attractive impressions. A document never shown in fitting
 gets the prior: the feature model's attractiveness of the candidate itself when ``expected_clicks``
 is given ``prior`` for the judged lists (production shows its best candidates: the never-shown
@@ -65,18 +66,22 @@ def _prior_means(docs: np.ndarray, prior: np.ndarray | None, valid: np.ndarray, 
     return np.where(trials > 0, total / np.maximum(trials, 1), np.nan)
 
 
-def _shrunk(successes: np.ndarray, trials: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per document (successes + s m) / (trials + s) with prior means ``means`` [V] (NaN: the
-    impression-weighted mean) and s from PRIOR_STRENGTHS maximising the beta-binomial marginal
-    likelihood of the documents' (fractional) successes -> (attractiveness [V], s)."""
+def _shrunk(successes: np.ndarray, trials: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Per document (successes + s m) / (trials + s), towards prior means ``means`` [V] (NaN: the
+    impression-weighted mean) rescaled to this model's own pooled mean (a feature model's
+    attractiveness is a PBM's: a DBN's sits at another level), with s from PRIOR_STRENGTHS
+    maximising the beta-binomial marginal likelihood of the documents' (fractional) successes.
+    -> (attractiveness [V], s, the prior's scale)."""
     pooled = successes.sum() / max(trials.sum(), 1e-12)
-    m = np.clip(np.where(np.isnan(means), pooled, means), 1e-4, 1 - 1e-4)
     shown = trials > 0
+    given = ~np.isnan(means) & shown
+    scale = pooled / max(float((means[given] * trials[given]).sum() / trials[given].sum()), 1e-12) if given.any() else 1.0
+    m = np.clip(np.where(np.isnan(means), pooled, means * scale), 1e-4, 1 - 1e-4)
     x, n, mm = successes[shown], trials[shown], m[shown]
     loglik = [float((betaln(x + s * mm, n - x + s * (1 - mm)) - betaln(s * mm, s * (1 - mm))).sum())
               for s in PRIOR_STRENGTHS]
     s = float(PRIOR_STRENGTHS[int(np.argmax(loglik))]) if len(x) else float(PRIOR_STRENGTHS[0])
-    return (successes + s * m) / (trials + s), s
+    return (successes + s * m) / (trials + s), s, scale
 
 
 def _with_unseen(p: np.ndarray, trials: np.ndarray) -> np.ndarray:
@@ -87,7 +92,8 @@ def _with_unseen(p: np.ndarray, trials: np.ndarray) -> np.ndarray:
     return p
 
 
-def _judged(alpha: np.ndarray, seen: np.ndarray, docs: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+def _judged(alpha: np.ndarray, seen: np.ndarray, docs: np.ndarray, prior: np.ndarray | None,
+            scale: float = 1.0) -> np.ndarray:
     """[S, K] the attractiveness of the judged documents: the fitted one, and for a document never
     shown in fitting the feature model's ``prior`` of the candidate where it is given."""
     idx = np.clip(docs, 0, len(alpha) - 1)
@@ -95,7 +101,7 @@ def _judged(alpha: np.ndarray, seen: np.ndarray, docs: np.ndarray, prior: np.nda
     if prior is None:
         return a
     known = seen[idx] & (docs < len(alpha))
-    return np.where(known, a, prior)
+    return np.where(known, a, np.clip(prior * scale, 1e-4, 1 - 1e-4))
 
 
 def _pbm_step(theta: np.ndarray, a: np.ndarray, c: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +129,7 @@ class PBM:
         self.alpha = np.zeros(1)  # [V] P(attractive | document code)
         self.seen = np.zeros(1, dtype=bool)  # [V] documents shown in the fitting lists
         self.strength = 0.0  # s: the prior's pseudo-impressions (marginal likelihood)
+        self.prior_scale = 1.0  # the feature prior rescaled to this model's level
 
     def fit(self, docs: np.ndarray, clicks: np.ndarray, lengths: np.ndarray, prior: np.ndarray | None = None) -> PBM:
         """``prior`` [S, K]: a feature model's attractiveness of the shown candidates (or None)."""
@@ -135,7 +142,7 @@ class PBM:
         for _ in range(self.iterations):
             p_attr, theta = _pbm_step(theta, alpha[docs], c, valid)
             successes, trials = _per_doc(docs, p_attr, valid, V)
-            alpha, self.strength = _shrunk(successes, trials, means)
+            alpha, self.strength, self.prior_scale = _shrunk(successes, trials, means)
         self.theta, self.alpha = theta, _with_unseen(alpha, trials)
         self.seen = trials > 0
         return self
@@ -144,7 +151,7 @@ class PBM:
         """[S] E[clicks] of each list; ``prior`` [S, K]: the feature model's attractiveness of the
         judged candidates, used for the documents never shown in fitting."""
         K = docs.shape[1]
-        a = _judged(self.alpha, self.seen, docs, prior)
+        a = _judged(self.alpha, self.seen, docs, prior, self.prior_scale)
         return (_theta_for(self.theta, K)[None] * a * _valid(lengths, K)).sum(1)
 
 
@@ -157,6 +164,7 @@ class DBN:
         self.sigma = np.zeros(1)  # [V] P(satisfied | clicked document code)
         self.gamma = 0.9  # P(continue | examined and not satisfied)
         self.seen = np.zeros(1, dtype=bool)  # [V] documents shown in the fitting lists
+        self.prior_scale = 1.0  # the feature prior rescaled to this model's level
 
     def posteriors(self, docs: np.ndarray, clicks: np.ndarray, lengths: np.ndarray):
         """Scaled forward-backward over the examination chain X_k in {0, 1} (X_1 = 1).
@@ -210,7 +218,8 @@ class DBN:
             going_on = valid & ~last  # positions with a next one
             opportunities = ((exam - p_sat) * going_on).sum()  # examined, not satisfied
             continued = ((exam - stop) * going_on).sum()  # X_k = 1 and X_{k+1} = 1
-            (self.alpha, _), (self.sigma, _) = _shrunk(succ_a, trials_a, means), _shrunk(succ_s, trials_s, no_prior)
+            (self.alpha, _, self.prior_scale), (self.sigma, _, _) = (_shrunk(succ_a, trials_a, means),
+                                                                     _shrunk(succ_s, trials_s, no_prior))
             self.gamma = float(np.clip(continued / max(opportunities, 1e-12), 1e-6, 1.0 - 1e-6))
         self.alpha, self.sigma = _with_unseen(self.alpha, trials_a), _with_unseen(self.sigma, trials_s)
         self.seen = trials_a > 0
@@ -220,7 +229,7 @@ class DBN:
         """[S] E[clicks] of each list; ``prior`` as PBM.expected_clicks."""
         S, K = docs.shape
         idx = np.clip(docs, 0, len(self.alpha) - 1)
-        a, s = _judged(self.alpha, self.seen, docs, prior) * _valid(lengths, K), self.sigma[idx]
+        a, s = _judged(self.alpha, self.seen, docs, prior, self.prior_scale) * _valid(lengths, K), self.sigma[idx]
         exam, total = np.ones(S), np.zeros(S)
         for k in range(K):
             total += exam * a[:, k]
