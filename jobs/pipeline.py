@@ -23,6 +23,7 @@ gref-<kind>@champion and evaluated beside GReF. Prints a summary table and write
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -140,6 +141,7 @@ def run(cfg: PipelineConfig) -> dict:
     from jobs import evaluate, prepare
     from jobs import reward as reward_job
 
+    cfg = copy.deepcopy(cfg)  # the stages below fill in paths: the caller's config stays as given
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "pipeline.yaml")
