@@ -7,7 +7,8 @@ oracle-free estimators' audit (benchmarks.estimate_audit) and the reward audit
         # collects the run's per-seed reports into the JSON (then the page)
     python -m benchmarks.families_page --json benchmarks/results/families-3seeds-cpu.json \\
         [--estimates benchmarks/results/estimate-audit-families-cpu.json] \\
-        [--rewards benchmarks/results/reward-audit-families-cpu.json] --page docs/results-families.md
+        [--rewards benchmarks/results/reward-audit-families-cpu.json] \\
+        [--unseen benchmarks/results/unseen-prior-families-seed0-cpu.json] --page docs/results-families.md
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _pm(values: list[float], scale: float = 100.0, unit: str = " %") -> str:
 def world_section(world: str, seeds: dict[str, dict]) -> tuple[str, dict]:
     """The world's table and its targets; -> (markdown, the figures the summary needs)."""
     reports = [seeds[s] for s in sorted(seeds, key=int)]
-    lines = [f"### `{world}` ({len(reports)} seeds: {', '.join(sorted(seeds, key=int))})\n",
+    lines = [f"### `{world}` (seed{'s' if len(reports) > 1 else ''} {', '.join(sorted(seeds, key=int))})\n",
              "| row | E[clicks] vs logged (mean ± 95 % CI) | per seed | headroom share |", "|---|---:|---:|---:|"]
     for label, row in ROWS:
         have = [r for r in reports if row in r]
@@ -67,7 +68,8 @@ def world_section(world: str, seeds: dict[str, dict]) -> tuple[str, dict]:
                for r in both if r[FO_BEST]["oracle_clicks"] > r[PRE]["oracle_clicks"]]
         figures = {"adds_points": float(np.mean(adds) * 100), "adds_ci": t_half_width(np.asarray(adds) * 100),
                    "below_pre_seeds": int(sum(a < 0 for a in adds)), "seeds": len(adds),
-                   "gap_captured": float(np.mean(gap)) if gap else float("nan")}
+                   "gap_captured": float(np.mean(gap)) if gap else float("nan"),
+                   "gref_lift": float(np.mean([r[GREF]["click_lift"] for r in both]) * 100)}
         lines += ["", f"- post-training adds **{_pm(adds, unit=' points')}** over the pre-trained GReF (per seed "
                   f"{', '.join(f'{a * 100:+.2f}' for a in adds)}; below it on {figures['below_pre_seeds']} of "
                   f"{len(adds)} seeds); it captures {figures['gap_captured']:.0%} of the gap from the pre-trained GReF "
@@ -91,12 +93,17 @@ def targets_table(figures: dict[str, dict]) -> str:
         if not f:
             continue
         ok = lambda cond: "met" if cond else "**not met**"  # noqa: E731
-        lines.append(f"| {world} | {f['adds_points']:+.2f} ± {f['adds_ci']:.2f} ({ok(f['adds_points'] >= 2)}) | "
+        ci = lambda key: f" ± {f[key]:.2f}" if f["seeds"] > 1 else " (1 seed)"  # noqa: E731
+        lines.append(f"| {world} | {f['adds_points']:+.2f}{ci('adds_ci')} ({ok(f['adds_points'] >= 2)}) | "
                      f"{f['seeds'] - f['below_pre_seeds']}/{f['seeds']} ({ok(f['below_pre_seeds'] == 0)}) | "
-                     + (f"{f['vs_dcn_points']:+.2f} ± {f['vs_dcn_ci']:.2f} ({ok(f['vs_dcn_points'] >= 0)})" if "vs_dcn_points" in f
+                     + (f"{f['vs_dcn_points']:+.2f}{ci('vs_dcn_ci')} ({ok(f['vs_dcn_points'] >= 0)})" if "vs_dcn_points" in f
                         else "–") + f" | {f['gap_captured']:.0%} |")
     gaps = [f["gap_captured"] for f in figures.values() if f and f["gap_captured"] == f["gap_captured"]]
     lines.append(f"\nMean gap captured over the families: **{np.mean(gaps):.0%}** (target ≥ 40 %)." if gaps else "")
+    if "attribute" in figures and figures["attribute"]:
+        lift = figures["attribute"]["gref_lift"]
+        lines.append(f"The demo's family (`attribute`): the default recipe {lift:+.2f} % over the logged order "
+                     f"(target ≥ +6 %: {'met' if lift >= 6 else '**not met**'}).")
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +127,17 @@ def rewards_section(audit: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def page(data: dict, estimates: dict | None, rewards: dict | None, sources: list[str]) -> str:
+def unseen_section(bench: dict) -> str:
+    lines = ["| click model, prior | mean abs lift error (points) | the upstream order's error (points) | Kendall τ |",
+             "|---|---:|---:|---:|"]
+    for key, a in bench["summary"].items():
+        variant, kind = key.split("/")
+        lines.append(f"| {kind.upper()}, {variant.replace('_', ' ')} | {a['mean_abs_error_points']:.2f} | "
+                     f"{a['upstream_error_points']:+.2f} | {a['kendall_tau']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def page(data: dict, estimates: dict | None, rewards: dict | None, sources: list[str], unseen: dict | None = None) -> str:
     sections, figures = [], {}
     for world, seeds in data.items():
         text, figures[world] = world_section(world, seeds)
@@ -133,8 +150,13 @@ def page(data: dict, estimates: dict | None, rewards: dict | None, sources: list
            "## Issue 33's targets\n", targets_table(figures), "## Per family\n", *sections]
     if estimates:
         out += ["## The oracle-free estimates against the oracle (issue 34)\n",
-                "Every row of every report above but the logged order itself (references included).\n",
+                "Every row of every report above but the logged order itself (references included); these reports were "
+                "written by the estimator of commit 7a6aed0 (the feature prior without its level rescaling).\n",
                 estimates_section(estimates)]
+    if unseen:
+        out += ["### The click models' feature prior, ablated (benchmarks.unseen_prior, the final estimator)\n",
+                f"Units {', '.join(unseen['units'])}; rows: the logged and upstream orders, the pre-trained GReF, GReF, "
+                "DCN, the default reward's lists.\n", unseen_section(unseen)]
     if rewards:
         out += ["## What the reward promises and what it delivers (issue 33 item 3)\n",
                 f"Test split, first {rewards['requests']} requests of each unit. Promised = the reward's E[clicks] of its "
@@ -148,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", required=True, help="the per-seed reports: {world: {seed: rows}}")
     p.add_argument("--estimates", default="", help="benchmarks.estimate_audit JSON")
     p.add_argument("--rewards", default="", help="benchmarks.reward_audit JSON")
+    p.add_argument("--unseen", default="", help="benchmarks.unseen_prior JSON")
     p.add_argument("--page", default="docs/results-families.md")
     args = p.parse_args(argv)
     if args.runs:
@@ -157,8 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.json).write_text(json.dumps(data) + "\n")
     data = json.loads(Path(args.json).read_text())
     load = lambda f: json.loads(Path(f).read_text()) if f else None  # noqa: E731
-    sources = [s for s in (args.json, args.estimates, args.rewards) if s]
-    Path(args.page).write_text(page(data, load(args.estimates), load(args.rewards), sources))
+    sources = [s for s in (args.json, args.estimates, args.rewards, args.unseen) if s]
+    Path(args.page).write_text(page(data, load(args.estimates), load(args.rewards), sources, load(args.unseen)))
     print(f"wrote {args.page}")
 
 
