@@ -234,7 +234,7 @@ def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, A
     """Reference orders + every model (decoded on ``device``, latency measured), one dict of
     metrics per row. With a world, each row gets ``click_lift`` = its expected clicks relative to
     the logged exposure order, and -- given ``fit_table`` (the train split, where the features-only
-    reference is fitted) -- the ceilings of gref.sim.reference as rows and every row's
+    reference is fitted) -- the reference rows of gref.sim.reference and every row's
     ``headroom_share`` = (row - logged) / (features-only best list - logged). With an
     ``estimator`` (no oracle needed), every row gets ``est_clicks_<kind>`` and ``est_lift_<kind>``
     (paired, over the logged order) with bootstrap 95 % CIs (``_lo`` / ``_hi``). With ``compare_to``
