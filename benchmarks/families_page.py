@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.estimate_audit import reports
 from gref.stats import t_half_width
 
 GREF, PRE = "GReF", "GReF (pre-train only)"
@@ -32,13 +33,10 @@ ROWS = (("logged order", LOGGED), ("oracle best list (reference)", ORACLE_BEST),
 
 
 def collect(runs: Path) -> dict[str, dict[str, dict]]:
-    """{world: {seed: report rows}} of every (world, seed) with a report (the largest report set)."""
+    """{world: {seed: report rows}} of every (world, seed) with a report (benchmarks.estimate_audit.reports)."""
     out: dict[str, dict[str, dict]] = {}
-    for path in sorted(runs.glob("*/seed*/report*/report.json")):
-        world, seed = path.parts[-4], path.parts[-3].removeprefix("seed")
-        rows = json.loads(path.read_text())
-        if len(rows) >= len(out.get(world, {}).get(seed, {})):
-            out.setdefault(world, {})[seed] = rows
+    for (world, seed_dir), rows in reports(runs).items():
+        out.setdefault(world, {})[seed_dir.removeprefix("seed")] = rows
     return out
 
 

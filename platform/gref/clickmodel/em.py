@@ -59,7 +59,8 @@ def _per_doc(docs: np.ndarray, weights: np.ndarray, valid: np.ndarray,
 def _prior_means(docs: np.ndarray, prior: np.ndarray | None, valid: np.ndarray, size: int,
                  trials: np.ndarray) -> np.ndarray:
     """[V] each document's prior mean: its impressions' mean of ``prior`` [S, K] (a feature
-    model's attractiveness), or None -> 0 here and the impression-weighted mean in _shrunk."""
+    model's attractiveness); NaN where there is none (no prior, or no impression): _shrunk then
+    uses the impression-weighted mean."""
     if prior is None:
         return np.full(size, np.nan)
     total, _ = _per_doc(docs, np.clip(prior, 1e-4, 1 - 1e-4), valid, size)
