@@ -3,7 +3,10 @@
 gref.clickmodel.estimate), how often its 95 % interval of a row's lift over the logged order
 covers the oracle's lift, how often the interval excludes 0 on the wrong side, its mean error,
 and the Kendall tau of the rows it ranks against the oracle's ranking (per world and seed, then
-averaged). Every row but the logged order itself counts, the reference rows included. Ray-free.
+averaged). Every row but the logged order itself counts, the reference rows included. Then the
+decisions an estimator would make without an oracle (keep post-training over the pre-trained model?
+the challenger over the baseline?): how often the sign of its estimated gain agrees with the
+oracle's. Ray-free.
 
     python -m benchmarks.estimate_audit --runs runs/families [--out benchmarks/results/x.json]
 """
@@ -19,6 +22,8 @@ import numpy as np
 from gref.evaluation import kendall_tau
 
 LOGGED = "logged exposure"
+# (challenger, champion): the decisions a team makes from these estimates without an oracle
+DECISIONS = (("GReF", "GReF (pre-train only)"), ("GReF", "DCN"))
 
 
 def reports(runs: Path) -> dict[tuple[str, str], dict]:
@@ -58,6 +63,34 @@ def audit(all_rows: dict[tuple[str, str], dict]) -> dict:
     return out
 
 
+def decisions(all_rows: dict[tuple[str, str], dict], kinds: list[str]) -> dict:
+    """Per (challenger vs champion) and estimator: in how many units the sign of the estimated gain
+    (the difference of the two rows' estimated lifts) agrees with the oracle's, and the wrong keeps
+    (estimated > 0, oracle < 0) and wrong rejects (estimated < 0, oracle > 0). Units where both
+    rows show the same lists (every gain exactly 0: epoch selection kept the start) make no decision."""
+    out = {}
+    for challenger, champion in DECISIONS:
+        per_kind = {}
+        for kind in kinds:
+            units = []
+            for (world, seed), rows in sorted(all_rows.items()):
+                if challenger not in rows or champion not in rows:
+                    continue
+                a, b = rows[challenger], rows[champion]
+                truth = a["click_lift"] - b["click_lift"]
+                estimate = a[f"est_lift_{kind}"] - b[f"est_lift_{kind}"]
+                if truth == 0 and estimate == 0:
+                    continue
+                units.append({"unit": f"{world}/{seed}", "oracle": truth, "estimate": estimate})
+            per_kind[kind] = {"decisions": len(units),
+                              "agree": int(sum(np.sign(u["oracle"]) == np.sign(u["estimate"]) for u in units)),
+                              "wrong_keeps": [u["unit"] for u in units if u["estimate"] > 0 > u["oracle"]],
+                              "wrong_rejects": [u["unit"] for u in units if u["estimate"] < 0 < u["oracle"]],
+                              "units": units}
+        out[f"{challenger} vs {champion}"] = per_kind
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="runs/families", help="a jobs.experiments out directory")
@@ -68,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"no */seed*/report*/report.json under {args.runs}: run jobs.experiments first")
     result = {"runs": args.runs, "units": sorted(f"{w}/{s}" for w, s in all_rows),
               "rows_per_unit": sorted({len(r) - 1 for r in all_rows.values()}), "estimators": audit(all_rows)}
+    result["decisions"] = decisions(all_rows, sorted(result["estimators"]))
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

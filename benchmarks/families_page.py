@@ -114,6 +114,16 @@ def estimates_section(audit: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def decisions_section(audit: dict) -> str:
+    lines = ["| decision | estimator | units deciding | sign agrees with the oracle | wrong keeps | wrong rejects |",
+             "|---|---|---:|---:|---|---|"]
+    for decision, per_kind in audit.get("decisions", {}).items():
+        for kind, a in per_kind.items():
+            lines.append(f"| {decision} | {kind} | {a['decisions']} | {a['agree']} | {', '.join(a['wrong_keeps']) or '-'} | "
+                         f"{', '.join(a['wrong_rejects']) or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
 def rewards_section(audit: dict) -> str:
     lines = ["| reward | held-out click NLL | promised (mean) | promised (pessimistic) | members' std | delivered (oracle) | "
              "optimism of the mean | of the pessimistic value |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -151,6 +161,13 @@ def page(data: dict, estimates: dict | None, rewards: dict | None, sources: list
                 "Every row of every report above but the logged order itself (references included); these reports were "
                 "written by the estimator of commit 7a6aed0 (the feature prior without its level rescaling).\n",
                 estimates_section(estimates)]
+        if estimates.get("decisions"):
+            out += ["### The decisions they would make\n",
+                    "Keep the challenger when its estimated lift exceeds the champion's (the sign of the point estimate; "
+                    "units where both rows show the same lists decide nothing). A wrong reject is a better model thrown "
+                    "away, a wrong keep a worse one shipped. Position-based click models cannot see list effects, so "
+                    "between two rankers that differ in them they decide no better than a coin: such a change is judged "
+                    "by an online A/B test (docs/serving.md), not offline.\n", decisions_section(estimates)]
     if unseen:
         out += ["### The click models' feature prior, ablated (benchmarks.unseen_prior, the final estimator)\n",
                 f"Units {', '.join(unseen['units'])}; rows: the logged and upstream orders, the pre-trained GReF, GReF, "
