@@ -48,7 +48,7 @@ def greedy_pool(world, model_uri: str, size: int, n: int, seed: int) -> tuple[np
     from gref import tracking
     from gref.data.features import FeatureSpec
     from gref.serving.requests import encode_batch
-    from jobs.ab_test import simulated_requests
+    from gref.serving.ab_client import simulated_requests
 
     model = tracking.load_reranker_uri(model_uri).eval()
     spec = FeatureSpec.load(tracking.reranker_dir(model_uri) / "features.json")

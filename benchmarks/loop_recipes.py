@@ -48,7 +48,7 @@ def main() -> None:
     from gref.ray_utils import init_ray
     from gref.sim.world import World
     from gref.stats import paired_ratio_lift
-    from jobs import continuous
+    from gref import loop as continuous
 
     loop, out = Path(args.loop).resolve(), Path(args.out).resolve()
     state = json.loads((loop / "state.json").read_text())

@@ -248,7 +248,7 @@ def main() -> None:
     import ray
 
     from gref.ray_utils import init_ray
-    from jobs import prepare
+    from gref.data import prepare
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     t0 = time.perf_counter()

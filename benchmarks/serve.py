@@ -151,7 +151,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from gref.sim.world import World
-    from jobs.ab_test import simulated_requests
+    from gref.serving.ab_client import simulated_requests
 
     bodies = [{"user_id": str(r["user_id"]), "candidates": r["candidates"], "n": 10}
               for r in simulated_requests(World.load(args.world), args.requests, seed=1)]

@@ -25,13 +25,15 @@ def tiny_app(tmp: Path, name: str = "bench", **serve_args: Any) -> tuple[str, st
     from gref.ray_utils import init_ray
     from gref.serving.auth import KeyFile
     from gref.train.steps import build_model, data_meta
-    from jobs import prepare, simulate
+    from gref.data import prepare
+    from gref.data.schema import DatasetConfig
+    from jobs import simulate
     from serve.app import build_app
 
     simulate.main(["--requests", "600", "--out", str(tmp / "sim"), "n_users=100", "n_items=500", "days=3"])
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     init_ray()
-    prepare.main(["--logs", str(tmp / "sim/logs"), "--out", str(tmp / "prep"), "valid_days=1", "test_days=1"])
+    prepare.run(str(tmp / "sim/logs"), str(tmp / "prep"), DatasetConfig(valid_days=1, test_days=1))
     model_dir = save_reranker(tmp / "model", build_model(ModelConfig(d_model=32, enc_layers=1, dec_layers=1),
                                                          data_meta(tmp / "prep")), tmp / "prep/features.json")
     key = KeyFile(tmp / "keys.json").create("bench", ["rerank", "feedback", "metrics"])

@@ -15,25 +15,8 @@ from pathlib import Path
 
 from gref.baselines.config import KINDS
 from gref.cli import log, parser, print_json, resolve_config
+from gref.recipe import BASELINE_CONFIGS, train_baseline
 from gref.train.config import BaselineTrainConfig
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "baselines"
-
-
-def baseline_config(kind: str, data: str | Path, overrides: dict | None = None) -> BaselineTrainConfig:
-    """configs/baselines/<kind>.yaml for ``data``, then dotted ``overrides`` (e.g. optim.epochs)."""
-    from gref.config import load_config, override
-
-    cfg = load_config(BaselineTrainConfig, CONFIGS / f"{kind}.yaml", [f"data={data}"])
-    return override(cfg, overrides or {})
-
-
-def train(cfg: BaselineTrainConfig) -> dict:
-    """Fit one baseline (``cfg.model.kind``) on ``cfg.data``; the runner's outcome dict."""
-    from gref.train.runner import run_training
-
-    return run_training("baseline", cfg)
-
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser("jobs.baseline", __doc__)
@@ -41,7 +24,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--kind", choices=KINDS, help="baseline to train (default config: configs/baselines/<kind>.yaml)")
     args = p.parse_args(argv)
     if args.kind and not args.config:
-        args.config = str(CONFIGS / f"{args.kind}.yaml")
+        args.config = str(BASELINE_CONFIGS / f"{args.kind}.yaml")
     if args.kind:
         args.overrides = [f"model.kind={args.kind}", *args.overrides]
     if args.data:
@@ -49,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = resolve_config(BaselineTrainConfig, args)
     if not cfg.data or not (Path(cfg.data) / "sequences" / "train").exists():
         raise SystemExit(f"no prepared data at '{cfg.data}' (give --data OUT of jobs.prepare)")
-    outcome = train(cfg)
+    outcome = train_baseline(cfg)
     log("baseline", f"{cfg.model.kind}: best epoch {outcome['best']['epoch']} by {outcome['selection_metric']}; "
                     f"model in {outcome['model_dir']}, registered {cfg.registry_name()} v{outcome['registered_version']}")
     print_json({k: outcome[k] for k in ("run_name", "model_dir", "mlflow_run_id", "registered_version", "best")})

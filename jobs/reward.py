@@ -13,28 +13,11 @@ GReF on its best lists.
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
 from pathlib import Path
 
 from gref.cli import log, parser, print_json, resolve_config
+from gref.recipe import train_reward
 from gref.train.config import RewardConfig
-
-
-def train(cfg: RewardConfig) -> dict:
-    """Fit the reward (``cfg.init`` = the anchor); the runner's outcome dict."""
-    from gref import tracking
-    from gref.baselines.clickmodel import ListClickModel
-    from gref.train.runner import run_training
-    from gref.train.steps import build_baseline_model, data_meta
-
-    init = None
-    if cfg.init:
-        tracking.setup(cfg.tracking)
-        policy = tracking.load_reranker_uri(cfg.init)
-        init = build_baseline_model(replace(cfg.model, kind="clickmodel", anchor=asdict(policy.cfg)), data_meta(cfg.data))
-        assert isinstance(init, ListClickModel)
-        init.attractiveness.policy.load_state_dict(policy.state_dict())
-    return run_training("baseline", cfg, init=init)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -49,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = resolve_config(RewardConfig, args)
     if not cfg.data or not (Path(cfg.data) / "sequences" / "train").exists():
         raise SystemExit(f"no prepared data at '{cfg.data}' (give --data OUT of jobs.prepare)")
-    outcome = train(cfg)
+    outcome = train_reward(cfg)
     log("reward", f"best epoch {outcome['best']['epoch']} by {outcome['selection_metric']}; model in {outcome['model_dir']}")
     print_json({k: outcome[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best")})
     return outcome

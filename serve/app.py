@@ -492,3 +492,10 @@ def direct_urls(app_name: str, host: str | None = None, node_ip: str | None = No
     return [f"http://{host or t.ip}:{t.port}{prefix(g)}" for g in groups
             if getattr(g.protocol, "value", g.protocol) == "HTTP" and g.app_name == app_name
             for t in g.targets if t.name.startswith("SERVE_REPLICA") and node_ip in (None, t.ip)]
+
+
+def loop_app():
+    """This application as gref.loop deploys it every round (the library does not import serve/)."""
+    from gref.loop import ServeApp
+
+    return ServeApp(build=build_app, direct_urls=direct_urls)

@@ -48,8 +48,9 @@ def sim_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def prep_dir(ray_cluster, sim_dir, tmp_path_factory) -> Path:
-    from jobs import prepare
+    from gref.data import prepare
+    from gref.data.schema import DatasetConfig
 
     out = tmp_path_factory.mktemp("prep")
-    prepare.main(["--logs", str(sim_dir / "logs"), "--out", str(out), "valid_days=1", "test_days=1"])
+    prepare.run(str(sim_dir / "logs"), str(out), DatasetConfig(valid_days=1, test_days=1))
     return out

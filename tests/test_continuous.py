@@ -38,7 +38,9 @@ def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir,
     from gref.config import load_config
     from gref.serving.ab import assign_arm
     from gref.serving.feedback import FeedbackStore
-    from jobs import ab_test, continuous
+    from gref import loop
+    from gref.serving import ab_client
+    from serve.app import loop_app
 
     overrides = [f"out={tmp_path / 'loop'}", f"world={sim_dir / 'world'}", f"champion={champion}", "rounds=2",
                  "requests=120", "concurrency=4", "explore=0.25", "audit_requests=100", "rule.max_looks=2",
@@ -46,9 +48,9 @@ def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir,
                  "app.reranker_cpus=0.1", "app.router_cpus=0.05",
                  *[f"{stage}.{key}" for stage in ("reward", "dpo") for key in (
                      "optim.epochs=1", "optim.batch_size=64", "scaling.num_workers=0", "eval.max_requests=200")]]
-    cfg = load_config(continuous.ContinuousConfig, "configs/continuous.yaml", overrides)
+    cfg = load_config(loop.ContinuousConfig, "configs/continuous.yaml", overrides)
 
-    real = ab_test.send_traffic
+    real = ab_client.send_traffic
 
     def dies_in_round_2(url, world, reqs, n, seed, concurrency, api_key, label):
         if label.startswith("round 2"):
@@ -57,13 +59,13 @@ def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir,
         return real(url, world, reqs, n, seed, concurrency, api_key, label)
 
     request.addfinalizer(serve.shutdown)  # later modules start Serve on their own port (http_options apply at start)
-    monkeypatch.setattr(ab_test, "send_traffic", dies_in_round_2)
+    monkeypatch.setattr(ab_client, "send_traffic", dies_in_round_2)
     with pytest.raises(Killed):
-        continuous.run(cfg)
+        loop.run(cfg, loop_app())
     state = json.loads((tmp_path / "loop" / "state.json").read_text())
     assert state["rounds"]["1"]["prepared"] and "decision" not in state["rounds"]["2"]
-    monkeypatch.setattr(ab_test, "send_traffic", real)
-    summary = continuous.run(cfg)  # the same call: resumes round 2
+    monkeypatch.setattr(ab_client, "send_traffic", real)
+    summary = loop.run(cfg, loop_app())  # the same call: resumes round 2
 
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2]
@@ -133,7 +135,9 @@ def test_real_clients_mode_decides_on_the_stores_served_clicks(ray_cluster, sim_
     from gref.config import load_config
     from gref.serving.ab import assign_arm
     from gref.sim.world import World
-    from jobs import ab_test, continuous
+    from gref import loop
+    from gref.serving import ab_client
+    from serve.app import loop_app
 
     port = free_ports()[0]
     overrides = [f"out={tmp_path / 'loop'}", "world=", "traffic=clients", f"champion={champion}", "rounds=1",
@@ -142,17 +146,17 @@ def test_real_clients_mode_decides_on_the_stores_served_clicks(ray_cluster, sim_
                  "app.reranker_cpus=0.1", "app.router_cpus=0.05",
                  *[f"{stage}.{key}" for stage in ("reward", "dpo") for key in (
                      "optim.epochs=1", "optim.batch_size=64", "scaling.num_workers=0", "eval.max_requests=200")]]
-    cfg = load_config(continuous.ContinuousConfig, "configs/continuous.yaml", overrides)
+    cfg = load_config(loop.ContinuousConfig, "configs/continuous.yaml", overrides)
     world, stop, served = World.load(sim_dir / "world"), threading.Event(), []
 
     def clients() -> None:  # 16 requests at a time, every answer's clicks posted back, until the loop ends
         batch = 0
         while not stop.is_set():
-            reqs = ab_test.simulated_requests(world, 16, 10_000 + batch)
+            reqs = ab_client.simulated_requests(world, 16, 10_000 + batch)
             for i, req in enumerate(reqs):
                 req["request_id"] = f"client-{batch}-{i}"
             try:
-                served.extend(ab_test.send_traffic(f"http://127.0.0.1:{port}", world, reqs, 10, batch, 4, "",
+                served.extend(ab_client.send_traffic(f"http://127.0.0.1:{port}", world, reqs, 10, batch, 4, "",
                                                    "clients")[0])
             except http.ConnectionError:  # the app is not up yet
                 pass
@@ -163,7 +167,7 @@ def test_real_clients_mode_decides_on_the_stores_served_clicks(ray_cluster, sim_
     thread = threading.Thread(target=clients, daemon=True)
     thread.start()
     try:
-        summary = continuous.run(cfg)
+        summary = loop.run(cfg, loop_app())
     finally:
         stop.set()
         thread.join(60)
@@ -189,7 +193,7 @@ def test_real_clients_mode_decides_on_the_stores_served_clicks(ray_cluster, sim_
                                                                                                   "challenger"}
     assert r0["data"]["sequences"]["train"] > 0  # round 0's partition trained round 1's challenger
     # the clients' endpoint is left serving the final champion alone
-    req = ab_test.simulated_requests(world, 1, 1)[0]
+    req = ab_client.simulated_requests(world, 1, 1)[0]
     after = http.post(f"http://127.0.0.1:{port}/rerank", json={"user_id": "u-after", "candidates": req["candidates"],
                                                               "n": 4}, timeout=60).json()
     assert (after["arm"], str(after["model"]["version"])) == ("champion", str(summary["final_champion"]))
@@ -204,11 +208,13 @@ def test_real_clients_mode_decides_on_the_stores_served_clicks(ray_cluster, sim_
 def test_settings_that_cannot_work_are_refused_before_anything_starts(override, says):
     import re
 
-    from gref.config import load_config
+    from gref import loop
+    from gref.config import ConfigError, load_config
     from jobs import continuous
+    from serve.app import loop_app
 
-    cfg = load_config(continuous.ContinuousConfig, "configs/continuous.yaml", override)
+    cfg = load_config(loop.ContinuousConfig, "configs/continuous.yaml", override)
     with pytest.raises(SystemExit, match=re.escape(says)):
         continuous.main(["--config", "configs/continuous.yaml", *override])
-    with pytest.raises(continuous.ConfigError):
-        continuous.run(cfg)
+    with pytest.raises(ConfigError):
+        loop.run(cfg, loop_app())

@@ -1,4 +1,4 @@
-"""jobs.experiments end to end on a tiny world: two seeds through simulate -> prepare -> Ray Train
+"""gref.experiments (through jobs.experiments) end to end on a tiny world: two seeds through simulate -> prepare -> Ray Train
 (GReF + a baseline) -> evaluate, aggregated into mean ± std tables; a re-run trains nothing."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from jobs.experiments import ExperimentConfig, Recipe, aggregate, paired_lift, recipes, table_md
+from gref.config import ConfigError
+from gref.experiments import ExperimentConfig, Recipe, aggregate, paired_lift, recipes, table_md
 
 TINY = ["model.d_model=32", "model.enc_layers=1", "model.dec_layers=1", "model.omtp_heads=2",
         "optim.batch_size=128", "eval.max_requests=200", "optim.epochs=1", "scaling.num_workers=0"]
@@ -47,14 +48,14 @@ def test_recipes_per_table():
 def test_a_subset_of_ablation_rows_keeps_the_gref_reference_and_its_own_report(tmp_path):
     from dataclasses import replace
 
-    from jobs import experiments
+    from gref import experiments
 
     cfg = ExperimentConfig(tables=["ablations"], ablation_rows=["dpo", "no_list_bias"])
     assert experiments.ablation_rows(cfg, "post") == ["gref", "dpo"]
     assert experiments.ablation_rows(cfg, "pretraining") == ["gref", "no_list_bias"]
     assert set(recipes(cfg, "default")) == {"gref", "dpo", "no_list_bias"}
     assert experiments.report_tag(cfg) == "report-ablations+dpo+no_list_bias"  # never the full table's folder
-    with pytest.raises(SystemExit, match="ablation_rows: unknown"):
+    with pytest.raises(ConfigError, match="ablation_rows: unknown"):
         experiments.run(replace(cfg, ablation_rows=["nope"], out=str(tmp_path)))
 
 

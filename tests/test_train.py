@@ -143,6 +143,7 @@ def test_two_worker_ddp_resumes_after_a_worker_failure(ray_cluster, prep_dir, si
 
 
 def test_pipeline_end_to_end(ray_cluster, tmp_path, mlflow_uri):
+    from gref.pipeline import GREF_ROW, TEACHER_ROW
     from jobs import pipeline
 
     args = [f"out={tmp_path / 'pipe'}", "requests=1500", f"tracking.uri={mlflow_uri}",
@@ -157,7 +158,7 @@ def test_pipeline_end_to_end(ray_cluster, tmp_path, mlflow_uri):
     summary = pipeline.main(args + baselines)
     assert summary["data"]["requests_read"] == 1500
     rows = summary["test"]
-    assert {"logged exposure", "upstream order", "GReF (pre-train only)", pipeline.GREF_ROW, pipeline.TEACHER_ROW,
+    assert {"logged exposure", "upstream order", "GReF (pre-train only)", GREF_ROW, TEACHER_ROW,
             "NAR4Rec", "oracle best list", "features-only best list"} <= set(rows)
     headroom = rows["features-only best list"]["oracle_clicks"] - rows["logged exposure"]["oracle_clicks"]
     for r in rows.values():  # the share of the headroom each row captures (undefined when there is none)
