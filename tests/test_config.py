@@ -42,3 +42,22 @@ def test_override_syntax():
     assert parse_overrides(["a.b=3", "c=x"]) == {"a": {"b": 3}, "c": "x"}
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["novalue"])
+
+
+def test_progress_lines_go_through_the_gref_logger_to_the_current_stdout(capsys):
+    """gref.cli.log: one ``gref`` logger, ``[job HH:MM:SS] message`` on whatever stdout is now;
+    a user quiets it with the logger's level (issue 35 item 6)."""
+    import logging
+    import re
+
+    from gref.cli import LOGGER, log
+
+    level = LOGGER.level
+    try:
+        log("prepare", "3 slices")
+        assert re.fullmatch(r"\[prepare \d\d:\d\d:\d\d\] 3 slices\n", capsys.readouterr().out)
+        LOGGER.setLevel(logging.WARNING)
+        log("prepare", "not shown")
+        assert capsys.readouterr().out == ""
+    finally:
+        LOGGER.setLevel(level)

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gref.cli import log
 from gref.sim.user_model import sample_feedback
 from gref.sim.world import World
 
@@ -205,5 +206,5 @@ def generate_logs(world: World, n_requests: int, out_dir: str | Path, chunk: int
         done += size
         part += 1
         if progress:
-            print(f"[simulate] {done:,}/{n_requests:,} requests written", flush=True)
+            log("simulate", f"{done:,}/{n_requests:,} requests written")
         yield path
