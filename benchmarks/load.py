@@ -45,6 +45,116 @@ def _kill_one(deployment: str) -> str:
     return names[0]
 
 
+class Load:
+    """``clients`` threads, each looping /rerank (a request_id of its own) then /feedback (a click on
+    the first item), retrying a call that got no answer, a 5xx, a 408 or a 429 with the same body
+    for up to ``retry_s``; a request counts as failed when it never got its 200."""
+
+    def __init__(self, url: str, key: str, clients: int = 8, retry_s: float = 30.0):
+        self.url, self.key, self.retry_s = url, key, retry_s
+        self.candidates = [{"item_id": f"i{i}", "num_item_f0": 0.1 * i} for i in range(30)]
+        self.events: list[tuple[float, str, float]] = []  # (time, call, latency ms) of answered calls
+        self.answered = {"rerank": 0, "feedback": 0}
+        self.failed = {"rerank": 0, "feedback": 0}
+        self.retried = 0
+        self.retried_status: dict[int, int] = {}  # answers that were retried, by status
+        self.refused: list[str] = []
+        self.served_ids: list[str] = []
+        self.clicked_ids: list[str] = []
+        self.lock, self.stopping = threading.Lock(), threading.Event()
+        self.threads = [threading.Thread(target=self._client, args=(c,)) for c in range(clients)]
+
+    def start(self) -> "Load":
+        self.t0 = time.time()
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join()
+
+    def _call(self, session, path: str, body: dict) -> dict | None:
+        started, deadline = time.perf_counter(), time.time() + self.retry_s
+        first = True
+        while time.time() < deadline:
+            if not first:
+                with self.lock:
+                    self.retried += 1
+                time.sleep(0.2)
+            first = False
+            try:
+                r = session.post(f"{self.url}{path}", json=body, timeout=30)
+            except requests.RequestException:
+                continue
+            if r.status_code in RETRYABLE or r.status_code >= 500:
+                with self.lock:
+                    self.retried_status[r.status_code] = self.retried_status.get(r.status_code, 0) + 1
+                continue
+            if r.status_code != 200:  # a refusal no retry can change: counted as failed
+                with self.lock:
+                    self.refused.append(f"{path}: {r.status_code} {r.text[:200]}")
+                return None
+            with self.lock:
+                self.events.append((time.time(), path, 1000 * (time.perf_counter() - started)))
+            return r.json()
+        return None
+
+    def _client(self, c: int) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.key}"
+        while not self.stopping.is_set():
+            request_id = f"load-{c}-{uuid.uuid4().hex[:12]}"
+            answer = self._call(session, "/rerank", {"user_id": f"user-{c}-{request_id[-2:]}", "n": 10,
+                                                     "candidates": self.candidates, "request_id": request_id})
+            with self.lock:
+                if answer:
+                    self.answered["rerank"] += 1
+                    self.served_ids.append(request_id)
+                else:
+                    self.failed["rerank"] += 1
+            if not answer:
+                continue
+            ok = self._call(session, "/feedback", {"request_id": request_id,
+                                                   "feedback": [{"item_id": answer["items"][0], "click": 1}]})
+            with self.lock:
+                if ok:
+                    self.answered["feedback"] += 1
+                    self.clicked_ids.append(request_id)
+                else:
+                    self.failed["feedback"] += 1
+
+    def latency(self, phase) -> dict[str, dict]:
+        """p50 / p99 of answered /rerank calls per ``phase(time)`` name."""
+        by_phase: dict[str, list[float]] = {}
+        for at, path, ms in self.events:
+            if path == "/rerank":
+                by_phase.setdefault(phase(at), []).append(ms)
+        return {name: {"requests": len(v), "p50_ms": round(float(np.percentile(v, 50)), 1),
+                       "p99_ms": round(float(np.percentile(v, 99)), 1)} for name, v in by_phase.items()}
+
+    def outcome(self, db: str) -> dict:
+        """What the clients were answered against what the store holds: lost = answered but not
+        stored, doubled = stored more than once (impossible by the primary keys, counted anyway)."""
+        from gref.serving.feedback import FeedbackStore
+
+        store = FeedbackStore(db)
+        stored = {r[0] for r in store.db.query("SELECT request_id FROM served WHERE request_id LIKE 'load-%'")}
+        with_feedback = {r[0]: r[1] for r in store.db.query(
+            "SELECT request_id, count(*) FROM feedback WHERE request_id LIKE 'load-%' GROUP BY request_id")}
+        return {
+            "seconds": round(time.time() - self.t0, 1), "answered": self.answered, "failed": self.failed,
+            "retried_calls": self.retried, "retried_after_status": self.retried_status,
+            "refused_examples": self.refused[:5],
+            "lists_answered": len(self.served_ids), "lists_stored": len(stored),
+            "lists_lost": len(set(self.served_ids) - stored),
+            "lists_doubled": len(self.served_ids) - len(set(self.served_ids)),
+            "feedback_answered": len(self.clicked_ids), "feedback_rows": sum(with_feedback.values()),
+            "feedback_lost": len(set(self.clicked_ids) - set(with_feedback)),
+            "feedback_doubled": sum(n - 1 for n in with_feedback.values() if n > 1)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,79 +173,14 @@ def main() -> None:
         db, routers = str(tmp / "fb.db"), 1
     url, key = tiny_app(tmp, name="load", feedback_db=db, replicas=2, routers=routers, reranker_cpus=0.2,
                         router_cpus=0.1)
-    candidates = [{"item_id": f"i{i}", "num_item_f0": 0.1 * i} for i in range(30)]
-    events: list[tuple[float, str, float]] = []  # (time, call, latency ms) of answered calls
-    answered: dict[str, int] = {"rerank": 0, "feedback": 0}
-    failed: dict[str, int] = {"rerank": 0, "feedback": 0}
-    retried = {"calls": 0}
-    retried_status: dict[int, int] = {}  # answers that were retried, by status
-    refused: list[str] = []
-    served_ids, clicked_ids = [], []
-    lock, stop = threading.Lock(), threading.Event()
-
-    def call(session, path, body) -> dict | None:
-        started, deadline = time.perf_counter(), time.time() + args.retry_s
-        first = True
-        while time.time() < deadline:
-            if not first:
-                with lock:
-                    retried["calls"] += 1
-                time.sleep(0.2)
-            first = False
-            try:
-                r = session.post(f"{url}{path}", json=body, timeout=30)
-            except requests.RequestException:
-                continue
-            if r.status_code in RETRYABLE or r.status_code >= 500:
-                with lock:
-                    retried_status[r.status_code] = retried_status.get(r.status_code, 0) + 1
-                continue
-            if r.status_code != 200:  # a refusal no retry can change: counted as failed
-                with lock:
-                    refused.append(f"{path}: {r.status_code} {r.text[:200]}")
-                return None
-            with lock:
-                events.append((time.time(), path, 1000 * (time.perf_counter() - started)))
-            return r.json()
-        return None
-
-    def client(c: int):
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {key}"
-        while not stop.is_set():
-            request_id = f"load-{c}-{uuid.uuid4().hex[:12]}"
-            answer = call(session, "/rerank", {"user_id": f"user-{c}-{request_id[-2:]}", "n": 10,
-                                              "candidates": candidates, "request_id": request_id})
-            with lock:
-                if answer:
-                    answered["rerank"] += 1
-                    served_ids.append(request_id)
-                else:
-                    failed["rerank"] += 1
-            if not answer:
-                continue
-            ok = call(session, "/feedback", {"request_id": request_id,
-                                             "feedback": [{"item_id": answer["items"][0], "click": 1}]})
-            with lock:
-                if ok:
-                    answered["feedback"] += 1
-                    clicked_ids.append(request_id)
-                else:
-                    failed["feedback"] += 1
-
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
-    t0 = time.time()
-    for t in threads:
-        t.start()
+    load = Load(url, key, args.clients, args.retry_s).start()
     kills = {}
     time.sleep(args.seconds / 3)
     kills["reranker"] = (time.time(), _kill_one("reranker-gref"))
     time.sleep(args.seconds / 3)
     kills["router"] = (time.time(), _kill_one("Router"))
     time.sleep(args.seconds / 3)
-    stop.set()
-    for t in threads:
-        t.join()
+    load.stop()
 
     def phase(at: float) -> str:
         for name, (when, _) in kills.items():
@@ -143,29 +188,8 @@ def main() -> None:
                 return f"during_{name}_kill"
         return "before" if at < kills["reranker"][0] else "after"
 
-    latency = {}
-    for name in ("before", "during_reranker_kill", "during_router_kill", "after"):
-        lat = np.array([ms for at, path, ms in events if path == "/rerank" and phase(at) == name])
-        latency[name] = ({"requests": int(lat.size), "p50_ms": round(float(np.percentile(lat, 50)), 1),
-                          "p99_ms": round(float(np.percentile(lat, 99)), 1)} if lat.size else {"requests": 0})
-
-    from gref.serving.feedback import FeedbackStore
-
-    store = FeedbackStore(db)
-    stored = {r[0] for r in store.db.query("SELECT request_id FROM served WHERE request_id LIKE 'load-%'")}
-    with_feedback = {r[0]: r[1] for r in store.db.query(
-        "SELECT request_id, count(*) FROM feedback WHERE request_id LIKE 'load-%' GROUP BY request_id")}
-    result = {
-        "store": args.store, "routers": routers, "reranker_replicas": 2, "clients": args.clients,
-        "seconds": round(time.time() - t0, 1), "killed": {k: v[1] for k, v in kills.items()},
-        "answered": answered, "failed": failed, "retried_calls": retried["calls"],
-        "retried_after_status": retried_status, "refused_examples": refused[:5], "latency": latency,
-        "lists_answered": len(served_ids), "lists_stored": len(stored),
-        "lists_lost": len(set(served_ids) - stored), "lists_doubled": len(served_ids) - len(set(served_ids)),
-        "feedback_answered": len(clicked_ids), "feedback_rows": sum(with_feedback.values()),
-        "feedback_lost": len(set(clicked_ids) - set(with_feedback)),
-        "feedback_doubled": sum(n - 1 for n in with_feedback.values() if n > 1),
-    }
+    result = {"store": args.store, "routers": routers, "reranker_replicas": 2, "clients": args.clients,
+              "killed": {k: v[1] for k, v in kills.items()}, "latency": load.latency(phase), **load.outcome(db)}
     print(json.dumps(result, indent=2))
 
 

@@ -15,9 +15,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def tiny_app(tmp: Path, name: str = "bench", **serve_args: Any) -> tuple[str, str]:
+def tiny_app(tmp: Path, name: str = "bench", proxy_location: str = "EveryNode", **serve_args: Any) -> tuple[str, str]:
     """Simulate a small world, prepare it, save an untrained GReF, make an API key (all scopes)
-    and deploy the app (``serve_args`` = ServeConfig overrides); returns (url, key)."""
+    and deploy the app (``serve_args`` = ServeConfig overrides; ``proxy_location`` HeadOnly where
+    several simulated nodes share this machine's port); returns (url, key)."""
     from ray import serve
 
     from gref.model.config import ModelConfig
@@ -38,7 +39,7 @@ def tiny_app(tmp: Path, name: str = "bench", **serve_args: Any) -> tuple[str, st
                                                          data_meta(tmp / "prep")), tmp / "prep/features.json")
     key = KeyFile(tmp / "keys.json").create("bench", ["rerank", "feedback", "metrics"])
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(proxy_location=proxy_location, http_options={"host": "127.0.0.1", "port": port})
     args = {"arms": {"gref": str(model_dir)}, "feedback_db": str(tmp / "fb.db"), "replicas": 1,
             "api_keys": str(tmp / "keys.json"), **serve_args}
     serve.run(build_app(args), name=name, route_prefix="/", logging_config={"enable_access_log": False})

@@ -335,3 +335,35 @@ def test_a_terminated_driver_ends_its_mlflow_run_as_killed(ray_cluster, prep_dir
     proc.wait(timeout=60)
     assert proc.returncode != 0
     assert client.get_run(id_file.read_text()).info.status == "KILLED"
+
+
+def test_epochs_reach_mlflow_from_the_controllers_accepted_reports(mlflow_uri):
+    """EpochsToMlflow (the Train controller's callback): rank 0's metrics of a report every worker
+    made, at step = epoch; a report without an epoch logs nothing. Rank 0 logging on its own
+    could log an epoch whose other reports never came (benchmarks.multinode: step 0 twice)."""
+    from mlflow import MlflowClient
+
+    from gref.train.ray_loop import EpochsToMlflow
+
+    client = MlflowClient(mlflow_uri)
+    run_id = client.create_run(client.create_experiment("callback")).info.run_id
+    callback = EpochsToMlflow({"uri": mlflow_uri, "run_id": run_id})
+    callback.after_report(None, [{"epoch": 0, "train_loss": 1.5, "note": "text"}, {"epoch": 0, "train_loss": 9.0}], None)
+    callback.after_report(None, [{"train_loss": 7.0}], None)
+    history = client.get_metric_history(run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.5)]
+
+
+def test_scaling_placement_and_elastic_bounds_are_checked_before_any_work():
+    from gref.config import ConfigError
+    from gref.train.runner import _worker_count, check_config
+
+    cfg = load_config(PretrainConfig, None, ["scaling.num_workers=2", "scaling.min_workers=1",
+                                             "scaling.placement=SPREAD"])
+    check_config("pretrain", cfg, gref_model=True)
+    assert _worker_count(cfg.scaling) == (1, 2)  # Ray Train's elastic (min, max)
+    assert _worker_count(load_config(PretrainConfig, None, ["scaling.num_workers=2"]).scaling) == 2
+    for bad, says in ((["scaling.placement=ANYWHERE"], "placement"), (["scaling.min_workers=3"], "min_workers")):
+        with pytest.raises(ConfigError, match=says):
+            check_config("pretrain", load_config(PretrainConfig, None, ["scaling.num_workers=2", *bad]),
+                         gref_model=True)

@@ -24,6 +24,9 @@ class OptimConfig:
 class ScalingConfig:
     num_workers: int = 1  # Ray Train workers; 0 = in the driver process (fast, but checkpoints
     #                       stay local: no resume after a failure -- use >= 1 for real runs)
+    min_workers: int = 0  # > 0: elastic, between min_workers and num_workers as the cluster allows (a lost
+    #                       node shrinks the group instead of stalling it); 0 = exactly num_workers
+    placement: str = "PACK"  # PACK | SPREAD (workers on different nodes where possible) | STRICT_SPREAD
     use_gpu: bool | None = None  # None = use GPUs when the cluster has them
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 0  # torch intra-op threads; 0 = Ray's default (= cpus_per_worker)

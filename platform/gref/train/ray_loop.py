@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -61,6 +62,32 @@ def _log_epoch(tracking: dict | None, entry: dict[str, Any]) -> None:
     if entry["epoch"] < 0:
         metrics = {f"init.{k}": v for k, v in metrics.items()}
     log_mlflow(tracking, metrics, max(entry["epoch"], 0))
+
+
+class EpochsToMlflow:
+    """Logs an epoch's metrics to MLflow once the Train controller holds every worker's report of
+    it (and its checkpoint). Logged from rank 0 instead, an epoch could reach MLflow while another
+    worker's report never came (its node lost): the group restarts from the last checkpoint the
+    controller registered and logs that epoch again (benchmarks.multinode saw step 0 twice).
+    A ``ray.train.UserCallback`` (subclassed where Ray is imported: ``epochs_callback``)."""
+
+    def __init__(self, tracking: dict | None):
+        self.tracking = tracking
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        entry = metrics[0]  # rank 0's: the validation metrics are its
+        if self.tracking and "epoch" in entry:
+            _log_epoch(self.tracking, {k: v for k, v in entry.items() if isinstance(v, (int, float))})
+
+
+def epochs_callback(tracking: dict | None):
+    """EpochsToMlflow as the ray.train.UserCallback the trainer takes."""
+    from ray.train import UserCallback
+
+    class _Callback(EpochsToMlflow, UserCallback):
+        pass
+
+    return _Callback(tracking)
 
 
 def _relog_missing(tracking: dict | None, history: list[dict[str, Any]]) -> None:
@@ -205,7 +232,9 @@ def train_loop(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
                             weight_decay=cfg.optim.weight_decay)
-    schedule = lr_schedule(opt, cfg.optim, config.get("steps_per_epoch", 1))
+    # per the group's size now: an elastic group that lost a node takes more steps per epoch
+    steps_per_epoch = math.ceil(config.get("train_rows", 1) / max(ctx.get_world_size(), 1) / cfg.optim.batch_size)
+    schedule = lr_schedule(opt, cfg.optim, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.scaling.mixed_precision == "fp16")
     metric_name = selection_metric(cfg.eval.metric, bool(cfg.eval.world))
 
@@ -231,7 +260,7 @@ def train_loop(config: dict[str, Any]) -> None:
         init = {"epoch": -1, **validate(net, reference, objective)}
         best, best_state = init[metric_name], {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         history.append({k: v for k, v in init.items() if isinstance(v, (int, float))})
-        _log_epoch(tracking, history[-1])
+        _relog_missing(tracking, history)  # once: a group restarted from scratch validates it again
         _say(f"[{stage}] initial model: " + ", ".join(f"{k}={v:.4f}" for k, v in init.items() if k in SHOWN))
 
     shard = ray.train.get_dataset_shard("train")
@@ -299,5 +328,5 @@ def train_loop(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=not local_dir)
         if epoch == cfg.run.fail_once_at_epoch and start_epoch == 0:  # after the checkpoint, before MLflow hears
             raise RuntimeError(f"injected failure after epoch {epoch} (run.fail_once_at_epoch)")
-        if rank == 0:
+        if rank == 0 and local_dir:  # in-process; a worker group's epochs: EpochsToMlflow, on the controller
             _log_epoch(tracking, history[-1])

@@ -10,7 +10,6 @@ its MLflow run as KILLED (a SIGKILLed one stays RUNNING until the same command r
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import signal
 import threading
@@ -26,7 +25,7 @@ from gref.cli import log
 from gref.config import ConfigError, flatten, to_dict
 from gref.data.sequences import without_bucket
 from gref.reranker_io import model_from_config, save_reranker
-from gref.train.ray_loop import NON_FINITE, train_loop
+from gref.train.ray_loop import NON_FINITE, epochs_callback, train_loop
 from gref.train.steps import data_meta, metric_mode, selection_metric, validation_metrics
 
 
@@ -36,6 +35,13 @@ def _use_gpu(requested: bool | None) -> bool:
     if requested is not None:
         return requested
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _worker_count(scaling: Any) -> int | tuple[int, int]:
+    """Ray Train's ``num_workers``: a fixed count, or (min, max) for an elastic group."""
+    if scaling.min_workers and scaling.num_workers:
+        return (scaling.min_workers, scaling.num_workers)
+    return scaling.num_workers
 
 
 def train_split(stage: str, cfg: Any) -> Path:
@@ -55,6 +61,12 @@ def check_config(stage: str, cfg: Any, gref_model: bool) -> str:
     if metric not in known:
         raise ConfigError(f"eval.metric '{metric}' is not produced by {stage} validation "
                           f"(one of: {', '.join(sorted(known))})")
+    scaling = cfg.scaling
+    if scaling.placement not in ("PACK", "SPREAD", "STRICT_SPREAD"):
+        raise ConfigError(f"scaling.placement must be PACK | SPREAD | STRICT_SPREAD, got '{scaling.placement}'")
+    if scaling.min_workers and not 0 < scaling.min_workers <= scaling.num_workers:
+        raise ConfigError(f"scaling.min_workers must be 0 (fixed) or in 1..num_workers={scaling.num_workers}, "
+                          f"got {scaling.min_workers}")
     if stage == "pretrain" and cfg.target not in ("exposure", "eq7"):
         raise ConfigError(f"target must be exposure | eq7, got '{cfg.target}'")
     if stage == "dpo":
@@ -145,7 +157,7 @@ def run_training(stage: str, cfg: Any, init: torch.nn.Module | None = None,
         if cfg.scaling.materialize:  # epochs then read the object store, not Parquet (docs/benchmarks.md)
             train_ds = train_ds.materialize()
         loop_config = {"stage": stage, "cfg": cfg, "meta": meta,
-                       "steps_per_epoch": math.ceil(train_ds.count() / max(workers, 1) / cfg.optim.batch_size),
+                       "train_rows": train_ds.count(),
                        "tracking": {"uri": tracking.tracking_uri(cfg.tracking), "run_id": active.info.run_id},
                        **({"local_checkpoint_dir": str(run_dir / "local_checkpoint")} if workers == 0 else {})}
         if init is not None:
@@ -159,15 +171,17 @@ def run_training(stage: str, cfg: Any, init: torch.nn.Module | None = None,
             train_loop,
             train_loop_config=loop_config,
             datasets={"train": train_ds},
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                         resources_per_worker=resources if workers else None),
+            scaling_config=ScalingConfig(num_workers=_worker_count(cfg.scaling), use_gpu=use_gpu,
+                                         resources_per_worker=resources if workers else None,
+                                         placement_strategy=cfg.scaling.placement),
             run_config=RunConfig(name=name, storage_path=str(storage),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
                                  failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                                  # Train's INFO lines (a TrainingReport dump per epoch) go to the
                                  # session's log files only; the console gets our progress lines
                                  logging_config=LoggingConfig(log_level="WARNING"),
-                                 callbacks=callbacks or []),
+                                 callbacks=[*(callbacks or []),
+                                            *([epochs_callback(loop_config["tracking"])] if workers else [])]),
         )
         try:
             result = trainer.fit()
