@@ -43,7 +43,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -183,55 +183,88 @@ def _enable_direct_ingress() -> None:
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
 
 
-def _look(cfg: ContinuousConfig, world, url: str, r: int, look: int, arms: dict[str, int]) -> list[dict[str, Any]]:
-    """One look's traffic: ``requests`` simulated requests with fixed ids (r<r>-l<look>-<i>), every
-    answer checked to come from the version of its arm (not a stale replica or another app). Each
-    record: request_id, user, arm, model, explored, sampled (drawn clicks), oracle (E[clicks])."""
-    from gref.serving.ab_client import send_traffic, simulated_requests
+class TrafficSource(Protocol):
+    """Where a look's requests come from. ``look`` -> (records, the look window's end in epoch ms);
+    a record: request_id, user, arm, model, explored, sampled (the clicks), and with simulated users
+    oracle (E[clicks] of the list served)."""
 
-    seed = cfg.seed * 100_003 + r * 101 + look
-    reqs = simulated_requests(world, cfg.requests, seed)
-    for i, req in enumerate(reqs):
-        req["request_id"] = f"s{cfg.seed}-r{r}-l{look}-{i}"
-    records, errors = send_traffic(url, world, reqs, cfg.n, seed, cfg.concurrency, "", f"round {r} look {look}")
-    if errors:
-        raise RuntimeError(f"round {r} look {look}: {len(errors)} requests failed, e.g. {errors[:2]}")
-    stray = [rec for rec in records if rec["arm"] not in arms or not rec["model"].endswith(f" v{arms[rec['arm']]}")]
-    if stray:
-        raise RuntimeError(f"round {r} look {look}: {len(stray)} answers from other models than the round's arms "
-                           f"{arms}, e.g. {stray[0]['arm']}: {stray[0]['model']}")
-    return records
+    audited: bool  # the oracle scores the served lists (simulated users with a world)
+
+    def look(self, url: str, r: int, look: int, arms: dict[str, int],
+             since_ms: int) -> tuple[list[dict[str, Any]], int]: ...
 
 
-def _clients_look(cfg: ContinuousConfig, url: str, r: int, look: int, arms: dict[str, int],
-                  since_ms: int) -> tuple[list[dict[str, Any]], int]:
-    """One look's traffic from real clients: the lists the store holds from ``since_ms`` on that the
-    round's arms served (their own version: not a replica of an earlier deploy), once there are
-    ``requests`` of them served ``feedback_wait_s`` ago or more, or ``look_timeout_s`` passed.
-    -> (records as ``FeedbackStore.outcomes`` gives them, the window's end in epoch ms)"""
-    from gref.serving.feedback import FeedbackStore
+@dataclass
+class SimulatedUsers:
+    """``requests`` requests of the world's users per look, sent by the loop itself with fixed ids
+    (s<seed>-r<r>-l<look>-<i>: a resent one is replayed by the store, never counted twice); every
+    answer checked to come from the version of its arm (not a stale replica or another app)."""
 
-    store = FeedbackStore(_feedback_location(cfg))
-    started = last_log = time.time()
-    log("continuous", f"round {r} look {look}: serving {arms} at {url}; waiting for {cfg.requests} requests "
-                      f"from clients (each counted {cfg.feedback_wait_s:g} s after it was served)")
-    while True:
-        until_ms = int((time.time() - cfg.feedback_wait_s) * 1000)
-        served = store.outcomes(since_ms, until_ms) if until_ms > since_ms else []
-        records = [o for o in served if o["arm"] in arms and o["model"].endswith(f"#{arms[o['arm']]}")]
-        waited = time.time() - started
-        if len(records) >= cfg.requests or waited >= cfg.look_timeout_s:
-            break
-        if time.time() - last_log >= 30:
-            log("continuous", f"round {r} look {look}: {len(records)}/{cfg.requests} requests after {waited:.0f} s")
-            last_log = time.time()
-        time.sleep(min(2.0, max(0.2, cfg.feedback_wait_s / 4)))
-    if waited >= cfg.look_timeout_s:
-        log("continuous", f"round {r} look {look}: {len(records)}/{cfg.requests} requests when look_timeout_s "
-                          f"({cfg.look_timeout_s:g} s) ran out: deciding on those")
-    if len(served) > len(records):
-        log("continuous", f"round {r} look {look}: {len(served) - len(records)} lists from other versions left out")
-    return records, until_ms
+    cfg: ContinuousConfig
+    world: Any
+    audited: bool = True
+
+    def look(self, url: str, r: int, look: int, arms: dict[str, int],
+             since_ms: int) -> tuple[list[dict[str, Any]], int]:
+        from gref.serving.ab_client import send_traffic, simulated_requests
+
+        cfg = self.cfg
+        seed = cfg.seed * 100_003 + r * 101 + look
+        reqs = simulated_requests(self.world, cfg.requests, seed)
+        for i, req in enumerate(reqs):
+            req["request_id"] = f"s{cfg.seed}-r{r}-l{look}-{i}"
+        records, errors = send_traffic(url, self.world, reqs, cfg.n, seed, cfg.concurrency, "",
+                                       f"round {r} look {look}")
+        if errors:
+            raise RuntimeError(f"round {r} look {look}: {len(errors)} requests failed, e.g. {errors[:2]}")
+        stray = [rec for rec in records
+                 if rec["arm"] not in arms or not rec["model"].endswith(f" v{arms[rec['arm']]}")]
+        if stray:
+            raise RuntimeError(f"round {r} look {look}: {len(stray)} answers from other models than the round's "
+                               f"arms {arms}, e.g. {stray[0]['arm']}: {stray[0]['model']}")
+        return records, int(time.time() * 1000)
+
+
+@dataclass
+class RealClients:
+    """Real clients of the endpoint: a look is the lists the store holds from ``since_ms`` on that
+    the round's arms served (their own version: not a replica of an earlier deploy), once there are
+    ``requests`` of them served ``feedback_wait_s`` ago or more, or ``look_timeout_s`` passed."""
+
+    cfg: ContinuousConfig
+    audited: bool = False
+
+    def look(self, url: str, r: int, look: int, arms: dict[str, int],
+             since_ms: int) -> tuple[list[dict[str, Any]], int]:
+        from gref.serving.feedback import FeedbackStore
+
+        cfg = self.cfg
+        store = FeedbackStore(_feedback_location(cfg))
+        started = last_log = time.time()
+        log("continuous", f"round {r} look {look}: serving {arms} at {url}; waiting for {cfg.requests} requests "
+                          f"from clients (each counted {cfg.feedback_wait_s:g} s after it was served)")
+        while True:
+            until_ms = int((time.time() - cfg.feedback_wait_s) * 1000)
+            served = store.outcomes(since_ms, until_ms) if until_ms > since_ms else []
+            records = [o for o in served if o["arm"] in arms and o["model"].endswith(f"#{arms[o['arm']]}")]
+            waited = time.time() - started
+            if len(records) >= cfg.requests or waited >= cfg.look_timeout_s:
+                break
+            if time.time() - last_log >= 30:
+                log("continuous", f"round {r} look {look}: {len(records)}/{cfg.requests} requests after {waited:.0f} s")
+                last_log = time.time()
+            time.sleep(min(2.0, max(0.2, cfg.feedback_wait_s / 4)))
+        if waited >= cfg.look_timeout_s:
+            log("continuous", f"round {r} look {look}: {len(records)}/{cfg.requests} requests when look_timeout_s "
+                              f"({cfg.look_timeout_s:g} s) ran out: deciding on those")
+        if len(served) > len(records):
+            log("continuous", f"round {r} look {look}: {len(served) - len(records)} lists from other versions left out")
+        return records, until_ms
+
+
+def traffic_source(cfg: ContinuousConfig, world) -> TrafficSource:
+    """``cfg.traffic``: simulated (the world's users, sent by the loop) | clients (real clients)."""
+    return RealClients(cfg) if cfg.traffic == "clients" else SimulatedUsers(cfg, world)
 
 
 def _arm_values(records: list[dict[str, Any]], arm: str, key: str) -> np.ndarray:
@@ -388,7 +421,8 @@ def audit_model_values(cfg: ContinuousConfig, world, model, spec) -> np.ndarray:
 # ---------------------------------------------------------------- one round
 
 
-def _serve_round(cfg: ContinuousConfig, app: ServeApp, state: State, world, r: int, arms: dict[str, int]) -> None:
+def _serve_round(cfg: ContinuousConfig, app: ServeApp, state: State, traffic: TrafficSource, r: int,
+                 arms: dict[str, int]) -> None:
     """The round's A/B looks (round 0 / no challenger: one look, nothing to decide)."""
     import mlflow
 
@@ -412,11 +446,8 @@ def _serve_round(cfg: ContinuousConfig, app: ServeApp, state: State, world, r: i
         records += json.loads((records_dir / f"look{look}.json").read_text())
     while rnd.get("decision") is None:
         look = len(looks) + 1
-        if cfg.traffic == "clients":
-            since_ms = looks[-1]["until_ms"] if looks else rnd["ab_since_ms"]
-            new, until_ms = _clients_look(cfg, url, r, look, arms, since_ms)
-        else:
-            new, until_ms = _look(cfg, world, url, r, look, arms), int(time.time() * 1000)
+        since_ms = looks[-1]["until_ms"] if looks else rnd["ab_since_ms"]
+        new, until_ms = traffic.look(url, r, look, arms, since_ms)
         (records_dir / f"look{look}.json").write_text(json.dumps(new))
         records += new
         clicks = {arm: _arm_values(records, arm, "sampled") for arm in arms}
@@ -431,7 +462,7 @@ def _serve_round(cfg: ContinuousConfig, app: ServeApp, state: State, world, r: i
                    look, cfg.rule, *users)
         summary.update({"action": d.action, "lift": d.lift, "low": d.low, "high": d.high, "why": d.why})
         audit = ""
-        if cfg.traffic == "simulated":  # the simulated users' E[clicks] of the lists served: the oracle audits
+        if traffic.audited:  # the simulated users' E[clicks] of the lists served: the oracle audits
             oracle = lift_interval(_arm_values(records, "champion", "oracle"),
                                    _arm_values(records, "challenger", "oracle"), 1.96,
                                    *(users if cfg.rule.unit == "user" else (None, None)))
@@ -466,6 +497,42 @@ def _apply(cfg: ContinuousConfig, state: State, r: int) -> None:
     state.save()
 
 
+def _challenge(cfg: ContinuousConfig, state: State, r: int, champion: int) -> None:
+    """Round r's challenger: trained from the champion on the window's traffic (A/A: the champion
+    itself). One that fails to train leaves the champion serving alone, the error kept."""
+    rnd = state.round(r)
+    if cfg.aa:
+        rnd["challenger"] = champion
+    else:
+        log("continuous", f"round {r}: training a challenger from champion v{champion}")
+        try:
+            rnd["challenger"] = _train_challenger(cfg, r, champion, _window(cfg, r))
+        except Exception as err:  # noqa: BLE001 -- the champion keeps serving whatever broke
+            rnd["train_error"] = f"{type(err).__name__}: {err}"[:2000]
+            log("continuous", f"round {r}: the challenger failed to train ({rnd['train_error']}); "
+                              "the champion serves alone")
+    state.save()
+
+
+def _audit_round(cfg: ContinuousConfig, world, state: State, r: int, arms: dict[str, int]) -> None:
+    """The oracle's view of round r on the fixed audit set: each arm vs the round-0 champion, the
+    challenger vs the champion (paired), and the round's reward's own lists (the teacher)."""
+    rnd = state.round(r)
+    base = _audit_values(cfg, world, state.data["round0_champion"])
+    for role in ("champion", "challenger"):
+        if role in arms:
+            values = _audit_values(cfg, world, arms[role])
+            rnd[f"audit_{role}"] = float(values.mean())
+            rnd[f"audit_{role}_vs_round0"] = paired_ratio_lift(base, values)
+    if "challenger" in arms:
+        rnd["audit_lift"] = paired_ratio_lift(_audit_values(cfg, world, arms["champion"]),
+                                              _audit_values(cfg, world, arms["challenger"]))
+    teacher = None if cfg.aa else _teacher_values(cfg, world, r)
+    if teacher is not None:
+        rnd["audit_teacher"] = float(teacher.mean())
+        rnd["audit_teacher_vs_round0"] = paired_ratio_lift(base, teacher)
+
+
 def run(cfg: ContinuousConfig, app: ServeApp) -> dict[str, Any]:
     """Every round not yet done (resumed from ``out``/state.json), then the summary (also written
     to ``out``/summary.json and MLflow)."""
@@ -482,6 +549,7 @@ def run(cfg: ContinuousConfig, app: ServeApp) -> dict[str, Any]:
     save_yaml(cfg, out / "continuous.yaml")
     state = State(out / "state.json")
     world = World.load(cfg.world) if cfg.world else None  # clients without a simulated world: no oracle
+    traffic = traffic_source(cfg, world)
     audit = bool(cfg.audit_requests) and world is not None
     tracking.setup(cfg.tracking)
     mlflow.set_experiment(cfg.tracking.experiment)
@@ -506,35 +574,13 @@ def run(cfg: ContinuousConfig, app: ServeApp) -> dict[str, Any]:
             with round_run:
                 champion = rnd.setdefault("champion", state.data["champion"])
                 if r > 0 and "challenger" not in rnd and "train_error" not in rnd:
-                    if cfg.aa:
-                        rnd["challenger"] = champion
-                    else:
-                        log("continuous", f"round {r}: training a challenger from champion v{champion}")
-                        try:
-                            rnd["challenger"] = _train_challenger(cfg, r, champion, _window(cfg, r))
-                        except Exception as err:  # noqa: BLE001 -- the champion keeps serving whatever broke
-                            rnd["train_error"] = f"{type(err).__name__}: {err}"[:2000]
-                            log("continuous", f"round {r}: the challenger failed to train ({rnd['train_error']}); "
-                                              "the champion serves alone")
-                    state.save()
+                    _challenge(cfg, state, r, champion)
                 arms = {"champion": champion, **({"challenger": rnd["challenger"]} if "challenger" in rnd else {})}
                 if rnd.get("decision") is None or "until_ms" not in rnd:
-                    _serve_round(cfg, app, state, world, r, arms)
+                    _serve_round(cfg, app, state, traffic, r, arms)
                 _apply(cfg, state, r)
                 if audit:
-                    base = _audit_values(cfg, world, state.data["round0_champion"])
-                    for role in ("champion", "challenger"):
-                        if role in arms:
-                            values = _audit_values(cfg, world, arms[role])
-                            rnd[f"audit_{role}"] = float(values.mean())
-                            rnd[f"audit_{role}_vs_round0"] = paired_ratio_lift(base, values)
-                    if "challenger" in arms:
-                        rnd["audit_lift"] = paired_ratio_lift(_audit_values(cfg, world, champion),
-                                                        _audit_values(cfg, world, arms["challenger"]))
-                    teacher = None if cfg.aa else _teacher_values(cfg, world, r)
-                    if teacher is not None:
-                        rnd["audit_teacher"] = float(teacher.mean())
-                        rnd["audit_teacher_vs_round0"] = paired_ratio_lift(base, teacher)
+                    _audit_round(cfg, world, state, r, arms)
                 # the last round's traffic would only train a challenger never decided; A/A trains nothing
                 if r < cfg.rounds and not cfg.aa:
                     rnd["data"] = _prepare_round(cfg, rnd, features)
