@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from ray.data.expressions import col
+from ray.data.datasource import Partitioning
 
 from gref.cli import log
 from gref.config import ConfigError, to_dict
@@ -242,12 +242,17 @@ def prepare_sliced(files: list[str], mapping: dict[str, str], cfg: DatasetConfig
     stats_end = time.time()
     log("prepare", f"features {'of ' + cfg.features if fixed else 'fitted on train'} ({stats_end - start:.1f}s)")
     encoded = sequences.map_batches(spec.encode, batch_format="pyarrow", batch_size=None)
-    # one pass per output, a directory per split
     encoded.write_parquet(str(staging / "out-sequences"), partition_cols=["split"], row_group_size=STAGED_ROW_GROUP)
-    encoded.filter(expr=col("split") != "test").map_batches(add_pairs, batch_format="pyarrow", batch_size=None,
-                                                            fn_kwargs={"alpha": cfg.alpha, "gamma": cfg.gamma,
-                                                                       "weights": cfg.feedback_weights},
-    ).write_parquet(str(staging / "out-pairs"), partition_cols=["split"], row_group_size=STAGED_ROW_GROUP)
+    # the pairs from the sequences just written (train and valid), not from ``encoded`` again: Ray Data
+    # is lazy, and a second consumer re-ran read -> split -> encode over the staged sequences
+    written = [str(staging / "out-sequences" / f"split={s}") for s in SPLITS[:2]
+               if (staging / "out-sequences" / f"split={s}").exists()]
+    if written:
+        ray.data.read_parquet(written, partitioning=Partitioning("hive", base_dir=str(staging / "out-sequences"))
+                              ).map_batches(add_pairs, batch_format="pyarrow", batch_size=None,
+                                            fn_kwargs={"alpha": cfg.alpha, "gamma": cfg.gamma,
+                                                       "weights": cfg.feedback_weights},
+        ).write_parquet(str(staging / "out-pairs"), partition_cols=["split"], row_group_size=STAGED_ROW_GROUP)
     return {"rows_read": rows_read, "scale": scale, "split": time_split, "profile": profile, "spec": spec,
             "group_end": group_end, "stats_end": stats_end}
 
