@@ -291,10 +291,13 @@ def serve_scenario(tmp: Path, requests: int, seconds: float = 45.0) -> dict[str,
         removed_at = time.time()
         cluster.remove_node(victim, allow_graceful=False)
         replaced = None
-        while time.time() < removed_at + seconds * 2 / 3:
+        # the load runs its course; the replacement is waited for up to 90 s after the removal either way
+        while time.time() < removed_at + seconds * 2 / 3 or (replaced is None and time.time() < removed_at + 90):
             now = _replica_nodes(names, "reranker-gref")
             if replaced is None and sum(now.values()) >= 2 and names[victim.node_id] not in now:
                 replaced = round(time.time() - removed_at, 1)
+            if time.time() >= removed_at + seconds * 2 / 3 and not load.stopping.is_set():
+                load.stop()
             time.sleep(1.0)
         load.stop()
         after = _replica_nodes(names, "reranker-gref")
