@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import tempfile
 import threading
 import time
@@ -43,15 +42,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from benchmarks.tiny_app import _free_port
+
 NODE_MEMORY = 200 * 2**20  # object store per simulated node
 NODE_CPUS = 2  # logical CPUs per simulated node: a Train worker (1) leaves room for the data tasks beside it
 SMALL_WORLD = ["n_users=300", "n_items=1500", "n_series=50", "n_creators=200", "days=5"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -113,7 +108,7 @@ def _simulate(out: Path, requests: int) -> Path:
 
 
 def _same_output(a: Path, b: Path) -> dict[str, Any]:
-    """Two prepare outputs compared: summary counts and every split's rows (sorted by request)."""
+    """Two prepare outputs compared: summary counts and every split's sequences and pairs (sorted by request)."""
     import pyarrow.compute as pc
 
     from gref.data.batch import read_split
@@ -121,10 +116,10 @@ def _same_output(a: Path, b: Path) -> dict[str, Any]:
     sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
     keys = ("requests_read", "sequences", "pairs", "quarantined", "quarantined_by_reason")
     rows_equal = {}
-    for split in ("train", "valid", "test"):
-        ta, tb = (read_split(p / "sequences" / split) for p in (a, b))
+    for sub, split in [("sequences", s) for s in ("train", "valid", "test")] + [("pairs", "train"), ("pairs", "valid")]:
+        ta, tb = (read_split(p / sub / split) for p in (a, b))
         ta, tb = (t.take(pc.sort_indices(t, [("request_id", "ascending")])) for t in (ta, tb))
-        rows_equal[split] = ta.equals(tb)
+        rows_equal[f"{sub}/{split}"] = ta.equals(tb)
     return {"counts_equal": all(sa[k] == sb[k] for k in keys), "rows_equal": rows_equal,
             "sequences": sa["sequences"], "quarantined": sa["quarantined"]}
 

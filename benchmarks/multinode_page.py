@@ -27,9 +27,10 @@ def page(data: dict[str, Any], source: str) -> str:
            "| scenario | what was done | what was seen |", "|---|---|---|"]
     if p := data.get("prepare"):
         same = p["counts_equal"] and all(p["rows_equal"].values())
+        compared = "sequences and pairs" if any(k.startswith("pairs/") for k in p["rows_equal"]) else "sequences"
         out.append(f"| prepare | jobs.prepare's Ray Data pipeline, {p['requests']:,} requests, on head + 2 workers "
                    f"| tasks per node: {_nodes(p['tasks_per_node'])}; output {'identical' if same else '**different**'} "
-                   f"to one node's (counts and every split's rows); {p['seconds']} s |")
+                   f"to one node's (counts, and every split's {compared}); {p['seconds']} s |")
     if t := data.get("train"):
         out.append(f"| train | pre-training, 2 Train workers placed SPREAD (elastic 1-2), {t['epochs']} epochs; the "
                    f"node {t['removed_node']} removed once epoch 0 was registered "
