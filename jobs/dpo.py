@@ -1,14 +1,16 @@
 """Post-train Gen-Reranker on Ray Train, against a frozen copy of the initial model.
 
-    python -m jobs.dpo --data OUT/prep --init <model dir | models:/gref-reranker@champion | runs:/...> [key=value ...]
+    python -m jobs.dpo --data OUT/prep --init <model dir | models:/gref-reranker@champion | runs:/...> \
+        reward=<list click model dir or URI (jobs.reward)> [key=value ...]
 
 What it optimises (``objective``, ``pairs``; train.config.DPOConfig):
-  * the paper's Rerank-DPO (the default): Eq. 8 on the Eq. 7 pairs of jobs.prepare; variants:
-    loss_type=ipo, label_smoothing (conservative DPO), sft_weight (RPO), length_norm;
-  * objective=dpo pairs=onpolicy reward=<list click model>: Eq. 8 on the reward's best vs worst
-    of the policy's own sampled lists (and the reward's beam-search list), fresh every batch;
-  * objective=distill reward=<list click model>: the NLL of the reward's beam-search list -- the
-    list-level signal the pipeline's default recipe uses (docs/results.md);
+  * objective=distill (the default recipe, docs/results.md): the NLL of the list the reward
+    (a list click model) finds best by beam search;
+  * objective=dpo pairs=logged: the paper's Rerank-DPO, Eq. 8 on the Eq. 7 pairs of jobs.prepare
+    (configs/dpo.paper.yaml; no reward needed); variants: loss_type=ipo, label_smoothing
+    (conservative DPO), sft_weight (RPO), length_norm;
+  * objective=dpo pairs=onpolicy: Eq. 8 on the reward's best vs worst of the policy's own
+    sampled lists (and the reward's beam-search list), fresh every batch;
   * reward=oracle: the simulated world's exact user model in place of a learned reward (a
     diagnostic reference, needs eval.world).
 The initial model is validated first and is a candidate for the exported model, so

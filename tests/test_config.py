@@ -1,6 +1,8 @@
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pytest
+import yaml
 
 from gref.config import ConfigError, load_config, parse_overrides
 
@@ -15,6 +17,7 @@ class Inner:
 class Outer:
     name: str = "x"
     flag: bool = False
+    mode: Literal["auto", "fp16", "off"] = "auto"
     inner: Inner = field(default_factory=Inner)
     weights: dict[str, float] = field(default_factory=dict)
 
@@ -36,6 +39,34 @@ def test_wrong_type_is_named():
         load_config(Outer, None, ["inner.width=wide"])
     with pytest.raises(ConfigError, match="inner.width"):
         load_config(Outer, None, ["inner.width=2.5"])
+
+
+def test_literal_options_are_checked():
+    assert load_config(Outer, None, ["mode=fp16"]).mode == "fp16"
+    assert load_config(Outer, None, ["mode=off"]).mode == "off"  # YAML 1.1 reads a bare off as False
+    with pytest.raises(ConfigError, match="'mode' must be one of auto | fp16 | off, got 'fp32'"):
+        load_config(Outer, None, ["mode=fp32"])
+
+
+def test_one_default_recipe():
+    """The dataclass defaults are the default recipe: the laptop's config only sizes the stages
+    (scaling), and the paper's config spells out every knob where the paper differs."""
+    from gref.config import flatten, to_dict
+    from gref.pipeline import PipelineConfig
+
+    def leaves(data: dict) -> set[str]:
+        return set(flatten(data))
+
+    laptop = yaml.safe_load(open("configs/pipeline.yaml"))
+    assert all(".scaling." in key for key in leaves(laptop))
+    paper = load_config(PipelineConfig, "configs/paper.yaml")
+    default = PipelineConfig()
+    assert (default.pretrain.model.list_bias, default.pretrain.lambda2, default.pretrain.optim.schedule,
+            default.dpo.objective) == (True, 0.0, "cosine", "distill")
+    assert (paper.pretrain.model.list_bias, paper.pretrain.lambda2, paper.pretrain.optim.schedule,
+            paper.pretrain.optim.weight_decay, paper.pretrain.optim.lr, paper.dpo.objective, paper.dpo.pairs,
+            paper.dpo.beta) == (False, 1.0, "constant", 0.0, 5e-6, "dpo", "logged", 0.1)
+    assert to_dict(paper) != to_dict(default)
 
 
 def test_override_syntax():

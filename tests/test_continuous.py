@@ -199,8 +199,14 @@ def test_real_clients_mode_decides_on_the_stores_served_clicks(ray_cluster, sim_
     assert (after["arm"], str(after["model"]["version"])) == ("champion", str(summary["final_champion"]))
 
 
+def test_an_unknown_traffic_source_is_a_config_error():
+    from jobs import continuous
+
+    with pytest.raises(SystemExit, match="'traffic' must be one of simulated | clients, got 'bogus'"):
+        continuous.main(["--config", "configs/continuous.yaml", "traffic=bogus"])
+
+
 @pytest.mark.parametrize("override, says", [
-    (["traffic=bogus"], "traffic must be simulated or clients"),
     (["world="], "set world=DIR"),  # simulated traffic needs a world
     (["world=/nonexistent"], "no simulated world at '/nonexistent'"),
     (["traffic=clients", "world=", "feedback_wait_s=-1"], "feedback_wait_s >= 0"),

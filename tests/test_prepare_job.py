@@ -179,3 +179,46 @@ def test_column_map_and_string_ids(ray_cluster, tmp_path, sim_dir):
                                    everything.column("randomized").to_pylist()) if flag}
     quarantined = set(read(tmp_path / "out" / "quarantine").column("request_id").to_pylist())
     assert marked == bucket - quarantined and summary["profile"]["randomized_requests"] == len(marked)
+    # the one-process Polars reference (benchmarks/prepare_polars.py) reads the same messy logs alike
+    from benchmarks.prepare_polars import differences
+    from benchmarks.prepare_polars import main as polars_prepare
+
+    polars_prepare(["--logs", str(tmp_path / "logs"), "--out", str(tmp_path / "polars"), "--config", str(cfg),
+                    "valid_days=1", "test_days=1"])
+    assert differences(tmp_path / "polars", tmp_path / "out") == []
+
+
+def test_the_one_process_polars_reference_writes_the_same_outputs(tmp_path, sim_dir, prep_dir):
+    """benchmarks/prepare_polars.py, what jobs.prepare is measured against, prepares the session's
+    logs into the same tables, vocabularies and standardisation, in one bucket and in three."""
+    from benchmarks.prepare_polars import differences
+    from benchmarks.prepare_polars import main as polars_prepare
+
+    for buckets in (1, 3):
+        out = tmp_path / f"buckets{buckets}"
+        polars_prepare(["--logs", str(sim_dir / "logs"), "--out", str(out), "--buckets", str(buckets),
+                        "valid_days=1", "test_days=1"])
+        assert differences(out, prep_dir) == []
+        assert json.loads((out / "summary.json").read_text())["quarantined"] > 0  # the checks had work to do
+
+
+def test_sliced_pairs_leave_the_randomisation_bucket_out(ray_cluster, tmp_path, sim_dir):
+    """The pairs of the sliced path (read back from the written sequences) skip randomized
+    requests as the one-slice path does: a random order is nothing to imitate."""
+    from gref.data.pairs import add_pairs
+    from jobs import prepare
+
+    (tmp_path / "logs").mkdir()
+    for i, path in enumerate(sorted((sim_dir / "logs").glob("*.parquet"))):
+        table = pq.read_table(path)
+        in_bucket = pa.compute.equal(pa.compute.bit_wise_and(table.column("request_id"), 3), 0)  # every 4th request
+        pq.write_table(table.append_column("randomized", pa.compute.cast(in_bucket, pa.int8())),
+                       tmp_path / "logs" / f"part-{i}.parquet")
+    summary = prepare.main(["--logs", str(tmp_path / "logs"), "--out", str(tmp_path / "out"),
+                            "valid_days=1", "test_days=1", "slice_mb=4"])
+    assert summary["slices"] >= 3 and summary["profile"]["randomized_requests"] > 0
+    for split in ("train", "valid"):
+        seqs, pairs = read(tmp_path / "out" / "sequences" / split), read(tmp_path / "out" / "pairs" / split)
+        assert pairs.num_rows and not any(pairs.column("randomized").to_pylist())
+        everything = add_pairs(seqs, 1.0, 1.0, {"click": 1.0})  # the bucket's random orders would give pairs too
+        assert any(everything.column("randomized").to_pylist())

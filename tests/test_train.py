@@ -75,7 +75,7 @@ def test_dpo_with_vanishing_beta_stays_at_the_reference(ray_cluster, prep_dir, s
     init = build_model(ModelConfig(d_model=32, enc_layers=1, dec_layers=1, omtp_heads=2), meta)
     cfg = load_config(DPOConfig, None, [
         f"data={prep_dir}", f"run.storage={tmp_path / 'ray'}", f"run.name=dpo-{uuid.uuid4().hex[:8]}",
-        f"tracking.uri={mlflow_uri}", "beta=1e-12", "optim.epochs=1", "scaling.num_workers=0",
+        f"tracking.uri={mlflow_uri}", "objective=dpo", "beta=1e-12", "optim.epochs=1", "scaling.num_workers=0",
         "register=false", *TINY])
     out = run_training("dpo", cfg, init=init)
     after = load_reranker(out["model_dir"])
@@ -92,7 +92,7 @@ def test_dpo_moves_towards_winners(ray_cluster, prep_dir, sim_dir, tmp_path, mlf
                                                 "scaling.num_workers=0", "optim.epochs=1"))
     cfg = load_config(DPOConfig, None, [
         f"data={prep_dir}", f"run.storage={tmp_path / 'ray'}", f"run.name=dpo-{uuid.uuid4().hex[:8]}",
-        f"tracking.uri={mlflow_uri}", "optim.epochs=2", "optim.lr=1e-3", "scaling.num_workers=0",
+        f"tracking.uri={mlflow_uri}", "objective=dpo", "optim.epochs=2", "optim.lr=1e-3", "scaling.num_workers=0",
         f"eval.world={sim_dir / 'world'}", *TINY])
     out = run_training("dpo", cfg, init=load_reranker(pre["model_dir"]))
     h = out["history"]
@@ -173,7 +173,7 @@ def test_pipeline_end_to_end(ray_cluster, tmp_path, mlflow_uri):
     # a second pipeline compares its model with the champion before promoting (on the same logs,
     # with the paper's lighter post-training: what it tests is the registry)
     summary2 = pipeline.main(args + [f"out={tmp_path / 'pipe2'}", f"logs={tmp_path / 'pipe' / 'sim' / 'logs'}",
-                                     "dpo.objective=dpo"])
+                                     "dpo.objective=dpo", "dpo.optim.lr=2e-5", "baselines=[]"])
     assert summary2["registry"]["version"] == 2 and "champion v1" in summary2["test"]
     from mlflow import MlflowClient
 
@@ -245,7 +245,7 @@ def test_post_training_never_exports_a_model_worse_than_its_start(ray_cluster, p
     init = load_reranker(pre["model_dir"])
     cfg = load_config(DPOConfig, None, [
         f"data={prep_dir}", f"run.storage={tmp_path / 'ray'}", f"run.name=dpo-{uuid.uuid4().hex[:8]}",
-        f"tracking.uri={mlflow_uri}", "optim.epochs=1", "optim.lr=3.0", "optim.grad_clip=0", "beta=5",
+        f"tracking.uri={mlflow_uri}", "objective=dpo", "optim.epochs=1", "optim.lr=3.0", "optim.grad_clip=0", "beta=5",
         "scaling.num_workers=0", f"eval.world={sim_dir / 'world'}", "register=false", *TINY])
     out = run_training("dpo", cfg, init=init)
     assert [h["epoch"] for h in out["history"]] == [-1, 0]

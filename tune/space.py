@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gref.config import ConfigError, override
-from gref.train.config import DPOConfig, PretrainConfig
+from gref.train.config import DPOConfig, OptimConfig, PretrainConfig
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 # set by the sweep for every trial (paths, names, tracking): not hyper-parameters
@@ -41,7 +41,13 @@ class TrialConfig:
 
     pairs: PairsConfig = field(default_factory=PairsConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    dpo: DPOConfig = field(default_factory=DPOConfig)
+    dpo: DPOConfig = field(default_factory=lambda: rerank_dpo())  # defined below
+
+
+def rerank_dpo() -> DPOConfig:
+    """A sweep's post-training: the paper's Rerank-DPO on each trial's Eq. 7 pairs (a sweep fits no
+    reward, so the default recipe's distillation is out) at the learning rate measured best for it."""
+    return DPOConfig(objective="dpo", pairs="logged", optim=OptimConfig(lr=2e-5, epochs=2))
 
 
 def _values(key: str, spec: Any) -> list[Any]:

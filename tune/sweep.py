@@ -29,7 +29,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -37,7 +37,7 @@ from gref.cli import log, parser
 from gref.config import ConfigError, flatten, load_config, override, save_yaml, to_dict
 from gref.tracking import TrackingConfig
 from gref.train.config import DPOConfig, PretrainConfig
-from tune.space import PairsConfig, TrialConfig, check_space, is_log_scale, to_tune
+from tune.space import PairsConfig, TrialConfig, check_space, is_log_scale, rerank_dpo, to_tune
 
 DEFAULT_CONFIG = Path(__file__).parent / "laptop.yaml"
 
@@ -51,7 +51,7 @@ class SweepConfig:
     metric: str = "auto"  # objective (validation, maximised): auto = oracle_clicks with a world, else ndcg
     num_samples: int = 8  # trials of the random keys (with grid keys: repeats of the whole grid)
     max_concurrent: int = 2  # trials running at once
-    scheduler: str = "asha"  # asha (early stopping per epoch) | fifo (every trial runs to the end)
+    scheduler: Literal["asha", "fifo"] = "asha"  # asha (early stopping per epoch) | fifo (every trial runs to the end)
     asha_grace: int = 1  # ASHA: epochs every trial gets before it can be stopped
     asha_reduction: int = 2  # ASHA: about 1/reduction of the trials go on at each rung
     trial_cpus: float = 0.1  # CPUs reserved by a trial's driver (its Train workers ask for their own)
@@ -59,7 +59,7 @@ class SweepConfig:
     seed: int = 0  # random-search seed
     space: dict = field(default_factory=dict)  # key -> {grid|choice|uniform|loguniform|randint: ...}
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # every trial's base, before `space`
-    dpo: DPOConfig = field(default_factory=DPOConfig)  # dpo.optim.epochs=0: pre-training only
+    dpo: DPOConfig = field(default_factory=rerank_dpo)  # Rerank-DPO on the trial's pairs; dpo.optim.epochs=0: pre-training only
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -306,6 +306,9 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
     from gref.train.steps import selection_metric
 
     check_space(cfg.space, TrialConfig(pretrain=cfg.pretrain, dpo=cfg.dpo))  # config errors first
+    if cfg.dpo.optim.epochs and (cfg.dpo.objective != "dpo" or cfg.dpo.pairs != "logged"):
+        raise ConfigError("a sweep post-trains with Rerank-DPO on each trial's Eq. 7 pairs (it fits no reward): "
+                          f"dpo.objective=dpo dpo.pairs=logged, got {cfg.dpo.objective}/{cfg.dpo.pairs}")
     _scheduler(cfg)
     for stage in ("pretrain", "dpo"):
         if getattr(cfg, stage).scaling.num_workers < 1:  # ray.train.get_context() raises inside Tune

@@ -30,6 +30,13 @@ def _field_types(cls: type) -> dict[str, Any]:
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Convert a YAML/CLI value to the field's declared type, or raise ConfigError."""
     origin = typing.get_origin(typ)
+    if origin is typing.Literal:
+        choices = typing.get_args(typ)
+        if isinstance(value, bool) and "off" in choices:
+            value = "on" if value else "off"  # YAML 1.1 reads a bare off/on as a boolean
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {' | '.join(map(str, choices))}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value is None:

@@ -43,7 +43,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 
@@ -60,7 +60,7 @@ from gref.train.config import DPOConfig, RewardConfig
 class ContinuousConfig:
     out: str = "runs/continuous"  # state.json, feedback.db, rounds/<r>/{logs,prep,window}, ray/, summary.json
     world: str = "runs/pipeline/sim/world"  # the simulated users (their clicks; the oracle only audits); '' = none
-    traffic: str = "simulated"  # simulated: the loop sends the world's users | clients: real clients call the app
+    traffic: Literal["simulated", "clients"] = "simulated"  # simulated: the loop sends the world's users | clients: real clients call the app
     champion: str = "models:/gref-reranker@champion"  # round 0's champion
     rounds: int = 6  # challengers trained and decided (round 0, serving only, comes first)
     requests: int = 4000  # requests per A/B look, both arms (sent, or awaited from clients; round 0: the champion)
@@ -84,7 +84,7 @@ class ContinuousConfig:
     dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(
         split="quantile", valid_fraction=0.15, test_fraction=0.05))  # a round spans minutes: split by time quantiles
     reward: RewardConfig = field(default_factory=RewardConfig)
-    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(objective="distill"))
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -608,8 +608,6 @@ def run(cfg: ContinuousConfig, app: ServeApp) -> dict[str, Any]:
 
 def check(cfg: ContinuousConfig) -> None:
     """Settings that cannot work together, said before anything starts."""
-    if cfg.traffic not in ("simulated", "clients"):
-        raise ConfigError(f"traffic must be simulated or clients, got {cfg.traffic!r}")
     if cfg.world and not (Path(cfg.world) / "world.json").exists():
         raise ConfigError(f"no simulated world at '{cfg.world}' (make demo / jobs.simulate write DIR/world)")
     if cfg.traffic == "simulated" and not cfg.world:

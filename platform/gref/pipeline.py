@@ -41,10 +41,11 @@ class PipelineConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)  # trained when post-training needs a learned reward
-    dpo: DPOConfig = field(default_factory=DPOConfig)  # post-training (the paper's Rerank-DPO by default)
+    dpo: DPOConfig = field(default_factory=DPOConfig)  # post-training (distillation of the reward's lists by default)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval_max_requests: int = 0  # test requests evaluated (0 = all)
-    baselines: list[str] = field(default_factory=list)  # baseline kinds to train + evaluate too; [all] = every one
+    # baseline kinds to train + evaluate too ([all] = every one); NAR4Rec is the A/B test's B arm (paper Table 4)
+    baselines: list[str] = field(default_factory=lambda: ["nar4rec"])
     baseline_overrides: dict = field(default_factory=dict)  # dotted keys for every baseline config, e.g. {optim.epochs: 2}
 
 

@@ -7,6 +7,7 @@ reads; the fields a kind ignores are listed beside each knob.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from gref.config import ConfigError
 
@@ -16,7 +17,7 @@ PAPER_KINDS = KINDS[:-1]  # the paper's comparisons (``baselines=[all]``); click
 
 @dataclass
 class BaselineConfig:
-    kind: str = "nar4rec"  # dnn | dcn | prm | seq2slate | nar4rec | gen_eval | clickmodel
+    kind: Literal["dnn", "dcn", "prm", "seq2slate", "nar4rec", "gen_eval", "clickmodel"] = "nar4rec"  # dnn | dcn | prm | seq2slate | nar4rec | gen_eval | clickmodel
     num_features: int = 11  # F (filled in from the prepared data)
     cat_sizes: list[int] = field(default_factory=list)  # embedding rows per categorical column (from the data)
     max_candidates: int = 200  # size of the upstream-rank embedding

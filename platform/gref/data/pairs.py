@@ -67,6 +67,12 @@ def add_pairs(table: pa.Table, alpha: float, gamma: float, weights: dict[str, fl
     return out.append_column("loser", out.column("exposure"))
 
 
+def imitation_pairs(table: pa.Table, alpha: float, gamma: float, weights: dict[str, float]) -> pa.Table:
+    """The Eq. 7 pairs of prepared sequences: ``add_pairs`` on the requests outside the
+    randomisation bucket (a random order is nothing to imitate)."""
+    return add_pairs(without_bucket(table), alpha, gamma, weights)
+
+
 def rederive(data_dir: str | Path, out_dir: str | Path, alpha: float, gamma: float) -> Path:
     """A prepared data dir whose pairs use another (alpha, gamma): ``out_dir`` links the
     sequences and feature spec of ``data_dir`` and holds its own ``pairs/{train,valid}``,
@@ -89,7 +95,7 @@ def rederive(data_dir: str | Path, out_dir: str | Path, alpha: float, gamma: flo
         target.mkdir(parents=True)
         counts[split] = 0
         for i, path in enumerate(sorted((data_dir / "sequences" / split).glob("*.parquet"))):
-            table = add_pairs(without_bucket(pq.read_table(path)), alpha, gamma, config["feedback_weights"])
+            table = imitation_pairs(pq.read_table(path), alpha, gamma, config["feedback_weights"])
             pq.write_table(table, target / f"part-{i:05d}.parquet")
             counts[split] += table.num_rows
     summary = {**summary, "config": config, "pairs": counts, "pairs_derived_from": str(data_dir)}

@@ -43,7 +43,7 @@ from ray.data.datasource import Partitioning
 from gref.cli import log
 from gref.config import ConfigError, to_dict
 from gref.data.features import FeatureSpec, merge_stats, partial_stats
-from gref.data.pairs import add_pairs
+from gref.data.pairs import imitation_pairs
 from gref.data.profile import choose_split, merge_profiles, partial_profile, profile_lines, ts_scale
 from gref.data.schema import (
     DatasetConfig,
@@ -51,7 +51,7 @@ from gref.data.schema import (
     canonical_schema,
     feature_columns,
 )
-from gref.data.sequences import build_sequences, without_bucket
+from gref.data.sequences import build_sequences
 from gref.ray_utils import data_context, init_ray
 
 SPLITS = ("train", "valid", "test")
@@ -181,8 +181,8 @@ def prepare_in_memory(files: list[str], mapping: dict[str, str], cfg: DatasetCon
     profile = merge_profiles([partial_profile(seqs)])
     stats_end = time.time()
     encoded = spec.encode(seqs)
-    pairs = add_pairs(without_bucket(encoded.filter(pc.not_equal(encoded.column("split"), "test"))), cfg.alpha,
-                      cfg.gamma, cfg.feedback_weights)
+    pairs = imitation_pairs(encoded.filter(pc.not_equal(encoded.column("split"), "test")), cfg.alpha, cfg.gamma,
+                            cfg.feedback_weights)
     for sub, written in (("sequences", encoded), ("pairs", pairs)):
         for split in SPLITS:
             part = written.filter(pc.equal(written.column("split"), split)).drop_columns(["split"])
@@ -249,7 +249,7 @@ def prepare_sliced(files: list[str], mapping: dict[str, str], cfg: DatasetConfig
                if (staging / "out-sequences" / f"split={s}").exists()]
     if written:
         ray.data.read_parquet(written, partitioning=Partitioning("hive", base_dir=str(staging / "out-sequences"))
-                              ).map_batches(add_pairs, batch_format="pyarrow", batch_size=None,
+                              ).map_batches(imitation_pairs, batch_format="pyarrow", batch_size=None,
                                             fn_kwargs={"alpha": cfg.alpha, "gamma": cfg.gamma,
                                                        "weights": cfg.feedback_weights},
         ).write_parquet(str(staging / "out-pairs"), partition_cols=["split"], row_group_size=STAGED_ROW_GROUP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pyarrow as pa
 
@@ -29,12 +30,12 @@ class DatasetConfig:
     gamma: float = 1.0
     feedback_weights: dict[str, float] = field(
         default_factory=lambda: {"click": 1.0, "like": 1.5, "long_view": 0.8})
-    split: str = "auto"  # days | quantile | auto (days when every split gets requests, else quantiles)
+    split: Literal["auto", "days", "quantile"] = "auto"  # days | quantile | auto (days when every split gets requests, else quantiles)
     valid_days: int = 1  # calendar days (UTC) before the test days -> validation split
     test_days: int = 2  # last calendar days of the logs -> test split (the paper's time split)
     valid_fraction: float = 0.1  # split=quantile: share of requests (by time) before the test share
     test_fraction: float = 0.2  # split=quantile: latest share of requests -> test
-    ts_unit: str = "auto"  # ms | s | auto (values below 1e11 are seconds: detected, scaled, reported)
+    ts_unit: Literal["auto", "ms", "s"] = "auto"  # ms | s | auto (values below 1e11 are seconds: detected, scaled, reported)
     click_model_context: str = ""  # a request-level cat_* column (a query): click models key documents by (it, item_id)
     item_id_feature: bool = False  # also embed item_id as categorical cat_item_id (rare ids -> OOV)
     max_candidates: int = 200  # requests with more candidates are quarantined (memory guard)

@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from statistics import NormalDist
+from typing import Literal
 
 import numpy as np
 
@@ -39,8 +40,8 @@ class PromotionRule:
     alpha: float = 0.05  # two-sided error level over all looks (0.05: a 95 % interval with one look)
     max_looks: int = 3  # looks at the A/B data before giving up (traffic grows by one batch per look)
     min_requests: int = 100  # greedy requests per arm before a look can decide anything
-    unit: str = "user"  # what the interval counts as independent: user (the split's unit) | request
-    boundary: str = "bonferroni"  # bonferroni | obrien_fleming: how the level is spent over the looks
+    unit: Literal["user", "request"] = "user"  # what the interval counts as independent: user (the split's unit) | request
+    boundary: Literal["bonferroni", "obrien_fleming"] = "bonferroni"  # bonferroni | obrien_fleming: how the level is spent over the looks
 
     def z(self, look: int) -> float:
         """The interval's half-width in standard errors at ``look`` (1-based) of ``max_looks``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -45,7 +46,7 @@ class WorldConfig:
     # order instead of production's (logged as ``randomized``: unbiased offline estimates); 0 = none
     randomized_share: float = 0.0
     # --- hidden user model (gref.sim.user_model: the families and their exact oracle)
-    family: str = "attribute"  # attribute | satisfaction | contrast | complement | coverage
+    family: Literal["attribute", "satisfaction", "contrast", "complement", "coverage"] = "attribute"  # attribute | satisfaction | contrast | complement | coverage
     affinity_scale: float = 1.2  # weight of user.item latent match in the click logit
     quality_weight: float = 0.5  # weight of hidden item quality in the click logit
     base_click_logit: float = -1.6  # click logit intercept

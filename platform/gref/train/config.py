@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from gref.baselines.config import BaselineConfig
 from gref.model.config import ModelConfig
@@ -13,7 +14,7 @@ from gref.tracking import TrackingConfig
 class OptimConfig:
     lr: float = 1e-3  # AdamW learning rate (paper: Adam 5e-6 at batch 1024 on 252M requests)
     weight_decay: float = 0.0  # AdamW's decoupled weight decay (0 = Adam)
-    schedule: str = "constant"  # constant | cosine (linear warm-up, then cosine decay to 0 over all epochs)
+    schedule: Literal["constant", "cosine"] = "constant"  # constant | cosine (linear warm-up, then cosine decay to 0 over all epochs)
     warmup: float = 0.05  # cosine: share of the steps spent warming up
     batch_size: int = 256  # per worker (paper: 1024)
     epochs: int = 6
@@ -26,11 +27,11 @@ class ScalingConfig:
     #                       stay local: no resume after a failure -- use >= 1 for real runs)
     min_workers: int = 0  # > 0: elastic, between min_workers and num_workers as the cluster allows (a lost
     #                       node shrinks the group instead of stalling it); 0 = exactly num_workers
-    placement: str = "PACK"  # PACK | SPREAD (workers on different nodes where possible) | STRICT_SPREAD
+    placement: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"  # PACK | SPREAD (workers on different nodes where possible) | STRICT_SPREAD
     use_gpu: bool | None = None  # None = use GPUs when the cluster has them
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 0  # torch intra-op threads; 0 = Ray's default (= cpus_per_worker)
-    mixed_precision: str = "auto"  # auto | bf16 | fp16 | off (GPU only; CPU trains in fp32)
+    mixed_precision: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto | bf16 | fp16 | off (GPU only; CPU trains in fp32)
     materialize: bool = True  # read the train set into the object store once (else stream Parquet every epoch)
     read_cpus: float = 1.0  # CPUs per Ray Data read task; fractional lets concurrent Tune trials share 2 cores
 
@@ -58,12 +59,14 @@ class RunSettings:
 @dataclass
 class PretrainConfig:
     data: str = ""  # prepared data dir (jobs.prepare --out)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    # The defaults are the project's default recipe (configs/paper.yaml: the paper's; docs/results.md, ablations):
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(list_bias=True))  # + list-context logits (paper: off)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(  # paper: Adam 5e-6, constant, batch 1024
+        lr=3e-3, weight_decay=0.01, schedule="cosine", epochs=5))
     lambda1: float = 1.0  # weight of L_n (Eq. 11)
-    lambda2: float = 1.0  # weight of L_o (Eq. 11); 0 with model.omtp_heads=1 = plain Eq. 6
+    lambda2: float = 0.0  # weight of L_o (Eq. 11; paper: 1): no measured gain here, 27 % of a CPU step
     lo_window: int = 0  # items per L_o window; 0 = the k heads; > k with k = 1: Eq. 10 on a single head
-    target: str = "exposure"  # exposure (the paper: the logged order) | eq7 (it re-sorted by Eq. 7, clicks first)
+    target: Literal["exposure", "eq7"] = "exposure"  # exposure (the paper: the logged order) | eq7 (it re-sorted by Eq. 7, clicks first)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSettings = field(default_factory=RunSettings)
@@ -84,8 +87,9 @@ class DPOConfig:
 
     data: str = ""  # prepared data dir
     init: str = ""  # pre-trained model: directory, models:/name@alias or runs:/...; "" = from scratch
-    objective: str = "dpo"  # dpo: a preference loss on pairs | distill: the NLL of the reward's best list
-    pairs: str = "logged"  # dpo: logged = Eq. 7 pairs of jobs.prepare (the paper) | onpolicy = the
+    objective: Literal["distill", "dpo"] = "distill"  # distill: the NLL of the reward's best list (the default recipe) | dpo: a preference
+    #                             loss on pairs (the paper's Rerank-DPO with pairs=logged; configs/paper.yaml)
+    pairs: Literal["logged", "onpolicy"] = "logged"  # dpo: logged = Eq. 7 pairs of jobs.prepare (the paper) | onpolicy = the
     #                        reward's best vs worst of lists the policy produces (train.onpolicy)
     reward: str = ""  # distill / onpolicy: a list click model (jobs.reward; dir or URI), or "oracle" =
     #                   the simulated world's exact user model (a diagnostic reference, needs eval.world)
@@ -94,13 +98,14 @@ class DPOConfig:
     #                           where users look; a news log's lists of 200 would cost 200 search steps a request
     onpolicy: OnPolicySettings = field(default_factory=OnPolicySettings)
     beta: float = 0.1  # Eq. 8 temperature (paper: 0.1)
-    loss_type: str = "sigmoid"  # sigmoid = Eq. 8 | ipo
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"  # sigmoid = Eq. 8 | ipo
     label_smoothing: float = 0.0  # conservative DPO: the probability a preference label is wrong
     length_norm: bool = False  # log-probs per item (divided by the list length) before the margin
     sft_weight: float = 0.0  # + weight * NLL(winner) per item (RPO); 0 = the paper's pure DPO
     decode_heads: int = 0  # heads per pass in log pi(Y); 0 = all the model's heads (its decoding)
-    model: ModelConfig = field(default_factory=ModelConfig)  # used only when init = ""
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, epochs=2))  # small lr: larger ones over-optimise (docs/training.md)
+    model: ModelConfig = field(default_factory=ModelConfig)  # used only when init = "" (post-training from scratch)
+    # distillation's lr; Rerank-DPO wants ~2e-5 (larger ones over-optimise: docs/training.md)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, epochs=2))
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSettings = field(default_factory=RunSettings)
