@@ -98,13 +98,16 @@ def reason_flags(columns: list[str], num_cols: list[str], max_candidates: int) -
     return flags
 
 
-def build(rows: pl.DataFrame, schema: pa.Schema, num_cols: list[str], cat_cols: list[str],
-          max_candidates: int) -> tuple[pa.Table, pa.Table]:
-    """Rows of complete requests -> (sequences, quarantine) exactly as gref.data.sequences.build_sequences
-    makes them (requests in another order)."""
+def build(part: pl.LazyFrame, schema: pa.Schema, num_cols: list[str], cat_cols: list[str],
+          max_candidates: int) -> tuple[pa.Table, pa.Table, int]:
+    """Rows of complete requests -> (sequences, quarantine, rows read) exactly as
+    gref.data.sequences.build_sequences makes them (requests in another order). The rows are
+    collected already sorted by (request, upstream_rank, file order): one copy of them in memory."""
     columns = schema.names
-    rows = rows.with_row_index("_row").sort(
-        [pl.col("request_id"), pl.col("upstream_rank").fill_null(0), pl.col("_row")], nulls_last=True)
+    rows = part.with_row_index("_row").sort(
+        [pl.col("request_id"), pl.col("upstream_rank").fill_null(0), pl.col("_row")], nulls_last=True,
+    ).collect(engine="streaming")
+    n_rows = rows.height
     new_request = pl.col("request_id").ne_missing(pl.col("request_id").shift()) | (pl.int_range(pl.len()) == 0)
     rows = rows.with_columns(_g=new_request.cum_sum() - 1)
     flags = reason_flags(columns, num_cols, max_candidates)
@@ -115,10 +118,11 @@ def build(rows: pl.DataFrame, schema: pa.Schema, num_cols: list[str], cat_cols: 
     reasons = groups.select(reason.alias("reason"), "_n")["reason"].to_numpy()
     counts = groups["_n"].to_numpy()
     rows = rows.with_columns(_ok=pl.Series(reasons == "").gather(rows["_g"]))
-    ok = rows.filter(pl.col("_ok"))
     bad = rows.filter(~pl.col("_ok"))
-    return (_sequences(ok, schema, num_cols, cat_cols),
-            _quarantine(bad, schema, reasons[reasons != ""], counts[reasons != ""]))
+    rows = rows.filter(pl.col("_ok"))  # the valid rows; the frame with every row is freed
+    quarantine = _quarantine(bad, schema, reasons[reasons != ""], counts[reasons != ""])
+    del bad
+    return _sequences(rows, schema, num_cols, cat_cols), quarantine, n_rows
 
 
 def _arrow(frame: pl.DataFrame, names: list[str], schema: pa.Schema) -> pa.Table:
@@ -140,7 +144,9 @@ def _sequences(ok: pl.DataFrame, schema: pa.Schema, num_cols: list[str], cat_col
     first_rows = ok.select(pl.all().gather(starts))
     firsts = _arrow(first_rows, ["request_id", "user_id", "ts"], schema)
     flat = _arrow(ok, ["item_id", *cat_cols], schema)
-    num = ok.select([pl.col(c).cast(pl.Float64).fill_null(float("nan")) for c in num_cols]).to_numpy()
+    num = np.empty((ok.height, len(num_cols)), dtype=np.float32)
+    for j, c in enumerate(num_cols):  # a column at a time: one float64 copy of a column at most
+        num[:, j] = ok[c].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     cols: dict[str, pa.Array] = {
         "request_id": firsts.column("request_id").combine_chunks(),
         "user_id": firsts.column("user_id").combine_chunks(),
@@ -148,7 +154,7 @@ def _sequences(ok: pl.DataFrame, schema: pa.Schema, num_cols: list[str], cat_col
         "split": pa.array(np.full(len(starts), "test")),  # gref.data.prepare.assign_split sets it
         "m": pa.array(m),
         "item_id": lists(flat.column("item_id").combine_chunks(), offsets),
-        "num_raw": lists(pa.array(num.astype(np.float32).reshape(-1)), offsets * len(num_cols)),
+        "num_raw": lists(pa.array(num.reshape(-1)), offsets * len(num_cols)),
     }
     del num
     for c in cat_cols:
@@ -210,10 +216,8 @@ def prepare(logs: str, out: str, cfg: DatasetConfig, buckets: int = 1) -> dict:
     logs_frame, rows_read, ts, quarantined = scan(files, mapping, cfg.item_id_feature), 0, [], {}
     for b in range(buckets):
         part = logs_frame if buckets == 1 else logs_frame.filter(pl.col("request_id").hash(seed=0) % buckets == b)
-        rows = part.collect(engine="streaming")
-        rows_read += rows.height
-        seqs, quarantine = build(rows, schema, num_cols, cat_cols, cfg.max_candidates)
-        del rows
+        seqs, quarantine, n_rows = build(part, schema, num_cols, cat_cols, cfg.max_candidates)
+        rows_read += n_rows
         pq.write_table(seqs, staging / f"part-{b:05d}.parquet", row_group_size=STAGED_ROW_GROUP)
         if quarantine.num_rows:
             pq.write_table(quarantine, out_dir / "quarantine" / f"part-{b:05d}.parquet")
