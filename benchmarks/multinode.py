@@ -124,7 +124,10 @@ def _same_output(a: Path, b: Path) -> dict[str, Any]:
             "sequences": sa["sequences"], "quarantined": sa["quarantined"]}
 
 
-def prepare_scenario(tmp: Path, requests: int) -> dict[str, Any]:
+def prepare_scenario(tmp: Path, requests: int, reference: str = "ray") -> dict[str, Any]:
+    """``reference``: what the cluster's output is compared with -- ray: the same job on one node;
+    polars: the one-process reference (benchmarks/prepare_polars.py, tested equal to the job; no
+    second Ray start, for the CI's budget)."""
     import ray
     from ray.util.state import list_tasks
 
@@ -145,12 +148,17 @@ def prepare_scenario(tmp: Path, requests: int) -> dict[str, Any]:
             if task.node_id and task.type == "NORMAL_TASK":
                 per_node[names.get(task.node_id, task.node_id[:8])] = per_node.get(
                     names.get(task.node_id, task.node_id[:8]), 0) + 1
-    init_ray(num_cpus=2, include_dashboard=False)  # the same logs on one node
-    try:
-        prepare.run(str(sim / "logs"), str(tmp / "single"), cfg)
-    finally:
-        ray.shutdown()
-    return {"requests": requests, "seconds": round(seconds, 1), "tasks_per_node": per_node,
+    if reference == "polars":
+        from benchmarks.prepare_polars import prepare as polars_prepare
+
+        polars_prepare(str(sim / "logs"), str(tmp / "single"), cfg)
+    else:
+        init_ray(num_cpus=2, include_dashboard=False)  # the same logs on one node
+        try:
+            prepare.run(str(sim / "logs"), str(tmp / "single"), cfg)
+        finally:
+            ray.shutdown()
+    return {"requests": requests, "seconds": round(seconds, 1), "tasks_per_node": per_node, "compared_with": reference,
             **_same_output(tmp / "multi", tmp / "single")}
 
 
@@ -467,6 +475,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of {', '.join(SCENARIOS)}")
     p.add_argument("--requests", type=int, default=3000, help="simulated requests of the prepare / train scenarios")
     p.add_argument("--serve-seconds", type=float, default=45.0, help="the serve scenario's load (the node goes at 1/3)")
+    p.add_argument("--prepare-reference", choices=("ray", "polars"), default="ray",
+                   help="the prepare scenario's comparison: the job on one node, or the one-process Polars reference")
     p.add_argument("--out", default="", help="also write the JSON here")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only clusters of this machine
@@ -477,7 +487,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in args.scenarios.split(","):
         tmp = Path(tempfile.mkdtemp(prefix=f"gref-multinode-{name}-"))
         t0 = time.time()
-        extra = {"seconds": args.serve_seconds} if name == "serve" else {}
+        extra = ({"seconds": args.serve_seconds} if name == "serve" else
+                 {"reference": args.prepare_reference} if name == "prepare" else {})
         with _address_file_kept():
             result[name] = SCENARIOS[name](tmp, args.requests, **extra)
         result[name]["wall_s"] = round(time.time() - t0, 1)
