@@ -64,7 +64,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(  # paper: Adam 5e-6, constant, batch 1024
         lr=3e-3, weight_decay=0.01, schedule="cosine", epochs=5))
     lambda1: float = 1.0  # weight of L_n (Eq. 11)
-    lambda2: float = 0.0  # weight of L_o (Eq. 11; paper: 1): no measured gain here, 27 % of a CPU step
+    lambda2: float = 0.0  # weight of L_o (Eq. 11; paper: 1): no measured gain here, 27 % of a CPU step; 0 with k = 1: Eq. 6
     lo_window: int = 0  # items per L_o window; 0 = the k heads; > k with k = 1: Eq. 10 on a single head
     target: Literal["exposure", "eq7"] = "exposure"  # exposure (the paper: the logged order) | eq7 (it re-sorted by Eq. 7, clicks first)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
