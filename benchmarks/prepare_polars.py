@@ -15,7 +15,6 @@ features.json and summary.json as the job does; prints the summary as JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
@@ -28,7 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from gref.config import load_config, to_dict
+from gref.cli import parser, resolve_config
+from gref.config import to_dict
 from gref.data.features import FeatureSpec, merge_stats, partial_stats
 from gref.data.pairs import imitation_pairs
 from gref.data.prepare import SPLITS, STAGED_ROW_GROUP, assign_split, find_log_files, time_split_of
@@ -39,10 +39,9 @@ from gref.data.sequences import REASONS
 QUARANTINE_CHUNK = 2_000  # rejected requests turned into Python objects at a time (as gref.data.sequences)
 
 
-def canonical_arrow_schema(files: list[str], mapping: dict[str, str], item_id_feature: bool) -> pa.Schema:
-    """The Arrow types of the canonical columns as the job sees them (ts as int64 ms): the outputs
-    are cast back to these, since Polars has its own string and integer types."""
-    schema = pads.dataset(files, format="parquet").schema
+def canonical_arrow_schema(schema: pa.Schema, mapping: dict[str, str], item_id_feature: bool) -> pa.Schema:
+    """The Arrow types of the logs' canonical columns as the job sees them (ts as int64 ms): the
+    outputs are cast back to these, since Polars has its own string and integer types."""
     fields = [pa.field(dst, schema.field(src).type) for src, dst in mapping.items()]
     fields = [pa.field("ts", pa.int64()) if f.name == "ts" and pa.types.is_timestamp(f.type) else f for f in fields]
     if item_id_feature:
@@ -203,8 +202,9 @@ def prepare(logs: str, out: str, cfg: DatasetConfig, buckets: int = 1) -> dict:
     start = time.time()
     out_dir = Path(out).resolve()
     files = find_log_files(logs)
-    mapping = canonical_schema(pads.dataset(files, format="parquet").schema, cfg)
-    schema = canonical_arrow_schema(files, mapping, cfg.item_id_feature)
+    logs_schema = pads.dataset(files, format="parquet").schema
+    mapping = canonical_schema(logs_schema, cfg)
+    schema = canonical_arrow_schema(logs_schema, mapping, cfg.item_id_feature)
     num_cols, cat_cols = feature_columns(schema.names)
     fixed = FeatureSpec.load(cfg.features) if cfg.features else None
     if fixed is not None:
@@ -307,15 +307,12 @@ def differences(a: str | Path, b: str | Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="benchmarks.prepare_polars", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("benchmarks.prepare_polars", __doc__)  # --config and key=value: a DatasetConfig, as jobs.prepare
     p.add_argument("--logs", required=True, help="raw Parquet logs (file or directory)")
     p.add_argument("--out", required=True, help="output directory (replaced)")
     p.add_argument("--buckets", type=int, default=1, help="hash buckets of requests grouped one at a time")
-    p.add_argument("--config", help="DatasetConfig YAML (as jobs.prepare)")
-    p.add_argument("overrides", nargs="*", help="DatasetConfig key=value overrides")
     args = p.parse_args(argv)
-    summary = prepare(args.logs, args.out, load_config(DatasetConfig, args.config, args.overrides), args.buckets)
+    summary = prepare(args.logs, args.out, resolve_config(DatasetConfig, args), args.buckets)
     print(json.dumps(summary))
     return summary
 

@@ -60,11 +60,12 @@ def main(argv: list[str] | None = None) -> dict:
         subprocess.run([sys.executable, "-m", "jobs.simulate", "--requests", str(args.requests), "--out",
                         str(work / "sim"), "--chunk", "25000"], check=True, stdout=subprocess.DEVNULL)
     job_args = [f"slice_mb={args.slice_mb}"] if args.slice_mb else []
+    outs = {"jobs.prepare": work / "out-job"}
+    outs |= {f"polars, {b} bucket(s)": work / f"out-polars{b}" for b in args.buckets.split(",")}
+    commands = {name: [sys.executable, "-m", "benchmarks.prepare_polars", "--logs", str(logs), "--out", str(out),
+                       "--buckets", name.split()[1]] for name, out in outs.items() if name != "jobs.prepare"}
     commands = {"jobs.prepare": [sys.executable, "-m", "jobs.prepare", "--logs", str(logs), "--out",
-                                 str(work / "out-job"), *job_args]}
-    for b in (int(x) for x in args.buckets.split(",")):
-        commands[f"polars, {b} bucket(s)"] = [sys.executable, "-m", "benchmarks.prepare_polars", "--logs", str(logs),
-                                               "--out", str(work / f"out-polars{b}"), "--buckets", str(b)]
+                                 str(outs["jobs.prepare"]), *job_args]} | commands
     runs: dict[str, list[dict]] = {name: [] for name in commands}
     for r in range(args.repeats):
         for name in (list(commands) if r % 2 == 0 else list(reversed(commands))):
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         if r == 0:
             for name in commands:
                 if name != "jobs.prepare":
-                    found = differences(work / f"out-polars{name.split()[1]}", work / "out-job")
+                    found = differences(outs[name], outs["jobs.prepare"])
                     if found:
                         raise SystemExit(f"{name} and jobs.prepare differ: {found}")
     summary = json.loads((work / "out-job" / "summary.json").read_text())

@@ -200,9 +200,11 @@ def test_real_clients_mode_decides_on_the_stores_served_clicks(ray_cluster, sim_
 
 
 def test_an_unknown_traffic_source_is_a_config_error():
+    import re
+
     from jobs import continuous
 
-    with pytest.raises(SystemExit, match="'traffic' must be one of simulated | clients, got 'bogus'"):
+    with pytest.raises(SystemExit, match=re.escape("'traffic' must be one of simulated | clients, got 'bogus'")):
         continuous.main(["--config", "configs/continuous.yaml", "traffic=bogus"])
 
 
