@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 # pip takes the local CPU wheel when one is on disk (see RAY-NOTES); else the registry's 2.13.0
 TORCH   := torch==2.13.0
 
-.PHONY: demo test test-unit venv clean
+.PHONY: demo test test-unit serve venv clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,9 +23,17 @@ demo: venv
 test: venv
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -p no:cacheprovider $(ARGS)
 
-## the tests that need no Ray cluster (model, losses, decoding, click models, statistics, layering...)
+## tests/unit alone: no Ray cluster (model, losses, decoding, click models, statistics, serving logic, layering...)
 test-unit: venv
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -m "not integration" -p no:cacheprovider $(ARGS)
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests/unit -p no:cacheprovider $(ARGS)
+
+## serve the registered champion vs NAR4Rec (after `make demo`; serve/config.yaml): http://127.0.0.1:8000 through
+## Serve's proxy, and the fast path, http://127.0.0.1:8001, the Router's own port (Serve's direct ingress:
+## `python -m serve.targets --host 127.0.0.1` prints it; docs/serving.md). A stopping replica drains for 2 s, not
+## Serve's 30 (the time a cloud load balancer needs to deregister it; on loopback there is none)
+serve: venv
+	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=8001 RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=2 \
+	  $(BIN)/serve run serve/config.yaml
 
 clean:
 	rm -rf runs mlflow.db mlartifacts

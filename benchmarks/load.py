@@ -171,7 +171,7 @@ def main() -> None:
         db, routers = server.get_uri(), 2
     else:
         db, routers = str(tmp / "fb.db"), 1
-    url, key = tiny_app(tmp, name="load", feedback_db=db, replicas=2, routers=routers, reranker_cpus=0.2,
+    url, key = tiny_app(tmp, name="load", feedback_db=db, colocate=False, replicas=2, routers=routers, reranker_cpus=0.2,
                         router_cpus=0.1)
     load = Load(url, key, args.clients, args.retry_s).start()
     kills = {}

@@ -284,7 +284,7 @@ def serve_scenario(tmp: Path, requests: int, seconds: float = 45.0) -> dict[str,
     with local_cluster() as cluster:
         names = _node_names(cluster)
         # one HTTP proxy, on the head: every simulated node shares this machine's address and port
-        url, key = tiny_app(tmp, name="multinode", proxy_location="HeadOnly", feedback_db=db, replicas=2, routers=1, reranker_cpus=0.5,
+        url, key = tiny_app(tmp, name="multinode", proxy_location="HeadOnly", feedback_db=db, colocate=False, replicas=2, routers=1, reranker_cpus=0.5,
                             router_cpus=0.25)
         before = _replica_nodes(names, "reranker-gref")
         router = _replica_nodes(names, "Router")

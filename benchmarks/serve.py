@@ -9,9 +9,10 @@ candidates with raw features, n = 10) go to:
                 one arm, served lists recorded in sqlite), over loopback HTTP, its batches waiting
                 up to ``--batch-wait-ms`` to fill (5: the app's default until this benchmark)
   serve_nowait  the same app beside it whose batches never wait: a batch is what has queued
-                while the previous one ran (batch_wait_timeout_s = 0, the app's default now)
-  serve_colocated  as serve_nowait, with the Router running the reranker itself (colocate: true):
-                one process hop less
+                while the previous one ran (batch_wait_timeout_s = 0, the app's default; with a
+                Reranker deployment per arm: the app's default until colocate became it)
+  serve_colocated  as serve_nowait, with the Router running the reranker itself (colocate: true,
+                the app's default now): one process hop less
   *_direct      with ``--direct-ingress``: Ray runs in Serve's high-throughput mode
                 (RAY_SERVE_THROUGHPUT_OPTIMIZED=1, Ray >= 2.55: direct ingress, gRPC between
                 deployments), and serve_nowait / serve_colocated are also measured at their Router
@@ -206,7 +207,24 @@ def main() -> None:
     print(json.dumps({"model": model_dir, "requests_per_level": args.requests, "cpus": os.cpu_count(),
                       "max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms,
                       "serve_throughput_optimized": args.direct_ingress,
+                      "default": default_vs_plain(results, args.direct_ingress),
                       "results": results, "ratios": ratios}, indent=2))
+
+
+def default_vs_plain(results: dict[str, dict], direct: bool) -> dict[str, dict]:
+    """The issue's targets for the app's default config (``colocate: true``; ``serve_colocated``),
+    at its Router's own port when Serve runs with direct ingress (``make serve``) and through the
+    proxy, beside the previous default (a Reranker deployment per arm, ``serve_nowait``): p50 minus
+    plain's at the lowest level, throughput over plain's at the highest."""
+    levels = sorted(int(k) for k in results)
+    low, high = str(levels[0]), str(levels[-1])
+    paths = {"default_direct": "serve_colocated_direct", "default_proxy": "serve_colocated",
+             "previous_default_direct": "serve_nowait_direct", "previous_default_proxy": "serve_nowait"}
+    return {name: {"target": t, f"p50_minus_plain_ms_at_{low}": round(results[low][t]["p50_ms"]
+                                                                      - results[low]["plain"]["p50_ms"], 2),
+                   f"throughput_vs_plain_at_{high}": round(results[high][t]["requests_per_s"]
+                                                           / results[high]["plain"]["requests_per_s"], 2)}
+            for name, t in paths.items() if t in results[low] and (direct or not name.endswith("direct"))}
 
 
 if __name__ == "__main__":

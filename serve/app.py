@@ -1,15 +1,17 @@
-"""The GReF Ray Serve application: reranker replicas per A/B arm behind a FastAPI router.
+"""The GReF Ray Serve application: the deployments and the HTTP mapping (the logic they call lives
+in gref.serving: config, inference, ab, auth, requests, feedback, stats).
 
+    make serve                                     # serve/config.yaml on this machine, Router on its own port too
     serve run serve.app:build_app                  # defaults: GReF champion vs NAR4Rec (the paper's Table 4)
     serve deploy serve/config.yaml                 # on a running cluster; re-deploy to change weights
 
-- ``Reranker`` (one deployment per arm): a registered model version (``models:/name@alias``), a
-  run (``runs:/...``) or a model directory -- GReF or any baseline of gref.baselines; on the GPU
-  when the replica has one; requests are batched with ``@serve.batch`` and decoded (GReF: OMTP
-  with KV cache) in one padded batch per list length.
-- ``colocate: true``: the Router runs the arms' ``Reranker`` code itself (batched alike) instead of
-  calling their deployments -- one process hop less per request; the arms then scale with the
-  Router (``routers``), not on their own.
+- Each arm: a registered model version (``models:/name@alias``), a run (``runs:/...``) or a model
+  directory -- GReF or any baseline of gref.baselines; on the GPU when the replica has one;
+  requests are batched with ``@serve.batch`` and decoded (GReF: OMTP with KV cache) in one padded
+  batch per list length (``gref.serving.inference.ServedModel``).
+- ``colocate: true`` (the default): the Router runs the arms' ``Reranker`` code itself (batched
+  alike) -- one process hop less per request; the arms scale with the Router (``routers``).
+  ``colocate: false``: a ``Reranker`` deployment per arm, scaling (and holding GPUs) on its own.
 - ``Router`` (FastAPI ingress): ``POST /rerank``, ``POST /feedback``, ``GET /healthz`` (open),
   ``GET /metrics`` (Prometheus text), ``GET /stats`` (the same counters as JSON). With an API-key
   file (``api_keys``; keys made by ``python -m jobs.apikey``) every endpoint but /healthz needs a
@@ -32,8 +34,6 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -41,95 +41,27 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from gref.config import from_dict
 from gref.serving.ab import assign_arm, check_weights, experiment_salt, user_unit
 from gref.serving.auth import Authenticator, AuthError, presented_key
+from gref.serving.config import ServeConfig, serve_config
 from gref.serving.feedback import DuplicateRequest, ReopeningStore, StoreError, UnknownRequest
-from gref.serving.requests import (
-    RequestError,
-    check_content_type,
-    encode_batch,
-    parse_feedback,
-    parse_json,
-    parse_rerank,
-)
-from gref.serving.stats import METRICS_CONTENT_TYPE, RouterStats
+from gref.serving.inference import ServedModel
+from gref.serving.requests import RequestError, check_content_type, parse_feedback, parse_json, parse_rerank
+from gref.serving.stats import METRICS_CONTENT_TYPE, RouterStats, server_timing
 
-
-@dataclass
-class ServeConfig:
-    """``args`` of the application (serve/config.yaml or ``serve run serve.app:build_app key=value``)."""
-
-    arms: dict = field(default_factory=lambda: {  # arm name -> model URI (registry alias, run, directory)
-        "gref": "models:/gref-reranker@champion", "nar4rec": "models:/gref-nar4rec@champion"})  # Table 4
-    weights: dict = field(default_factory=dict)  # arm -> traffic weight; {} = equal (user_config overrides)
-    salt: str = ""  # part of the user hash: a new salt reshuffles users; "" = one per experiment (hash of the arms)
-    tracking_uri: str = ""  # MLflow store of the registry; "" = $MLFLOW_TRACKING_URI or ./mlflow.db
-    api_keys: str = ""  # API-key file (python -m jobs.apikey); "" = $GREF_API_KEYS_FILE; neither = no auth (loopback only)
-    feedback_db: str = "runs/serve/feedback.db"  # served lists + feedback: a sqlite file (made absolute; one
-    #                                             Router) or a postgresql://user:pass@host/db URL (several Routers)
-    replicas: int = 1  # reranker replicas per arm (ignored when autoscaling is set)
-    routers: int = 1  # Router replicas; more than one wants a postgresql:// feedback_db (sqlite: one writer host)
-    autoscaling: dict = field(default_factory=dict)  # e.g. {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 8}
-    reranker_cpus: float = 0.25  # CPUs per reranker replica (fractional: 2-core laptops)
-    reranker_gpus: float = -1.0  # GPUs per reranker replica; -1 = 0.25 (4 share a GPU) when the cluster has GPUs, else 0
-    router_cpus: float = 0.1
-    router_resources: dict = field(default_factory=dict)  # custom resources, e.g. {gref_head: 0.01} pins the
-    #                                                       Router and its sqlite file to the head (cluster.yaml)
-    max_batch_size: int = 16  # @serve.batch: requests decoded together
-    colocate: bool = False  # the Router decodes the arms itself: one hop less; arms scale with `routers`
-    decode_mode: str = "auto"  # eager | compile | cuda_graphs (gref.model.accel); auto = cuda_graphs on a GPU, else eager
-    batch_wait_timeout_s: float = 0.0  # @serve.batch: how long a batch waits to fill; 0 = never idle: a batch is
-    #                                    what queued while the previous one ran (benchmarks.serve: 0.005 was slower)
-    max_candidates: int = 200  # per request
-    max_n: int = 32  # longest list a request may ask for (the model's max_length caps it too)
-    max_body_bytes: int = 1_000_000
-    body_timeout_s: float = 10.0  # a request body must arrive within this (slow clients get a 408, not a slot)
-    store_timeout_s: float = 2.0  # longest wait for the feedback store's lock; then a 503 with the reason
-    retention_days: float = 0.0  # served lists (and their feedback) older than this are deleted; 0 = kept
-    explore: float = 0.0  # share of requests served a list sampled from the model (GReF arms), not its greedy
-    #                       list: training data with alternatives; the list's log-probability is stored
-    explore_temperature: float = 1.0  # sampling temperature of those lists (1 = the model's own distribution)
-
-
-def _device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a num_gpus replica may still lack CUDA
+__all__ = ["ServeConfig", "build_app", "direct_urls", "loop_app"]
 
 
 @serve.deployment(max_ongoing_requests=32)
 class Reranker:
+    """One arm's model (gref.serving.inference.ServedModel) behind a batch queue: ``rerank`` takes one
+    request and answers it from a batch of those that queued meanwhile."""
+
     def __init__(self, arm: str, model_uri: str, tracking_uri: str, max_batch_size: int, batch_wait_timeout_s: float,
                  decode_mode: str = "auto", explore_temperature: float = 1.0):
-        import mlflow
-
-        from gref import tracking
-        from gref.data.features import FeatureSpec
-        from gref.reranker_io import load_reranker
-
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-        pinned, version = tracking.pin_version(model_uri)  # one resolution: what is loaded is what is reported
-        directory = tracking.reranker_dir(pinned)
-        self.device = _device()
-        self.model = load_reranker(directory, self.device)
-        from gref.model.accel import accelerated_rerank
-
-        if decode_mode == "auto":
-            decode_mode = "cuda_graphs" if self.device.type == "cuda" else "eager"
-        self.decode = accelerated_rerank(self.model, decode_mode)  # the same lists as model.rerank, tested
-        from gref.model.reranker import GenReranker
-
-        self.explorable = isinstance(self.model, GenReranker)  # a list can be sampled (and its probability known)
-        self.explore_temperature = explore_temperature
-        self.spec = FeatureSpec.load(directory / "features.json")
-        self.features = ["item_id", *self.spec.num_cols, *self.spec.cat_cols]  # what the store keeps of a candidate
-        # in every answer: the weights that ran (the Router caches nothing; a replica restarted
-        # after the alias moved serves, and says, the new version)
-        self.served_by = {"name": model_uri, "version": version, "kind": getattr(self.model.cfg, "kind", "gref"),
-                          "heads": getattr(self.model, "k", None)}
-        logging.getLogger("ray.serve").info("reranker %s: %s on %s, decode %s", arm, pinned, self.device, decode_mode)
+        self.served = ServedModel.load(model_uri, tracking_uri, decode_mode, explore_temperature)
+        logging.getLogger("ray.serve").info("reranker %s: %s on %s, decode %s", arm, self.served.pinned,
+                                            self.served.device, self.served.decode_mode)
         # a batch queue of this instance's own: @serve.batch on a method keeps one queue per class and
         # runs each batch on its first request's instance -- a Router colocating two arms (two
         # instances in one process) decoded one arm's requests with the other arm's model
@@ -137,56 +69,7 @@ class Reranker:
             self._rerank_batch)
 
     async def _rerank_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``rerank`` (batched: one call per request, answered from a batch of them). Each request:
-        {"candidates": [...validated...], "n": int, "explore": bool} -> {"order":
-        [candidate indices], "model": the name, version, kind and heads of the weights that ran,
-        "explored": whether the list was sampled (explore, on a GReF model), "log_propensity": its
-        log-probability under the sampling policy (0 for the greedy list), "timing": ms spent
-        before the batch ran ("queue": the hop from the Router + the batch's wait, from the
-        request's "sent_at" wall time) and in the batch's "encode" and "decode"} or {"error":
-        message} for a request this model cannot serve."""
-        import numpy as np
-        import torch
-
-        from gref.model.decoding import decode
-
-        started = time.time()
-        encode_s = decode_s = 0.0
-        limit_m, limit_n = self.model.cfg.max_candidates, self.model.cfg.max_length
-        out: list[dict[str, Any] | None] = [None] * len(requests)
-        ok = []
-        for i, r in enumerate(requests):
-            if len(r["candidates"]) > limit_m or r["n"] > limit_n:
-                out[i] = {"error": f"this model serves at most {limit_m} candidates and n <= {limit_n}"}
-            else:
-                ok.append(i)
-        if ok:
-            num, cat, mask = encode_batch([requests[i]["candidates"] for i in ok], self.spec)
-            num_t, cat_t, mask_t = (torch.from_numpy(a).to(self.device) for a in (num, cat, mask))
-            encode_s = time.time() - started
-            ns = np.array([requests[i]["n"] for i in ok])
-            explore = np.array([self.explorable and requests[i].get("explore", False) for i in ok])
-            # one decode per distinct (n, explore): a non-autoregressive model's list depends on its length
-            for n, sampled in {(int(n), bool(e)) for n, e in zip(ns, explore)}:
-                rows = np.flatnonzero((ns == n) & (explore == sampled))
-                sel = torch.from_numpy(rows).to(self.device)
-                with torch.no_grad():  # any platform reranker: GReF's OMTP decoding or a baseline's
-                    if sampled:
-                        placed, log_p = decode(self.model, num_t[sel], cat_t[sel], mask_t[sel], n,
-                                               temperature=self.explore_temperature, return_log_prob=True)
-                        placed, log_p = placed.cpu().numpy(), log_p.cpu().numpy()
-                    else:
-                        placed = self.decode(num_t[sel], cat_t[sel], mask_t[sel], n).cpu().numpy()
-                        log_p = np.zeros(len(rows))
-                for b, row in enumerate(rows):
-                    out[ok[row]] = {"order": [int(j) for j in placed[b] if j >= 0], "model": self.served_by,
-                                    "features": self.features, "explored": sampled,
-                                    "log_propensity": float(log_p[b])}
-            decode_s = time.time() - started - encode_s
-        for r, o in zip(requests, out):
-            o["timing"] = {"queue": 1000.0 * max(started - r.get("sent_at", started), 0.0),
-                           "encode": 1000.0 * encode_s, "decode": 1000.0 * decode_s, "batch": len(requests)}
-        return out
+        return self.served.rerank_batch(requests)
 
 
 app = FastAPI(title="GReF reranker", description=__doc__)
@@ -197,19 +80,6 @@ PRUNE_EVERY = 1000  # served lists between two retention passes
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
-
-
-def server_timing(parse_s: float, arm_s: float, reranker: dict[str, float], store_s: float, total_s: float) -> str:
-    """The ``Server-Timing`` header (W3C) of a served request, in ms: ``parse`` (key, body, JSON,
-    validation, replay lookup), ``arm`` (the Router's await of the reranker: both hops, the batch's
-    wait, encode, decode), of which the reranker's ``queue`` (hop there + batch wait), ``encode`` and
-    ``decode`` (its batch of ``batch`` requests), ``store`` (the served list recorded) and ``total``
-    (the Router's handling; a client's latency beyond it is the HTTP proxy and the network)."""
-    stages = {"parse": 1000.0 * parse_s, "arm": 1000.0 * arm_s,
-              **{k: reranker[k] for k in ("queue", "encode", "decode") if k in reranker},  # (a replica of an
-              "store": 1000.0 * store_s, "total": 1000.0 * total_s}                      # older release: none)
-    batch = [f'batch;desc="{reranker["batch"]}"'] if "batch" in reranker else []
-    return ", ".join([*(f"{k};dur={v:.3f}" for k, v in stages.items()), *batch])
 
 
 def _replayed(request_id: str, digest: str, previous: tuple[str, dict[str, Any] | None] | None) -> JSONResponse:
@@ -433,42 +303,21 @@ def _gpus(requested: float) -> float:
 
 def build_app(args: dict[str, Any] | None = None):
     """Serve application builder (``import_path: serve.app:build_app``; ``args`` = ServeConfig)."""
-    cfg = from_dict(ServeConfig, dict(args or {}))
-    from gref.model.accel import MODES
-
-    if cfg.decode_mode not in ("auto", *MODES):
-        raise ValueError(f"decode_mode must be auto or one of {', '.join(MODES)}, got '{cfg.decode_mode}'")
-    if not 0.0 <= cfg.explore <= 1.0 or cfg.explore_temperature <= 0:
-        raise ValueError(f"explore must be in [0, 1] and explore_temperature > 0, got {cfg.explore}, "
-                         f"{cfg.explore_temperature}")
-    if "://" not in cfg.feedback_db:
-        cfg.feedback_db = str(Path(cfg.feedback_db).resolve())  # replicas run in other directories
-    cfg.api_keys = cfg.api_keys or os.environ.get("GREF_API_KEYS_FILE", "")
-    if cfg.api_keys:
-        cfg.api_keys = str(Path(cfg.api_keys).resolve())
-        if not Path(cfg.api_keys).exists():
-            raise ValueError(f"api_keys: no file at {cfg.api_keys} (python -m jobs.apikey create --name ... "
-                             f"--file {cfg.api_keys})")
-        Authenticator(cfg.api_keys)  # a malformed file fails the deploy here, with its message
-    from gref import tracking
-
-    cfg.tracking_uri = tracking.tracking_uri(tracking.TrackingConfig(uri=cfg.tracking_uri))
-    check_weights(cfg.weights or dict.fromkeys(cfg.arms, 1.0), list(cfg.arms))
-    scale = ({"autoscaling_config": cfg.autoscaling} if cfg.autoscaling else {"num_replicas": cfg.replicas})
+    cfg = serve_config(args)
     gpus = _gpus(cfg.reranker_gpus)
+    user_config = {"weights": cfg.weights, "salt": cfg.salt}
     if cfg.colocate:  # one deployment: the Router holds every arm's model and the arms' resources
-        return Router.options(num_replicas=cfg.routers, ray_actor_options={
+        return Router.options(num_replicas=cfg.routers, user_config=user_config, ray_actor_options={
             "num_cpus": cfg.router_cpus + cfg.reranker_cpus * len(cfg.arms), "num_gpus": gpus,
-            "resources": cfg.router_resources}, user_config={"weights": cfg.weights, "salt": cfg.salt}
-        ).bind(dict(cfg.arms), cfg)
+            "resources": cfg.router_resources}).bind(dict(cfg.arms), cfg)
+    scale = {"autoscaling_config": cfg.autoscaling} if cfg.autoscaling else {"num_replicas": cfg.replicas}
     arms = {arm: Reranker.options(name=f"reranker-{arm}", max_ongoing_requests=max(32, 2 * cfg.max_batch_size),
                                   ray_actor_options={"num_cpus": cfg.reranker_cpus, "num_gpus": gpus}, **scale)
             .bind(arm, uri, cfg.tracking_uri, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.decode_mode,
                   cfg.explore_temperature)
             for arm, uri in cfg.arms.items()}
-    return Router.options(num_replicas=cfg.routers,
-                          ray_actor_options={"num_cpus": cfg.router_cpus, "resources": cfg.router_resources},
-                          user_config={"weights": cfg.weights, "salt": cfg.salt}).bind(arms, cfg)
+    return Router.options(num_replicas=cfg.routers, user_config=user_config, ray_actor_options={
+        "num_cpus": cfg.router_cpus, "resources": cfg.router_resources}).bind(arms, cfg)
 
 
 def direct_urls(app_name: str, host: str | None = None, node_ip: str | None = None) -> list[str]:

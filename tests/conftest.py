@@ -1,6 +1,7 @@
 """Shared fixtures: one real local Ray cluster per pytest session, a small simulated world and
-its prepared data (built once, through the real jobs). A test that needs a Ray cluster (this
-session's or its own) is marked ``integration``; ``make test-unit`` runs the others."""
+its prepared data (built once, through the real jobs). tests/unit needs no Ray (``make test-unit``
+runs it alone); every test of tests/integration is marked ``integration`` (a Ray cluster: this
+session's or its own, Serve, Train, Tune, a simulated multi-node cluster)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ RAY_FIXTURES = {"ray_cluster", "prep_dir", "ray_head"}  # fixtures that start (o
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+        elif ray := RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(f"{item.nodeid} needs a Ray cluster ({', '.join(sorted(ray))}): it belongs in "
+                                    "tests/integration")
 
 
 @pytest.fixture(scope="session")

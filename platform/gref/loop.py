@@ -458,8 +458,11 @@ def _serve_round(cfg: ContinuousConfig, app: ServeApp, state: State, traffic: Tr
             rnd["decision"] = {"action": "none", "why": "no challenger this round"}
             break
         users = _arm_users(records, "champion"), _arm_users(records, "challenger")
+        # the information each look saw, as a share of max_looks full looks (rule obf_spending)
+        planned = cfg.requests * cfg.rule.max_looks
+        fractions = tuple(min(n / planned, 1.0) for n in [*(s["requests"] for s in looks), len(records)])
         d = decide(_arm_values(records, "champion", "sampled"), _arm_values(records, "challenger", "sampled"),
-                   look, cfg.rule, *users)
+                   look, cfg.rule, *users, fractions=fractions)
         summary.update({"action": d.action, "lift": d.lift, "low": d.low, "high": d.high, "why": d.why})
         audit = ""
         if traffic.audited:  # the simulated users' E[clicks] of the lists served: the oracle audits

@@ -10,7 +10,7 @@ their launch overhead, not arithmetic, is the cost. Modes, selectable per deploy
                        (CUDA only). Batches are padded to a power of two and candidates to a
                        multiple of 8, so a few graphs serve any traffic; padded rows hold one
                        dummy candidate and are dropped from the answer.
-Every mode returns exactly the eager lists (tests/test_accel.py; benchmarks/gpu.py checks on GPU).
+Every mode returns exactly the eager lists (tests/unit/test_accel.py; benchmarks/gpu.py checks on GPU).
 """
 
 from __future__ import annotations

@@ -71,7 +71,11 @@ class KeyFile:
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
-        keys = json.loads(self.path.read_text()).get("keys", [])
+        try:
+            keys = json.loads(self.path.read_text())["keys"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{self.path}: not a key file of python -m jobs.apikey ({type(err).__name__}: "
+                             f"{err})") from None
         for entry in keys:
             bad = set(entry.get("scopes", [])) - set(SCOPES)
             if bad or not NAME.match(str(entry.get("name", ""))) or len(str(entry.get("sha256", ""))) != 64:

@@ -1,6 +1,6 @@
 """Hostile inputs for the Serve endpoint: a hand-picked corpus and hypothesis strategies.
 
-Used by tests/test_fuzz.py (Ray-free: the request parser; and over real HTTP: a bounded corpus
+Used by tests/unit/test_fuzz.py (Ray-free: the request parser; and over real HTTP: a bounded corpus
 in CI) and by ``benchmarks/fuzz.py`` (>= 10,000 cases against a running app). The contract they
 check: every body gets a 2xx or a 4xx with a message -- never a 5xx, never a hang.
 """

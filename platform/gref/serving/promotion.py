@@ -16,7 +16,15 @@ interval) with either boundary:
     obrien_fleming   O'Brien & Fleming's group-sequential boundary (Biometrics 1979): look k of K
                      at z = c * sqrt(K / k), c solved so that the walk of the looks' z statistics
                      crosses with probability alpha -- strict early, near the one-look 1.96 at the
-                     last look (K = 2: 2.80 then 1.98, where Bonferroni uses 2.24 at both)
+                     last look (K = 2: 2.80 then 1.98, where Bonferroni uses 2.24 at both). It
+                     assumes looks of equal size
+    obf_spending     the same shape on the information each look actually saw (Lan & DeMets,
+                     Biometrika 1983): the level spent by information fraction t (requests so far
+                     over ``max_looks`` planned looks' worth) is alpha(t) = 2 - 2 Phi(z_{alpha/2} /
+                     sqrt(t)), each look's boundary solved for the level spent since the last; the
+                     last look spends what is left. A look cut short (real clients, ``look_timeout_s``)
+                     spends less and the next ones keep the rest: the A/A guarantee holds for looks
+                     of any size, where obrien_fleming's holds for equal ones only
 
     promote   the interval is above 0
     rollback  the interval is below 0 (the challenger is worse: it is dropped)
@@ -33,6 +41,7 @@ from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
+from scipy.special import ndtr
 
 
 @dataclass
@@ -41,15 +50,22 @@ class PromotionRule:
     max_looks: int = 3  # looks at the A/B data before giving up (traffic grows by one batch per look)
     min_requests: int = 100  # greedy requests per arm before a look can decide anything
     unit: Literal["user", "request"] = "user"  # what the interval counts as independent: user (the split's unit) | request
-    boundary: Literal["bonferroni", "obrien_fleming"] = "bonferroni"  # bonferroni | obrien_fleming: how the level is spent over the looks
+    boundary: Literal["bonferroni", "obrien_fleming", "obf_spending"] = "bonferroni"  # how the level is spent over the looks
 
-    def z(self, look: int) -> float:
-        """The interval's half-width in standard errors at ``look`` (1-based) of ``max_looks``."""
+    def z(self, look: int, fractions: tuple[float, ...] | None = None) -> float:
+        """The interval's half-width in standard errors at ``look`` (1-based) of ``max_looks``;
+        ``fractions``: the information fraction of every look so far (obf_spending needs them)."""
         if self.boundary == "bonferroni":
             return NormalDist().inv_cdf(1.0 - self.alpha / (2 * self.max_looks))
         if self.boundary == "obrien_fleming":
             return obrien_fleming_c(self.max_looks, self.alpha) * math.sqrt(self.max_looks / min(look, self.max_looks))
-        raise ValueError(f"rule.boundary must be bonferroni or obrien_fleming, got {self.boundary!r}")
+        if self.boundary == "obf_spending":
+            if fractions is None or len(fractions) != look:
+                raise ValueError(f"obf_spending needs the information fraction of each of the {look} look(s) so far")
+            if look >= self.max_looks:  # the last look spends what is left, however much it saw
+                fractions = (*fractions[:-1], 1.0)
+            return spending_boundaries(tuple(fractions), self.alpha)[-1]
+        raise ValueError(f"rule.boundary must be bonferroni, obrien_fleming or obf_spending, got {self.boundary!r}")
 
 
 def crossing_probability(b: float, looks: int, grid: int = 801) -> float:
@@ -76,6 +92,60 @@ def obrien_fleming_c(looks: int, alpha: float) -> float:
         mid = (low + high) / 2
         low, high = (mid, high) if crossing_probability(mid * math.sqrt(looks), looks) > alpha else (low, mid)
     return (low + high) / 2
+
+
+def obf_spent(t: float, alpha: float) -> float:
+    """Lan & DeMets' O'Brien-Fleming-type spending function: the two-sided level spent by
+    information fraction t in (0, 1]: 2 - 2 Phi(z_{1 - alpha/2} / sqrt(t)); alpha at t = 1."""
+    nd = NormalDist()
+    return 2.0 - 2.0 * nd.cdf(nd.inv_cdf(1.0 - alpha / 2) / math.sqrt(t))
+
+
+@lru_cache(maxsize=256)
+def spending_boundaries(fractions: tuple[float, ...], alpha: float, grid: int = 801) -> list[float]:
+    """z boundaries of looks at increasing information fractions t_1 < ... < t_k (<= 1) that spend
+    ``obf_spent`` between looks: under the null the looks' z statistics are S(t_j) / sqrt(t_j) for a
+    Brownian motion S, and look j's boundary b_j solves P(no crossing before j, |Z_j| >= b_j) =
+    spent(t_j) - spent(t_{j-1}). The density of a path still inside is carried from look to look on
+    a grid; the mass a look keeps inside +-B is a sum of normal CDFs (closed form in B: bisection
+    is cheap). A fraction not above the last one (a look with no new traffic) gets no level (z = inf)."""
+    nd = NormalDist()
+    t_prev, out = 0.0, []
+    x = w = density = None  # the grid, its trapezoid weights, the density of S at t_prev inside
+    for t in fractions:
+        t = min(float(t), 1.0)
+        if t <= t_prev + 1e-9:
+            out.append(math.inf)
+            continue
+        spent = obf_spent(t, alpha)
+        target = 1.0 - spent  # P(no crossing up to this look)
+        sd = math.sqrt(t - t_prev)
+        if density is None:  # the first look: S(t) ~ N(0, t)
+            b = nd.inv_cdf(1.0 - spent / 2) * math.sqrt(t)
+        else:
+            def inside(bound: float) -> float:
+                return float((w * density * (ndtr((bound - x) / sd) - ndtr((-bound - x) / sd))).sum())
+            low, high = 0.0, 12.0 * math.sqrt(t)
+            if inside(high) < target:  # nothing left to spend at this look (numerically)
+                out.append(math.inf)
+                t_prev = t
+                continue
+            for _ in range(50):
+                mid = (low + high) / 2
+                low, high = (mid, high) if inside(mid) < target else (low, mid)
+            b = (low + high) / 2
+        y = np.linspace(-b, b, grid)
+        wy = np.full(grid, y[1] - y[0])
+        wy[[0, -1]] /= 2
+        if density is None:
+            new = np.exp(-0.5 * y * y / t) / math.sqrt(2 * math.pi * t)
+        else:
+            kernel = np.exp(-0.5 * ((y[:, None] - x[None, :]) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
+            new = kernel @ (w * density)
+        x, w, density = y, wy, new
+        out.append(b / math.sqrt(t))
+        t_prev = t
+    return out
 
 
 @dataclass
@@ -117,14 +187,16 @@ def lift_interval(champion: np.ndarray, challenger: np.ndarray, z: float, champi
 
 
 def decide(champion: np.ndarray, challenger: np.ndarray, look: int, rule: PromotionRule,
-           champion_units: np.ndarray | None = None, challenger_units: np.ndarray | None = None) -> Decision:
+           champion_units: np.ndarray | None = None, challenger_units: np.ndarray | None = None,
+           fractions: tuple[float, ...] | None = None) -> Decision:
     """The action after ``look`` (1-based) given every greedy request's value so far, per arm
-    (and, optionally, each request's user: the interval then counts users)."""
+    (and, optionally, each request's user: the interval then counts users); ``fractions``: each
+    look's share of the planned information so far (the obf_spending boundary's input)."""
     if rule.unit not in ("user", "request"):
         raise ValueError(f"rule.unit must be user or request, got {rule.unit!r}")
     if rule.unit == "request":
         champion_units = challenger_units = None
-    z = rule.z(look)
+    z = rule.z(look, fractions)
     na, nb = len(champion), len(challenger)
     last = look >= rule.max_looks
     if min(na, nb) < max(rule.min_requests, 2) or float(np.mean(champion)) <= 0:

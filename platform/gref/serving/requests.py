@@ -11,7 +11,7 @@ null numeric feature is imputed (train mean); an unknown or null categorical val
 out-of-vocabulary id; keys the model does not use are ignored. Everything else that is wrong
 raises ``RequestError`` with an HTTP status and a message naming the field: a body that is not
 one JSON document (nested too deeply, a key twice, invalid UTF-8 or lone surrogates, numbers
-outside float32), a content type other than JSON (415). tests/test_fuzz.py holds it to that.
+outside float32), a content type other than JSON (415). tests/unit/test_fuzz.py holds it to that.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Per-arm counters of a router replica: a JSON view (``/stats``: latency percentiles over a
 window, feedback rates) and Prometheus' text format (``/metrics``: counters and a latency
-histogram per arm, what any Prometheus scrapes and Ray's dashboard can chart)."""
+histogram per arm, what any Prometheus scrapes and Ray's dashboard can chart); and the
+``Server-Timing`` header that tells a client where its request's time went."""
 
 from __future__ import annotations
 
@@ -91,3 +92,16 @@ class RouterStats:
         for table, rows in store.items():
             self._store.labels(table).set(rows)
         return generate_latest(self.registry)
+
+
+def server_timing(parse_s: float, arm_s: float, reranker: dict[str, float], store_s: float, total_s: float) -> str:
+    """The ``Server-Timing`` header (W3C) of a served request, in ms: ``parse`` (key, body, JSON,
+    validation, replay lookup), ``arm`` (the Router's await of the reranker: both hops, the batch's
+    wait, encode, decode), of which the reranker's ``queue`` (hop there + batch wait), ``encode`` and
+    ``decode`` (its batch of ``batch`` requests), ``store`` (the served list recorded) and ``total``
+    (the Router's handling; a client's latency beyond it is the HTTP proxy and the network)."""
+    stages = {"parse": 1000.0 * parse_s, "arm": 1000.0 * arm_s,
+              **{k: reranker[k] for k in ("queue", "encode", "decode") if k in reranker},  # (a replica of an
+              "store": 1000.0 * store_s, "total": 1000.0 * total_s}                      # older release: none)
+    batch = [f'batch;desc="{reranker["batch"]}"'] if "batch" in reranker else []
+    return ", ".join([*(f"{k};dur={v:.3f}" for k, v in stages.items()), *batch])

@@ -1,6 +1,6 @@
 """Fuzzing the request path without Ray: whatever the bytes, the parser answers a request it can
 serve (whose encoding is finite) or a RequestError with a 4xx -- never another exception, which
-the Router would turn into a 500. The same bodies go over real HTTP in tests/test_serve.py."""
+the Router would turn into a 500. The same bodies go over real HTTP in tests/integration/test_serve.py."""
 
 from __future__ import annotations
 

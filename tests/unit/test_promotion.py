@@ -12,7 +12,7 @@ import pytest
 
 from gref.evaluation import add_gains
 from gref.serving.promotion import (PromotionRule, crossing_probability, decide, lift_interval, mean_and_variance,
-                                     offline_decision)
+                                     obf_spent, offline_decision, spending_boundaries)
 
 
 def test_lift_interval_by_hand():
@@ -114,6 +114,62 @@ def test_aa_tests_rarely_promote_however_many_looks(boundary):
         naive_promoted += any(lift_interval(a[:k].ravel(), b[:k].ravel(), naive.z(1))[1] > 0 for k in (1, 2, 3))
     assert promoted / 2000 <= 0.025
     assert naive_promoted > promoted
+
+
+def test_the_spending_boundary_by_hand_at_the_first_look_and_with_one_look():
+    """The first look spends alpha(t1) = 2 - 2 Phi(z / sqrt(t1)) alone: its boundary is z / sqrt(t1)
+    (1.95996 / 0.5 at a quarter of the planned traffic); one look with all of it is the usual 1.96."""
+    assert obf_spent(1.0, 0.05) == pytest.approx(0.05)
+    assert obf_spent(0.25, 0.05) == pytest.approx(2 - 2 * 0.5 * (1 + math.erf(3.919928 / math.sqrt(2))), rel=1e-4)
+    assert spending_boundaries((0.25,), 0.05)[0] == pytest.approx(1.959964 / 0.5, abs=1e-4)
+    assert spending_boundaries((1.0,), 0.05)[0] == pytest.approx(1.959964, abs=1e-4)
+    assert spending_boundaries((0.5, 0.5, 1.0), 0.05)[1] == math.inf  # a look with no new traffic decides nothing
+
+
+@pytest.mark.parametrize("fractions", [(1 / 3, 2 / 3, 1.0), (0.1, 0.5, 1.0), (0.6, 0.7, 1.0)])
+def test_the_spending_boundary_spends_what_it_says_at_looks_of_any_size(fractions):
+    """400,000 Brownian paths seen at the looks' information fractions (equal looks, a short first
+    look, a short second one): the share that first crosses at each look is the level the spending
+    function assigns it (within 4 standard errors), and all looks together cross with probability
+    alpha -- the A/A guarantee for looks of any size."""
+    rng = np.random.default_rng(0)
+    bounds = spending_boundaries(fractions, 0.05)
+    t = np.array((0.0, *fractions))
+    z = np.abs(np.cumsum(rng.normal(size=(400_000, len(fractions))) * np.sqrt(np.diff(t)), 1) / np.sqrt(t[1:]))
+    crossed = np.zeros(len(z), bool)
+    for j, b in enumerate(bounds):
+        first = ~crossed & (z[:, j] >= b)
+        planned = obf_spent(t[j + 1], 0.05) - (obf_spent(t[j], 0.05) if j else 0.0)
+        assert abs(first.mean() - planned) <= 4 * math.sqrt(planned * (1 - planned) / len(z)) + 1e-5
+        crossed |= first
+    assert abs(crossed.mean() - 0.05) <= 4 * math.sqrt(0.05 * 0.95 / len(z))
+
+
+def test_the_spending_rule_spends_what_is_left_at_the_last_look():
+    rule = PromotionRule(max_looks=3, boundary="obf_spending")
+    assert rule.z(3, (0.2, 0.4, 0.55)) == pytest.approx(spending_boundaries((0.2, 0.4, 1.0), 0.05)[-1])
+    assert rule.z(1, (0.2,)) == pytest.approx(1.959964 / math.sqrt(0.2), abs=1e-4)
+    with pytest.raises(ValueError, match="information fraction"):
+        rule.z(2, (0.2,))
+
+
+def test_aa_tests_with_a_short_look_stay_at_the_level_with_the_spending_boundary():
+    """2,000 A/A tests whose first look got a fifth of its traffic (a client look cut short by its
+    timeout; 100, 500, 500 requests per arm): the spending boundary, fed the fractions seen,
+    promotes at most alpha / 2."""
+    rng = np.random.default_rng(2)
+    rule = PromotionRule(max_looks=3, min_requests=50, boundary="obf_spending")
+    sizes = np.cumsum([100, 500, 500])
+    promoted = 0
+    for _ in range(2000):
+        a, b = rng.poisson(2.3, sizes[-1]), rng.poisson(2.3, sizes[-1])
+        for k, n in enumerate(sizes, 1):
+            fractions = tuple(float(m) / 1500 for m in sizes[:k])
+            action = decide(a[:n], b[:n], k, rule, fractions=fractions).action
+            if action != "continue":
+                promoted += action == "promote"
+                break
+    assert promoted / 2000 <= 0.025
 
 
 def test_aa_tests_with_correlated_users_need_the_user_level_interval():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINTS = ("jobs", "serve", "tune", "benchmarks")
 ABOVE_THE_MODEL = ("gref.baselines", "gref.train", "gref.serving", "gref.evaluation", "gref.sim", "gref.clickmodel",
                    "gref.tracking", "gref.reranker_io")

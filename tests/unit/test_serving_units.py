@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sqlite3
 import time
 
@@ -411,3 +412,83 @@ def test_an_unopenable_store_is_a_store_error_and_reopens_when_it_can(tmp_path):
     assert store.error == ""
     with pytest.raises(StoreError, match="unavailable"):
         ReopeningStore("postgresql://nobody@127.0.0.1:1/none", busy_timeout_s=0.5).call("counts")
+
+
+def test_a_served_model_answers_a_batch_per_length_and_exploration(tmp_path):
+    """gref.serving.inference without Serve: one batch of mixed requests -> each decoded with the
+    others of its (n, explore), greedy lists equal to the model's own, a sampled list with its
+    log-probability, an error for what the model cannot serve, and every answer's timing."""
+    import torch
+
+    from gref.model.config import ModelConfig
+    from gref.model.reranker import GenReranker
+    from gref.reranker_io import save_reranker
+    from gref.serving.inference import ServedModel
+    from gref.serving.requests import encode_batch
+
+    torch.manual_seed(0)
+    model = GenReranker(ModelConfig(num_features=2, cat_sizes=SPEC.cat_sizes, max_candidates=5, max_length=4,
+                                    d_model=16, enc_layers=1, dec_layers=1, omtp_heads=2))
+    SPEC.save(tmp_path / "features.json")
+    directory = save_reranker(tmp_path / "model", model, tmp_path / "features.json")
+    served = ServedModel.load(str(directory), device=torch.device("cpu"))
+    assert served.served_by == {"name": str(directory), "version": "", "kind": "gref", "heads": 2}
+    assert served.features == ["item_id", "num_a", "num_b", "cat_c"] and served.explorable
+
+    cands = parse_rerank(body(), max_candidates=200, max_n=32).candidates  # 3 candidates
+    six = [{"item_id": f"x{i}", "num_a": float(i)} for i in range(6)]  # more than max_candidates = 5
+    sent = time.time() - 0.05  # left the Router 50 ms ago
+    requests = [{"candidates": cands, "n": 2, "explore": False, "sent_at": sent},
+                {"candidates": cands[:2], "n": 2, "explore": False},
+                {"candidates": cands, "n": 3, "explore": False},
+                {"candidates": cands, "n": 3, "explore": True},
+                {"candidates": cands, "n": 5, "explore": False},  # n past max_length = 4
+                {"candidates": six, "n": 2, "explore": False}]
+    out = served.rerank_batch(requests)
+
+    for r, o in zip(requests[:3], out[:3]):
+        num, cat, mask = (torch.from_numpy(a) for a in encode_batch([r["candidates"]], SPEC))
+        alone = [int(j) for j in model.rerank(num, cat, mask, r["n"])[0] if j >= 0]
+        assert o["order"] == alone and not o["explored"] and o["log_propensity"] == 0.0
+    assert len(out[0]["order"]) == 2 and len(out[2]["order"]) == 3
+    assert out[3]["explored"] and sorted(out[3]["order"]) == [0, 1, 2]
+    # the propensity is the sampled list's probability: over 1,200 samples of one request each of
+    # the 3! orders comes up at the rate its log_propensity says (4 standard errors)
+    samples = served.rerank_batch([{"candidates": cands, "n": 3, "explore": True}] * 1200)
+    by_order: dict[tuple, list[float]] = {}
+    for o in samples:
+        by_order.setdefault(tuple(o["order"]), []).append(o["log_propensity"])
+    for log_ps in by_order.values():
+        p = math.exp(log_ps[0])
+        assert np.allclose(log_ps, log_ps[0], atol=1e-5)  # one order, one probability
+        assert abs(len(log_ps) / 1200 - p) <= 4 * math.sqrt(p * (1 - p) / 1200) + 1e-3
+    assert sum(math.exp(v[0]) for v in by_order.values()) <= 1 + 1e-5
+    for o in out[4:]:
+        assert o["error"] == "this model serves at most 5 candidates and n <= 4"
+    assert all(o["timing"]["batch"] == 6 for o in out)
+    assert out[0]["timing"]["queue"] >= 50 and out[1]["timing"]["queue"] == 0.0
+    assert all(o["model"] == served.served_by and o["features"] == served.features for o in out[:4])
+
+
+def test_the_serve_config_is_checked_and_resolved_before_deploying(tmp_path, monkeypatch):
+    from gref.config import ConfigError
+    from gref.serving.config import serve_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GREF_API_KEYS_FILE", raising=False)
+    cfg = serve_config({"tracking_uri": "sqlite:///x.db"})
+    assert cfg.colocate and cfg.feedback_db == str(tmp_path / "runs/serve/feedback.db") and cfg.api_keys == ""
+    assert serve_config({"feedback_db": "postgresql://u@h/db"}).feedback_db == "postgresql://u@h/db"
+    with pytest.raises(ConfigError, match=re.escape("'decode_mode' must be one of auto | eager | compile")):
+        serve_config({"decode_mode": "fast"})
+    with pytest.raises(ValueError, match="explore must be in"):
+        serve_config({"explore": 1.5})
+    with pytest.raises(ValueError, match="api_keys: no file at"):
+        serve_config({"api_keys": "keys.json"})
+    (tmp_path / "keys.json").write_text("not json")
+    monkeypatch.setenv("GREF_API_KEYS_FILE", "keys.json")  # the environment's file, checked alike
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'keys.json'}: not a key file")):
+        serve_config({})
+    monkeypatch.delenv("GREF_API_KEYS_FILE")
+    with pytest.raises(ValueError, match="weight"):
+        serve_config({"weights": {"gref": 1.0, "other": 1.0}})

@@ -62,7 +62,7 @@ def app(ray_cluster, registry):
     port = free_ports()[0]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"tracking_uri": registry["uri"], "feedback_db": str(registry["root"] / "feedback.db"),
-            "replicas": 2, "reranker_cpus": 0.1, "router_cpus": 0.05, "weights": {"gref": 1, "nar4rec": 1},  # the default arms
+            "colocate": False, "replicas": 2, "reranker_cpus": 0.1, "router_cpus": 0.05, "weights": {"gref": 1, "nar4rec": 1},  # the default arms
             "body_timeout_s": 3.0, "store_timeout_s": 1.0, "api_keys": str(keyfile.path)}
     serve.run(build_app(args), name="gref", route_prefix="/", logging_config={"enable_access_log": False})
     yield {"url": f"http://127.0.0.1:{port}", "args": args, "keys": keys, "keyfile": keyfile}
@@ -462,8 +462,8 @@ def test_a_locked_store_gets_a_fast_503_and_a_trickling_body_a_408(app, candidat
         assert time.time() - started < 20  # body_timeout_s = 3
 
 
-def test_a_colocated_router_serves_the_arms_itself(app, registry, candidates, tmp_path):
-    """``colocate: true``: one deployment, the Router decoding the arms in its own process (one hop
+def test_the_default_colocated_router_serves_the_arms_itself(app, registry, candidates, tmp_path):
+    """``colocate: true``, the default: one deployment, the Router decoding the arms in its own process (one hop
     less), with the same answers, batching, timing header and feedback store -- and each arm's
     requests batched apart: concurrent requests of two arms are each decoded by their arm's model
     (with @serve.batch on the method, Ray keeps one queue per class and ran a batch of both arms
@@ -475,7 +475,7 @@ def test_a_colocated_router_serves_the_arms_itself(app, registry, candidates, tm
     from serve.app import build_app
 
     arms = {"gref": "models:/gref-reranker@champion", "nar4rec": "models:/gref-nar4rec@champion"}
-    args = {"tracking_uri": registry["uri"], "feedback_db": str(tmp_path / "colocated.db"), "colocate": True,
+    args = {"tracking_uri": registry["uri"], "feedback_db": str(tmp_path / "colocated.db"),  # colocate: the default
             "arms": arms, "router_cpus": 0.05, "reranker_cpus": 0.1}
     serve.run(build_app(args), name="colocated", route_prefix="/colocated",
               logging_config={"enable_access_log": False})
@@ -522,9 +522,9 @@ def test_serves_through_direct_ingress_and_the_proxy(registry, candidates, tmp_p
 
     from gref.serving.feedback import FeedbackStore
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     child = subprocess.run(
-        [sys.executable, str(repo / "tests/serve_direct_child.py"), str(registry["root"] / "gref"),
+        [sys.executable, str(repo / "tests/integration/serve_direct_child.py"), str(registry["root"] / "gref"),
          str(tmp_path / "direct.db"), json.dumps(candidates), str(free_ports()[0])],
         capture_output=True, text=True, timeout=300, cwd=repo,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))})

@@ -1,10 +1,10 @@
-"""Run by tests/test_serve.py in a child process: a Ray cluster of its own in Serve's
+"""Run by tests/integration/test_serve.py in a child process: a Ray cluster of its own in Serve's
 high-throughput mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1: direct ingress, gRPC between deployments,
 set before Ray starts), the app with two arms, and the same calls through the Router replica's
 own port (found by serve.app.direct_urls, and by ``python -m serve.targets``) and through Serve's
 HTTP proxy. Prints what it saw as one JSON line.
 
-    python tests/serve_direct_child.py MODEL_DIR FEEDBACK_DB CANDIDATES_JSON PROXY_PORT
+    python tests/integration/serve_direct_child.py MODEL_DIR FEEDBACK_DB CANDIDATES_JSON PROXY_PORT
 """
 
 from __future__ import annotations

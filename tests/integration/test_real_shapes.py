@@ -3,7 +3,7 @@
 - a news-like log: lists longer than the model's default length (n up to 40 > 32);
 - a hotel-like log over three calendar days: the day split has no room, quantiles take over;
 - a web-search-like log: every candidate shown (m = n), string ids, ts in seconds, clicks only,
-  ids as the only features (tests/test_yandex.py trains on a real one).
+  ids as the only features (tests/integration/test_yandex_pipeline.py trains on a real one).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def test_every_candidate_shown_string_ids_seconds_and_id_features(ray_cluster, t
     assert "cat_item_id" in spec["cat_cols"]
     # 3000 ids, ~1 sighting each: most are rarer than min_category_count and share the OOV row
     assert summary["features"]["cat_sizes"][spec["cat_cols"].index("cat_item_id")] < 1500
-    # that such a log trains end to end is tests/test_yandex.py (a real m = n log, id-only features)
+    # that such a log trains end to end is tests/integration/test_yandex_pipeline.py (a real m = n log, id-only features)
 
 
 def news_log(requests: int, seed: int = 0) -> pa.Table:

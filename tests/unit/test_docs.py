@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
@@ -46,3 +46,12 @@ def test_every_relative_link_resolves():
 
 def test_the_readme_is_short():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_the_speed_page_is_what_its_generator_writes_from_the_results():
+    """docs/benchmarks-speed.md is generated (benchmarks/speed_page.py): regenerate it after a new
+    result, never edit it by hand."""
+    from benchmarks.speed_page import page
+
+    assert (ROOT / "docs/benchmarks-speed.md").read_text() == page(ROOT / "benchmarks/results"), \
+        "stale: python -m benchmarks.speed_page"

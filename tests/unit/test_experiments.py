@@ -1,0 +1,55 @@
+"""gref.experiments without Ray: the aggregate over seeds, paired lifts by hand, the recipes per table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gref.config import ConfigError
+from gref.experiments import ExperimentConfig, Recipe, aggregate, paired_lift, recipes, table_md
+
+
+def test_aggregate_is_mean_sample_std_and_a_t_interval_over_seeds():
+    reports = [{"A": {"oracle_clicks": 1.0, "auc_exposure": float("nan")}}, {"A": {"oracle_clicks": 2.0}},
+               {"A": {"oracle_clicks": 4.0}}]
+    agg = aggregate(reports)
+    sd = np.std([1, 2, 4], ddof=1)
+    assert agg["A"]["oracle_clicks"] == {"mean": pytest.approx(7 / 3), "std": pytest.approx(sd), "n": 3,
+                                         "ci95": pytest.approx(4.303 * sd / np.sqrt(3), rel=1e-4)}  # t(2): 4.303
+    assert "auc_exposure" not in agg["A"]  # NaN (undefined) is not averaged in
+    md = table_md(agg, [("row A", "A")], [("oracle_clicks", "E[clicks]", "{:.2f}")])
+    assert "| row A | 2.33 ± 1.53 |" in md
+
+
+def test_paired_lift_by_hand():
+    reports = [{"G": {"oracle_clicks": 2.2}, "B": {"oracle_clicks": 2.0}},
+               {"G": {"oracle_clicks": 2.1}, "B": {"oracle_clicks": 2.1}}]
+    out = paired_lift(reports, "G", "B")
+    lifts = np.array([0.1, 0.0])
+    assert out["mean"] == pytest.approx(0.05) and out["positive"] == 1 and out["n"] == 2
+    assert out["ci95"] == pytest.approx(12.706 * lifts.std(ddof=1) / np.sqrt(2), rel=1e-4)  # t(1) 97.5 %: 12.706
+
+
+def test_recipes_per_table():
+    cfg = ExperimentConfig(tables=["ablations", "heads"], heads=[1, 4], ablation_worlds=["default"])
+    need = recipes(cfg, "default")
+    assert {"gref", "pre", "post_only", "ln_lo", "lo_single", "onpolicy", "ipo", "k1"} <= set(need)
+    assert need["post_only"] == ("gref", Recipe(pretrain=None))
+    assert need["k1"] == ("gref", Recipe(pretrain={"model.omtp_heads": 1}))
+    assert recipes(cfg, "strong") == {}  # ablations run on ablation_worlds only
+
+
+def test_a_subset_of_ablation_rows_keeps_the_gref_reference_and_its_own_report(tmp_path):
+    from dataclasses import replace
+
+    from gref import experiments
+
+    cfg = ExperimentConfig(tables=["ablations"], ablation_rows=["dpo", "no_list_bias"])
+    assert experiments.ablation_rows(cfg, "post") == ["gref", "dpo"]
+    assert experiments.ablation_rows(cfg, "pretraining") == ["gref", "no_list_bias"]
+    assert set(recipes(cfg, "default")) == {"gref", "dpo", "no_list_bias"}
+    assert experiments.report_tag(cfg) == "report-ablations+dpo+no_list_bias"  # never the full table's folder
+    with pytest.raises(ConfigError, match="ablation_rows: unknown"):
+        experiments.run(replace(cfg, ablation_rows=["nope"], out=str(tmp_path)))
+
+
