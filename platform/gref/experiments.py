@@ -216,7 +216,7 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
         name = f"post-{model_id}"
         if not (found := _trained(storage, name)):
             post = override(replace(cfg.dpo, register=False, model=cfg.pretrain.model), recipe.post)
-            if (post.objective == "distill" or post.pairs == "onpolicy") and not post.reward:
+            if post.needs_reward and not post.reward:
                 # one teacher for every row: the reward anchored on the default pre-trained GReF, so a
                 # pre-training ablation changes the student alone
                 post = replace(post, reward=reward(recipe.anchored_reward, recipe.reward))
@@ -435,6 +435,11 @@ def write_tables(cfg: ExperimentConfig, aggs: dict[str, dict], per_seed: dict[st
             cols = [c for c in COLUMNS if c[0] in ("oracle_clicks", "click_lift", "ndcg", "auc_exposure")]
             cols += [("latency_ms", "ms/req (batch)", "{:.3f}"), ("latency_ms_b1", "ms/request", "{:.2f}")]
             parts.append(f"### OMTP heads k (the default recipe): quality and latency\n\n{table_md(agg, rows, cols)}\n")
+            paired = [(label, paired_lift(per_seed[world], key, _label("gref"))) for label, key in rows
+                      if key != _label("gref")]
+            parts.append("\n".join(f"- {label} vs k = {k0}, paired over seeds: E[clicks] {p['mean']:+.2%} ± "
+                                   f"{p['ci95']:.2%} (higher on {p['positive']} of {p['n']} seeds)"
+                                   for label, p in paired if p) + "\n")
     text = "\n".join(parts)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.md").write_text(text)

@@ -322,18 +322,16 @@ def _window(cfg: ContinuousConfig, r: int) -> Path:
 def _train_challenger(cfg: ContinuousConfig, r: int, champion: int, data: Path) -> int:
     """Reward model + post-training from the champion on ``data``; the registered version."""
     from gref import tracking
-    from gref.recipe import train_reward
-    from gref.train.runner import run_training
+    from gref.recipe import post_train
 
     storage = str(_training_storage(cfg))
     rcfg = replace(cfg.reward, data=str(data), init=_registry_uri(cfg, champion), tracking=cfg.tracking,
                    eval=replace(cfg.reward.eval, world=""), run=replace(cfg.reward.run, name=f"round{r}-reward",
                                                                         storage=storage))
-    reward = train_reward(rcfg)
-    dcfg = replace(cfg.dpo, data=str(data), reward=reward["model_dir"], register=True, tracking=cfg.tracking,
+    dcfg = replace(cfg.dpo, data=str(data), reward="", register=True, tracking=cfg.tracking,
                    eval=replace(cfg.dpo.eval, world=""),  # oracle-free model selection
                    run=replace(cfg.dpo.run, name=f"round{r}-post", storage=storage))
-    outcome = run_training("dpo", dcfg, init=tracking.load_reranker_uri(_registry_uri(cfg, champion)))
+    outcome, _ = post_train(dcfg, tracking.load_reranker_uri(_registry_uri(cfg, champion)), rcfg)
     version = int(outcome["registered_version"])
     tracking.set_aliases(cfg.tracking.registered_model, {"challenger": version})
     return version

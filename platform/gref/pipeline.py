@@ -123,7 +123,7 @@ def run(cfg: PipelineConfig) -> dict:
 
     from gref import tracking
     from gref.data import prepare
-    from gref.recipe import train_reward
+    from gref.recipe import post_train
     from gref.report import evaluate
     from gref.train.runner import run_training
 
@@ -155,14 +155,11 @@ def run(cfg: PipelineConfig) -> dict:
 
         pretrained = load_reranker(pre["model_dir"])
         models = {"GReF (pre-train only)": pretrained}
-        reward = None
-        if (cfg.dpo.objective == "distill" or cfg.dpo.pairs == "onpolicy") and not cfg.dpo.reward:
-            cfg.reward.init = pre["model_dir"]
-            reward = _timed(timings, "reward", train_reward, cfg.reward)
-            cfg.dpo.reward = reward["model_dir"]
-            models[TEACHER_ROW] = load_reranker(reward["model_dir"])
+        cfg.reward.init = pre["model_dir"]  # the reward (when post-training needs one) anchors on it
         cfg.dpo.register = True
-        dpo = _timed(timings, "post-train", run_training, "dpo", cfg.dpo, init=pretrained)
+        dpo, reward = _timed(timings, "post-train", post_train, cfg.dpo, pretrained, cfg.reward)
+        if reward:
+            models[TEACHER_ROW] = load_reranker(reward["model_dir"])
         models[GREF_ROW] = load_reranker(dpo["model_dir"])
         baselines = {}
         if cfg.baselines:

@@ -1,14 +1,16 @@
 """The training recipe's stages beyond pre-training, in one place for every caller (jobs.reward,
 jobs.baseline, gref.pipeline, gref.experiments, gref.loop): fit the list-wise reward anchored on a
-pre-trained GReF, and train a baseline from its configs/baselines/<kind>.yaml. Each returns the Ray
-Train runner's outcome dict (run_name, model_dir, mlflow_run_id, best, history, ...)."""
+pre-trained GReF, post-train (the reward first when the objective needs one), and train a baseline
+from its configs/baselines/<kind>.yaml. Each returns the Ray Train runner's outcome dict
+(run_name, model_dir, mlflow_run_id, best, history, ...)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
-from gref.train.config import BaselineTrainConfig, RewardConfig
+from gref.train.config import BaselineTrainConfig, DPOConfig, RewardConfig
 
 # the baselines' recipes (one YAML per kind), beside the project's other configs
 BASELINE_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "baselines"
@@ -30,6 +32,24 @@ def train_reward(cfg: RewardConfig) -> dict:
         assert isinstance(init, ListClickModel)
         init.attractiveness.policy.load_state_dict(policy.state_dict())
     return run_training("baseline", cfg, init=init)
+
+
+def post_train(cfg: DPOConfig, init: Any = None, reward: RewardConfig | None = None) -> tuple[dict, dict | None]:
+    """Post-training from ``init`` (a model, or None: ``cfg.init`` / scratch). When the objective
+    scores lists (``cfg.needs_reward``) and ``cfg.reward`` names none, ``reward`` is fitted first
+    (anchored on ``reward.init``) and post-training uses it. -> (post-training outcome, the
+    reward's outcome or None)."""
+    from gref.config import ConfigError
+    from gref.train.runner import run_training
+
+    fitted = None
+    if cfg.needs_reward and not cfg.reward:
+        if reward is None:
+            raise ConfigError(f"objective={cfg.objective} pairs={cfg.pairs} needs a reward: reward=<dir or URI> "
+                              "or a reward config to fit")
+        fitted = train_reward(reward)
+        cfg = replace(cfg, reward=fitted["model_dir"])
+    return run_training("dpo", cfg, init=init), fitted
 
 
 def baseline_kinds(requested: list[str]) -> list[str]:

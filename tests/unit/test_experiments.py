@@ -53,3 +53,17 @@ def test_a_subset_of_ablation_rows_keeps_the_gref_reference_and_its_own_report(t
         experiments.run(replace(cfg, ablation_rows=["nope"], out=str(tmp_path)))
 
 
+
+
+def test_the_heads_table_says_each_k_against_the_default_paired_over_seeds(tmp_path):
+    from gref.experiments import write_tables
+
+    cfg = ExperimentConfig(tables=["heads"], heads=[4, 10], seeds=[0, 1], worlds={"default": {}})
+    reports = [{"logged exposure": {"oracle_clicks": 2.0}, "GReF": {"oracle_clicks": 2.2},
+                "GReF (k = 10)": {"oracle_clicks": 2.2 * 0.99}},
+               {"logged exposure": {"oracle_clicks": 2.0}, "GReF": {"oracle_clicks": 2.1},
+                "GReF (k = 10)": {"oracle_clicks": 2.1 * 0.97}}]
+    text = write_tables(cfg, {"default": aggregate(reports)}, {"default": reports}, tmp_path)
+    half = 12.706 * np.std([-0.01, -0.03], ddof=1) / np.sqrt(2)  # t(1) 97.5 %: 12.706
+    assert f"- k = 10 vs k = 4, paired over seeds: E[clicks] -2.00% ± {half:.2%} (higher on 0 of 2 seeds)" in text
+    assert "k = 4 vs k = 4" not in text

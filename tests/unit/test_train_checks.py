@@ -68,3 +68,14 @@ def test_scaling_placement_and_elastic_bounds_are_checked_before_any_work():
         with pytest.raises(ConfigError, match=says):
             check_config("pretrain", load_config(PretrainConfig, None, ["scaling.num_workers=2", *bad]),
                          gref_model=True)
+
+
+def test_post_training_that_needs_a_reward_without_one_is_refused_before_any_work():
+    from gref.config import ConfigError
+    from gref.recipe import post_train
+    from gref.train.config import DPOConfig
+
+    assert DPOConfig().needs_reward and DPOConfig(objective="dpo", pairs="onpolicy").needs_reward
+    assert not DPOConfig(objective="dpo", pairs="logged").needs_reward
+    with pytest.raises(ConfigError, match="objective=distill pairs=logged needs a reward"):
+        post_train(DPOConfig(), None, None)

@@ -112,6 +112,12 @@ class DPOConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     register: bool = True  # register the final model in the MLflow registry
 
+    @property
+    def needs_reward(self) -> bool:
+        """Distillation and on-policy pairs score lists with a list-level reward; Rerank-DPO on
+        logged pairs does not."""
+        return self.objective == "distill" or self.pairs == "onpolicy"
+
 
 @dataclass
 class BaselineTrainConfig:

@@ -73,8 +73,7 @@ def check_config(stage: str, cfg: Any, gref_model: bool) -> str:
         if cfg.objective not in ("dpo", "distill") or cfg.pairs not in ("logged", "onpolicy"):
             raise ConfigError(f"objective must be dpo | distill and pairs logged | onpolicy "
                               f"(got objective={cfg.objective}, pairs={cfg.pairs})")
-        needs_reward = cfg.objective == "distill" or cfg.pairs == "onpolicy"
-        if needs_reward and not cfg.reward:
+        if cfg.needs_reward and not cfg.reward:
             raise ConfigError(f"objective={cfg.objective} pairs={cfg.pairs} needs a list-level reward: "
                               "reward=<list click model dir or URI (jobs.reward)> or reward=oracle")
         if cfg.reward == "oracle" and not cfg.eval.world:
