@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from gref.data.features import FeatureSpec
-from gref.model.accel import MODES
+from gref.model.accel import MODES, accelerated_rerank
 from gref.serving.requests import encode_batch
 
 DECODE_MODES = ("auto", *MODES)  # auto = cuda_graphs on a GPU, else eager
@@ -38,7 +38,7 @@ class ServedModel:
     model: nn.Module
     spec: FeatureSpec
     served_by: dict[str, Any]
-    decode: Callable  # model.rerank's signature, maybe compiled / graphed (gref.model.accel): greedy lists
+    greedy: Callable  # model.rerank's signature, maybe compiled / graphed (gref.model.accel): greedy lists
     device: torch.device
     decode_mode: str  # one of gref.model.accel.MODES
     pinned: str  # the URI loaded: a registry alias resolved to its version
@@ -52,7 +52,6 @@ class ServedModel:
         import mlflow
 
         from gref import tracking
-        from gref.model.accel import accelerated_rerank
         from gref.reranker_io import load_reranker
 
         if decode_mode not in DECODE_MODES:
@@ -118,7 +117,7 @@ class ServedModel:
                                                temperature=self.explore_temperature, return_log_prob=True)
                         placed, log_p = placed.cpu().numpy(), log_p.cpu().numpy()
                     else:
-                        placed = self.decode(num_t[sel], cat_t[sel], mask_t[sel], n).cpu().numpy()
+                        placed = self.greedy(num_t[sel], cat_t[sel], mask_t[sel], n).cpu().numpy()
                         log_p = np.zeros(len(rows))
                 for b, row in enumerate(rows):
                     out[ok[row]] = {"order": [int(j) for j in placed[b] if j >= 0], "model": self.served_by,
