@@ -10,7 +10,7 @@ keeps as the served list's propensity.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,6 +43,8 @@ class ServedModel:
     decode_mode: str  # one of gref.model.accel.MODES
     pinned: str  # the URI loaded: a registry alias resolved to its version
     explore_temperature: float = 1.0  # sampling temperature of explored lists (1 = the model's distribution)
+    features: list[str] = field(init=False)  # item_id + the feature columns: what the store keeps of a candidate
+    explorable: bool = field(init=False)  # a GReF: lists can be sampled with a known probability
 
     @classmethod
     def load(cls, model_uri: str, tracking_uri: str = "", decode_mode: str = "auto",
@@ -69,17 +71,14 @@ class ServedModel:
         return cls(model, FeatureSpec.load(Path(directory) / "features.json"), served_by,
                    accelerated_rerank(model, decode_mode), device, decode_mode, pinned, explore_temperature)
 
-    @property
-    def features(self) -> list[str]:
-        """The candidate fields this model reads: what the feedback store keeps of a candidate."""
-        return ["item_id", *self.spec.num_cols, *self.spec.cat_cols]
-
-    @property
-    def explorable(self) -> bool:
-        """Whether a list can be sampled and its probability known (GReF, not a baseline)."""
+    def __post_init__(self) -> None:
         from gref.model.reranker import GenReranker
 
-        return isinstance(self.model, GenReranker)
+        # once per replica, not per request: the candidate fields this model reads (what the
+        # feedback store keeps of a candidate), and whether a list can be sampled and its
+        # probability known (GReF, not a baseline)
+        self.features = ["item_id", *self.spec.num_cols, *self.spec.cat_cols]
+        self.explorable = isinstance(self.model, GenReranker)
 
     def rerank_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each request {"candidates": [...validated...], "n": int, "explore": bool, "sent_at": wall
@@ -107,7 +106,6 @@ class ServedModel:
             encode_s = time.time() - started
             ns = np.array([requests[i]["n"] for i in ok])
             explore = np.array([self.explorable and bool(requests[i].get("explore", False)) for i in ok])
-            features = self.features
             for n, sampled in sorted({(int(n), bool(e)) for n, e in zip(ns, explore)}):
                 rows = np.flatnonzero((ns == n) & (explore == sampled))
                 sel = torch.from_numpy(rows).to(self.device)
@@ -121,7 +119,7 @@ class ServedModel:
                         log_p = np.zeros(len(rows))
                 for b, row in enumerate(rows):
                     out[ok[row]] = {"order": [int(j) for j in placed[b] if j >= 0], "model": self.served_by,
-                                    "features": features, "explored": sampled, "log_propensity": float(log_p[b])}
+                                    "features": self.features, "explored": sampled, "log_propensity": float(log_p[b])}
             decode_s = time.time() - started - encode_s
         for r, o in zip(requests, out):
             o["timing"] = {"queue": 1000.0 * max(started - r.get("sent_at", started), 0.0),
