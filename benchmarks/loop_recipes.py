@@ -47,13 +47,15 @@ def main() -> None:
     from gref.config import load_config
     from gref.ray_utils import init_ray
     from gref.sim.world import World
+    from gref.loop import ContinuousConfig, LoopState
+    from gref.loop.audit import audit_values, teacher_values
+    from gref.loop.trainer import train_challenger, window as training_window
     from gref.stats import paired_ratio_lift
-    from gref import loop as continuous
 
     loop, out = Path(args.loop).resolve(), Path(args.out).resolve()
-    state = json.loads((loop / "state.json").read_text())
-    v0 = state["round0_champion"]
-    run_cfg = load_config(continuous.ContinuousConfig, str(loop / "continuous.yaml"), [])
+    state = LoopState.load(loop / "state.json")
+    v0 = state.round0_champion
+    run_cfg = load_config(ContinuousConfig, str(loop / "continuous.yaml"), [])
     if not run_cfg.tracking.uri.startswith("sqlite:///"):
         raise SystemExit(f"the run's tracking store must be a sqlite file to copy, got {run_cfg.tracking.uri}")
     source_db = Path(run_cfg.tracking.uri.removeprefix("sqlite:///"))
@@ -63,10 +65,10 @@ def main() -> None:
         shutil.copy(source_db, db)
     world = World.load(run_cfg.world)
     init_ray()
-    loop_round = state["rounds"].get(str(args.round), {})
-    init = v0 if args.start == "round0" else int(loop_round["champion"])
+    loop_round = state.round(args.round)
+    init = v0 if args.start == "round0" else loop_round.champion
     result = {"loop": str(loop), "round": args.round, "round0_champion": v0, "init": init,
-              "loop_challenger": loop_round.get("audit_challenger_vs_round0"), "variants": {}}
+              "loop_challenger": loop_round.audit_challenger_vs_round0, "variants": {}}
     first = None  # the first variant's audit values: the others' paired reference
     for name, overrides in map(_variant, args.variant or ["loop:"]):
         root = out / name
@@ -75,16 +77,16 @@ def main() -> None:
             if not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(loop / "rounds" / str(k) / "prep")
-        cfg = load_config(continuous.ContinuousConfig, str(loop / "continuous.yaml"),
+        cfg = load_config(ContinuousConfig, str(loop / "continuous.yaml"),
                           [*overrides, f"out={root}", f"tracking.uri=sqlite:///{db}"])
         tracking.setup(cfg.tracking)
         mlflow.set_experiment(cfg.tracking.experiment)
         t0 = time.time()
-        window = continuous._window(cfg, args.round)
-        version = continuous._train_challenger(cfg, args.round, init, window)
+        window = training_window(cfg, args.round)
+        version = train_challenger(cfg, args.round, init, window)
         train_s = time.time() - t0
-        base, new = continuous._audit_values(cfg, world, v0), continuous._audit_values(cfg, world, version)
-        start, teacher = continuous._audit_values(cfg, world, init), continuous._teacher_values(cfg, world, args.round)
+        base, new = audit_values(cfg, world, v0), audit_values(cfg, world, version)
+        start, teacher = audit_values(cfg, world, init), teacher_values(cfg, world, args.round)
         rounds = json.loads((window / "summary.json").read_text())["window_rounds"]
         row = {"overrides": overrides, "window_rounds": rounds, "version": version, "train_s": round(train_s, 1),
                "vs_round0": paired_ratio_lift(base, new), "vs_init": paired_ratio_lift(start, new),

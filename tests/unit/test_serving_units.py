@@ -185,12 +185,12 @@ def test_feedback_store_survives_reopen_and_exports_raw_logs(db, tmp_path):
 def test_a_round_exports_the_store_the_app_writes_to(db, tmp_path):
     """Review defect (issue 35): each round exported out/feedback.db while the app wrote to
     ``app.feedback_db``: with PostgreSQL every round trained on an empty export."""
-    from gref.loop import ContinuousConfig, _export_round
+    from gref.loop import ContinuousConfig, Round, export_round
 
     store = FeedbackStore(db)
     store.record_served("r1", "u1", "champion", "m#1", [{"item_id": "i1"}, {"item_id": "i2"}], ["i2", "i1"])
     cfg = ContinuousConfig(out=str(tmp_path / "loop"), app={"feedback_db": db})
-    assert _export_round(cfg, {"since_ms": 0, "until_ms": 2**62}, tmp_path / "served.parquet") == 2
+    assert export_round(cfg, Round(1, since_ms=0, until_ms=2**62), tmp_path / "served.parquet") == 2
     assert pq.read_table(tmp_path / "served.parquet").column("item_id").to_pylist() == ["i1", "i2"]
 
 
