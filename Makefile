@@ -11,9 +11,13 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH) $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl)
-	$(BIN)/pip install -q -e ".[dev]"
 
-venv: $(BIN)/python
+# the project and its dev extra, again whenever pyproject.toml changes (a new pin reaches an existing venv)
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
 
 ## 1. set up a fresh machine and run the main job (simulate -> prepare -> pretrain -> reward -> post-train -> evaluate -> register)
 demo: venv

@@ -1,11 +1,14 @@
-"""The docs hold together without building them (mkdocs is not installed offline; these are the
-checks ``mkdocs build --strict`` makes): every page of docs/ is in mkdocs.yml's nav and every nav
-entry exists; every relative link of the README, the changelog and the pages resolves (anchors
-included); the README stays short."""
+"""The docs hold together: the site builds with ``mkdocs build --strict`` (every page in the nav,
+every link and anchor of the pages resolving: mkdocs.yml's ``validation``); every relative link of
+the README and the changelog, which the site does not hold, resolves too (anchors included); the
+README stays short; generated pages are what their generator writes."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -24,16 +27,17 @@ def anchors(page: Path) -> set[str]:
     return out
 
 
-def test_every_page_is_in_the_nav_and_every_nav_entry_exists():
-    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
-    listed = {file for entry in nav for file in entry.values()}
-    pages = {p.name for p in (ROOT / "docs").glob("*.md")}
-    assert listed == pages
+def test_the_site_builds_strictly(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                         cwd=ROOT, text=True, capture_output=True, timeout=300, check=False,
+                         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert (tmp_path / "site" / "images" / "prepare-10m-memory.png").stat().st_size > 0  # linked from benchmarks/results
 
 
 def test_every_relative_link_resolves():
     broken = []
-    for page in [ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").glob("*.md")]:
+    for page in [ROOT / "README.md", ROOT / "CHANGELOG.md"]:
         for target in LINK.findall(page.read_text()):
             if target.startswith(("http://", "https://", "mailto:")):
                 continue
