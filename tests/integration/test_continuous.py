@@ -29,22 +29,21 @@ class Killed(Exception):
     """Stands for the driver dying mid-look."""
 
 
-def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir, champion, tmp_path, monkeypatch,
-                                                           request):
-    import mlflow
-    from mlflow import MlflowClient
+@pytest.fixture(scope="module")
+def loop_run(ray_cluster, sim_dir, champion, tmp_path_factory) -> dict:
+    """Two rounds on the small world, the driver killed halfway through round 2's first look and the
+    same call run again: what the tests below read (the summary, state.json at the kill, the dirs)."""
     from ray import serve
 
-    from gref.config import load_config
-    from gref.serving.ab import assign_arm
-    from gref.serving.feedback import FeedbackStore
     from gref import loop
+    from gref.config import load_config
     from gref.serving import ab_client
     from serve.app import loop_app
 
-    overrides = [f"out={tmp_path / 'loop'}", f"world={sim_dir / 'world'}", f"champion={champion}", "rounds=2",
+    tmp = tmp_path_factory.mktemp("continuous")
+    overrides = [f"out={tmp / 'loop'}", f"world={sim_dir / 'world'}", f"champion={champion}", "rounds=2",
                  "requests=120", "concurrency=4", "explore=0.25", "audit_requests=100", "rule.max_looks=2",
-                 "rule.min_requests=20", f"port={free_ports()[0]}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                 "rule.min_requests=20", f"port={free_ports()[0]}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
                  "app.reranker_cpus=0.1", "app.router_cpus=0.05",
                  *[f"{stage}.{key}" for stage in ("reward", "dpo") for key in (
                      "optim.epochs=1", "optim.batch_size=64", "scaling.num_workers=0", "eval.max_requests=200")]]
@@ -58,17 +57,33 @@ def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir,
             raise Killed(label)
         return real(url, world, reqs, n, seed, concurrency, api_key, label)
 
-    request.addfinalizer(serve.shutdown)  # later modules start Serve on their own port (http_options apply at start)
-    monkeypatch.setattr(ab_client, "send_traffic", dies_in_round_2)
-    with pytest.raises(Killed):
-        loop.run(cfg, loop_app())
-    state = json.loads((tmp_path / "loop" / "state.json").read_text())
-    assert state["rounds"]["1"]["prepared"] and "decision" not in state["rounds"]["2"]
-    monkeypatch.setattr(ab_client, "send_traffic", real)
-    summary = loop.run(cfg, loop_app())  # the same call: resumes round 2
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ab_client, "send_traffic", dies_in_round_2)
+            with pytest.raises(Killed):
+                loop.run(cfg, loop_app())
+        killed = json.loads((tmp / "loop" / "state.json").read_text())
+        summary = loop.run(cfg, loop_app())  # the same call: resumes round 2
+    finally:
+        serve.shutdown()  # later tests start Serve on their own port (http_options apply at start)
+    return {"summary": summary, "state_at_kill": killed, "out": tmp / "loop", "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"}
 
+
+def test_a_killed_round_resumes_and_counts_every_request_once(loop_run):
+    killed, summary = loop_run["state_at_kill"], loop_run["summary"]
+    assert killed["rounds"]["1"]["prepared"] and "decision" not in killed["rounds"]["2"]
     rounds = summary["rounds"]
-    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert [r["round"] for r in rounds] == [0, 1, 2] and "decision" in rounds[2]
+    # the store: every request once, though round 2's first 50 were sent twice
+    from gref.serving.feedback import FeedbackStore
+
+    sent = sum(len(r["looks"]) * 120 for r in rounds)
+    assert FeedbackStore(loop_run["out"] / "feedback.db").counts()["served"] == sent
+
+
+def test_every_round_trains_a_challenger_and_decides_the_oracle_auditing(loop_run):
+    summary = loop_run["summary"]
+    rounds = summary["rounds"]
     assert rounds[0]["decision"]["action"] == "none" and "challenger" not in rounds[0]
     for r in rounds[1:]:
         assert r["challenger"] > summary["round0_champion"]  # trained and registered this round
@@ -76,43 +91,58 @@ def test_two_rounds_learn_decide_and_resume_a_killed_round(ray_cluster, sim_dir,
         assert 1 <= len(r["looks"]) <= 2 and "oracle_lift" in r["decision"]
         assert "audit_lift" in r and r["audit_champion"] > 0
         assert r["audit_teacher"] > 0 and "audit_teacher_vs_round0" in r  # the round's reward audited too
-    # where the time went, per round: learning (prepare, train, deploy) then serving; round 1 trained
+
+
+def test_each_rounds_time_is_split_into_learning_and_serving(loop_run):
+    summary = loop_run["summary"]
     assert len(summary["learn_minutes"]) == len(summary["serve_minutes"]) == 3
     assert summary["learn_minutes"][1] > summary["learn_minutes"][0] >= 0 and min(summary["serve_minutes"]) > 0
-    # the store: every request once, though round 2's first 50 were sent twice
-    sent = sum(len(r["looks"]) * 120 for r in rounds)
-    counts = FeedbackStore(tmp_path / "loop" / "feedback.db").counts()
-    assert counts["served"] == sent
-    # each round's partition = its own requests, exploration logged with its propensity
-    for r in rounds[:2]:
-        table = pq.read_table(tmp_path / "loop" / "rounds" / str(r["round"]) / "logs" / "served.parquet")
+
+
+def test_each_round_exports_its_own_requests_with_the_propensities_of_exploration(loop_run):
+    for r in loop_run["summary"]["rounds"][:2]:
+        table = pq.read_table(loop_run["out"] / "rounds" / str(r["round"]) / "logs" / "served.parquet")
         assert len(set(table.column("request_id").to_pylist())) == len(r["looks"]) * 120
         explored = table.filter(table.column("explored")).column("log_propensity").to_pylist()
         greedy = table.filter(pc.invert(table.column("explored"))).column("log_propensity").to_pylist()
         assert explored and max(explored) < 0 and set(greedy) == {0.0}
         assert r["data"]["sequences"]["train"] > 0
-    # every round splits users by its own salt, and the Router followed it
+
+
+def test_every_round_splits_users_by_its_own_salt(loop_run):
+    from gref.serving.ab import assign_arm
+
+    rounds = loop_run["summary"]["rounds"]
     assert len({r["salt"] for r in rounds}) == 3
     # the config asks for direct ingress; the tests' Ray was started without it: the looks went
     # through Serve's proxy (benchmarks/results/continuous-*: "direct" in a Ray the loop starts)
     assert {r["ingress"] for r in rounds} == {"proxy"}
-    for r in rounds[1:]:
+    for r in rounds[1:]:  # the Router followed the round's salt
         records = [rec for k in range(1, len(r["looks"]) + 1) for rec in json.loads(
-            (tmp_path / "loop" / "rounds" / str(r["round"]) / f"look{k}.json").read_text())]
+            (loop_run["out"] / "rounds" / str(r["round"]) / f"look{k}.json").read_text())]
         assert {rec["arm"] for rec in records} == {"champion", "challenger"}
         assert all(rec["arm"] == assign_arm(rec["user"], {"champion": 1.0, "challenger": 1.0}, r["salt"])
                    for rec in records)
-    # the registry: the champion alias is the final champion, the challenger alias the last one, each
-    # challenger version tagged with its decision
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    client = MlflowClient()
+
+
+def test_the_registry_holds_the_champion_the_last_challenger_and_every_decision(loop_run):
+    from mlflow import MlflowClient
+
+    summary = loop_run["summary"]
+    rounds = summary["rounds"]
+    client = MlflowClient(loop_run["tracking_uri"], registry_uri=loop_run["tracking_uri"])
     assert int(client.get_model_version_by_alias("gref-reranker", "champion").version) == summary["final_champion"]
     assert int(client.get_model_version_by_alias("gref-reranker", "challenger").version) == rounds[2]["challenger"]
     for r in rounds[1:]:
         tag = client.get_model_version("gref-reranker", str(r["challenger"])).tags["gref.loop"]
         assert tag.startswith(f"round {r['round']}: {r['decision']['action']}")
-    # MLflow: one parent run with a nested run per round, the plot logged
-    parent = (tmp_path / "loop" / "mlflow_run_id").read_text().strip()
+
+
+def test_mlflow_holds_a_parent_run_a_nested_run_per_round_and_the_plot(loop_run):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(loop_run["tracking_uri"])
+    parent = (loop_run["out"] / "mlflow_run_id").read_text().strip()
     nested = client.search_runs([client.get_run(parent).info.experiment_id],
                                 filter_string=f"tags.mlflow.parentRunId = '{parent}'")
     assert {"round-0", "round-1", "round-2"} <= {run.info.run_name for run in nested}

@@ -49,55 +49,72 @@ def test_rederived_pairs_match_the_prepare_job(prep_dir, tmp_path):
     assert (other / "sequences").resolve() == (prep_dir / "sequences").resolve()
 
 
-def test_sweep_nests_runs_resumes_and_its_best_config_trains(ray_cluster, prep_dir, sim_dir, tmp_path):
+@pytest.fixture(scope="module")
+def sweep_runs(ray_cluster, prep_dir, sim_dir, tmp_path_factory) -> dict:
+    """The tiny sweep run twice under one name: its one trial fails after epoch 0, then resumes."""
     from mlflow import MlflowClient
 
-    from jobs import dpo, pretrain
     from tune import sweep
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    config = tmp_path / "tiny.yaml"
+    tmp = tmp_path_factory.mktemp("tune")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    config = tmp / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY_SWEEP))
-    args = ["--config", str(config), "--data", str(prep_dir), "name=tiny", f"storage={tmp_path / 'tune'}",
+    args = ["--config", str(config), "--data", str(prep_dir), "name=tiny", f"storage={tmp / 'tune'}",
             f"tracking.uri={uri}"]
-
     first = sweep.main(args)
+    second = sweep.main(args)
+    client = MlflowClient(uri)
+    experiment = client.get_run(first["mlflow_run_id"]).info.experiment_id
+
+    def children(run_id: str) -> dict:
+        return {r.info.run_name: r for r in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run_id}'")}
+
+    return {"first": first, "second": second, "client": client, "children": children, "tmp": tmp}
+
+
+def test_a_failed_trial_is_reported_and_its_mlflow_run_failed(sweep_runs):
+    first = sweep_runs["first"]
     assert first["metric"] == "oracle_clicks"  # the world beside the logs was found
     assert first["counts"] == {"finished": 0, "stopped early": 0, "error": 1}
     (failed,) = first["trials"]
     assert "injected failure after epoch 0" in failed["error"]
-
-    client = MlflowClient(uri)
-    parent = client.get_run(first["mlflow_run_id"])
-    exp = parent.info.experiment_id
-
-    def children(run_id):
-        return {r.info.run_name: r for r in client.search_runs([exp], f"tags.mlflow.parentRunId = '{run_id}'")}
-
-    trial_run = children(parent.info.run_id)[f"trial-{failed['trial_id']}"]
+    trial_run = sweep_runs["children"](first["mlflow_run_id"])[f"trial-{failed['trial_id']}"]
     assert trial_run.info.status == "FAILED"
     assert trial_run.data.params["pretrain.run.fail_once_at_epoch"] == "0" and trial_run.data.params["pairs.alpha"] == "0.5"
 
-    # the same name again resumes: the failed trial continues from its epoch-0 checkpoint (so the
-    # injected failure does not fire again), in the same MLflow runs, without redoing epoch 0
-    second = sweep.main(args)
+
+def test_the_same_name_resumes_the_failed_trial_in_its_runs_without_redoing_an_epoch(sweep_runs):
+    """The failed trial continues from its epoch-0 checkpoint (so the injected failure does not
+    fire again), in the same MLflow runs."""
+    first, second, client = sweep_runs["first"], sweep_runs["second"], sweep_runs["client"]
     assert second["restored"] and second["mlflow_run_id"] == first["mlflow_run_id"]
     assert second["counts"] == {"finished": 1, "stopped early": 0, "error": 0}
     (done,) = second["trials"]
-    resumed = client.get_run(trial_run.info.run_id)
-    assert resumed.info.status == "FINISHED"
-    objective_steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "objective")]
+    trial_run = sweep_runs["children"](first["mlflow_run_id"])[f"trial-{done['trial_id']}"]
+    assert trial_run.info.status == "FINISHED"
+    objective_steps = [m.step for m in client.get_metric_history(trial_run.info.run_id, "objective")]
     assert sorted(set(objective_steps)) == [0, 1, 2]  # live curve: 2 pre-training epochs, then 1 DPO epoch
-    runs = children(resumed.info.run_id)
+    runs = sweep_runs["children"](trial_run.info.run_id)
     assert {r.info.status for r in runs.values()} == {"FINISHED"} and len(runs) == 2  # its pretrain and dpo runs
     assert [m.step for m in client.get_metric_history(runs[f"{done['trial_id']}-pretrain"].info.run_id,
                                                       "train_loss")] == [0, 1]
-    assert resumed.data.metrics["objective_final"] == pytest.approx(done["objective"])
-    dpo_scores = [m.value for key in ("init.oracle_clicks", "oracle_clicks")  # init: the pre-trained model
-                  for m in client.get_metric_history(runs[f"{done['trial_id']}-dpo"].info.run_id, key)]
-    assert max(dpo_scores) == pytest.approx(done["objective"])  # the trial's score is its exported DPO model's
 
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+def test_a_trials_score_is_its_exported_dpo_models(sweep_runs):
+    second, client = sweep_runs["second"], sweep_runs["client"]
+    (done,) = second["trials"]
+    trial_run = sweep_runs["children"](second["mlflow_run_id"])[f"trial-{done['trial_id']}"]
+    assert trial_run.data.metrics["objective_final"] == pytest.approx(done["objective"])
+    dpo_run = sweep_runs["children"](trial_run.info.run_id)[f"{done['trial_id']}-dpo"]
+    dpo_scores = [m.value for key in ("init.oracle_clicks", "oracle_clicks")  # init: the pre-trained model
+                  for m in client.get_metric_history(dpo_run.info.run_id, key)]
+    assert max(dpo_scores) == pytest.approx(done["objective"])
+
+
+def test_the_sweep_logs_its_results_and_a_best_config_with_the_trials_pairs(sweep_runs):
+    second = sweep_runs["second"]
+    artifacts = {a.path for a in sweep_runs["client"].list_artifacts(second["mlflow_run_id"])}
     assert {"results.csv", "params_vs_objective.png", "best", "summary.json"} <= artifacts
     best = second["best"]
     assert best["objective"] == max(r["objective"] for r in second["trials"])
@@ -105,9 +122,14 @@ def test_sweep_nests_runs_resumes_and_its_best_config_trains(ray_cluster, prep_d
     assert json.loads((Path(dpo_yaml["data"]) / "summary.json").read_text())["config"]["alpha"] == 0.5
     assert yaml.safe_load(Path(best["files"]["dataset"]).read_text())["alpha"] == 0.5
 
-    quick = ["scaling.num_workers=0", "optim.epochs=1", f"run.storage={tmp_path / 'best-runs'}"]
+
+def test_the_best_config_trains_with_the_jobs_as_it_is(sweep_runs):
+    from jobs import dpo, pretrain
+
+    best = sweep_runs["second"]["best"]
+    quick = ["scaling.num_workers=0", "optim.epochs=1", f"run.storage={sweep_runs['tmp'] / 'best-runs'}"]
     out = pretrain.main(["--config", best["files"]["pretrain"], *quick])
     assert len(out["history"]) == 1 and out["history"][0]["oracle_clicks"] > 0
     out = dpo.main(["--config", best["files"]["dpo"], *quick, "register=false"])
-    assert [h["epoch"] for h in out["history"]] == [-1, 0]  # the initial model's validation, then 1 epoch
+    assert [h["epoch"] for h in out["history"]] == [-1, 0]  # the initial model's validation, then 1 DPO epoch
     assert out["history"][-1]["val_dpo_loss"] > 0
