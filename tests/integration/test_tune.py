@@ -62,15 +62,17 @@ def sweep_runs(ray_cluster, prep_dir, sim_dir, tmp_path_factory) -> dict:
     config.write_text(yaml.safe_dump(TINY_SWEEP))
     args = ["--config", str(config), "--data", str(prep_dir), "name=tiny", f"storage={tmp / 'tune'}",
             f"tracking.uri={uri}"]
-    first = sweep.main(args)
-    second = sweep.main(args)
     client = MlflowClient(uri)
-    experiment = client.get_run(first["mlflow_run_id"]).info.experiment_id
 
     def children(run_id: str) -> dict:
+        experiment = client.get_run(run_id).info.experiment_id
         return {r.info.run_name: r for r in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run_id}'")}
 
-    return {"first": first, "second": second, "client": client, "children": children, "tmp": tmp}
+    first = sweep.main(args)
+    trial_runs_after_first = children(first["mlflow_run_id"])  # before the resume finishes them
+    second = sweep.main(args)
+    return {"first": first, "trial_runs_after_first": trial_runs_after_first, "second": second, "client": client,
+            "children": children, "tmp": tmp}
 
 
 def test_a_failed_trial_is_reported_and_its_mlflow_run_failed(sweep_runs):
@@ -79,7 +81,7 @@ def test_a_failed_trial_is_reported_and_its_mlflow_run_failed(sweep_runs):
     assert first["counts"] == {"finished": 0, "stopped early": 0, "error": 1}
     (failed,) = first["trials"]
     assert "injected failure after epoch 0" in failed["error"]
-    trial_run = sweep_runs["children"](first["mlflow_run_id"])[f"trial-{failed['trial_id']}"]
+    trial_run = sweep_runs["trial_runs_after_first"][f"trial-{failed['trial_id']}"]
     assert trial_run.info.status == "FAILED"
     assert trial_run.data.params["pretrain.run.fail_once_at_epoch"] == "0" and trial_run.data.params["pairs.alpha"] == "0.5"
 
