@@ -23,10 +23,9 @@ venv: $(VENV)/.installed
 demo: venv
 	$(BIN)/python -m jobs.pipeline --config configs/pipeline.yaml $(ARGS)
 
-## 2. run the tests (a real local Ray cluster, a real MLflow store), in two pytest-xdist workers: one holds
-## the session's Ray cluster and every test on it, the other the multi-node benchmark and the unit tests
+## 2. run the tests (a real local Ray cluster, a real MLflow store)
 test: venv
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -p no:cacheprovider -n 2 --dist loadgroup $(ARGS)
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -p no:cacheprovider $(ARGS)
 
 ## tests/unit alone: no Ray cluster (model, losses, decoding, click models, statistics, serving logic, layering...)
 test-unit: venv

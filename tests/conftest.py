@@ -25,11 +25,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
-            # `make test` runs two pytest-xdist workers (--dist loadgroup): the session's Ray cluster
-            # and everything on it stay in one worker, one test at a time as before; the multi-node
-            # benchmark (Ray instances of its own, mostly waiting on them) runs beside it in the
-            # other, with the unit tests
-            item.add_marker(pytest.mark.xdist_group("multinode" if item.path.name == "test_multinode.py" else "ray"))
         elif ray := RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             raise pytest.UsageError(f"{item.nodeid} needs a Ray cluster ({', '.join(sorted(ray))}): it belongs in "
                                     "tests/integration")
