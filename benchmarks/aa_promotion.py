@@ -15,7 +15,10 @@ share, draws clicks from the world's user model, and applies ``gref.serving.prom
 Variants side by side on the same draws: the interval counts users (the rule's default) or
 requests (the previous rule), every experiment has its own salt (what the loop does: one per
 round) or all split users alike (one salt: the A/A loop before each round got its own salt), and
-the looks share the level by Bonferroni or by O'Brien-Fleming's boundary (``--boundaries``).
+the looks share the level by Bonferroni, O'Brien-Fleming's boundary or its Lan-DeMets spending
+form on the information each look saw (``--boundaries``). ``--first-look 0.2``: the first look holds
+a fifth of a full look's requests (a ``traffic=clients`` look cut short by its timeout); the others
+are full, and the spending boundary is told each look's share of ``looks`` full looks.
 Rates come with Wilson 95 % intervals; the rule's bound is alpha / 2 (= 2.5 % at alpha 0.05).
 ``--challenger MODEL``: the challenger arm serves that model's greedy lists for the same requests
 (an A/B test): the promotion rate is then the rule's power against that real challenger.
@@ -68,12 +71,15 @@ def main() -> None:
     p.add_argument("--world", default="runs/pipeline/sim/world")
     p.add_argument("--model", default="models:/gref-reranker@champion", help="the champion (both arms)")
     p.add_argument("--challenger", default="", help="the challenger arm's model (an A/B test); default: the champion")
-    p.add_argument("--boundaries", default="bonferroni", help="comma-separated: bonferroni, obrien_fleming")
+    p.add_argument("--boundaries", default="bonferroni",
+                   help="comma-separated: bonferroni, obrien_fleming, obf_spending")
     p.add_argument("--units", default="user,request", help="comma-separated: user, request")
     p.add_argument("--splits", default="salted,fixed", help="comma-separated: salted, fixed")
     p.add_argument("--experiments", type=int, default=1000)
     p.add_argument("--requests", type=int, default=3000, help="requests per look, both arms together")
     p.add_argument("--looks", type=int, default=2)
+    p.add_argument("--first-look", type=float, default=1.0,
+                   help="the first look's requests as a share of --requests (the later looks are full)")
     p.add_argument("--explore", type=float, default=0.1, help="share of requests explored (left out of the decision)")
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--pool", type=int, default=20000, help="simulated requests whose greedy lists are computed")
@@ -104,7 +110,10 @@ def main() -> None:
     outcomes = {name: {"promote": 0, "rollback": 0, "keep": 0} for name in rules}
     half_widths = {name: [] for name in rules}  # the interval's half-width at the first look
     rng = np.random.default_rng(args.seed + 1)
-    total = args.requests * args.looks
+    # requests seen by the end of each look: a first look of --first-look x --requests, then full ones
+    cumulative = [round(args.requests * (look - 1 + args.first_look)) for look in range(1, args.looks + 1)]
+    total = cumulative[-1]
+    fractions = tuple(c / (args.requests * args.looks) for c in cumulative)  # of the planned information
     distinct = np.unique(users)
     fixed_arm = {u: assign_arm(str(u), {"champion": 1.0, "challenger": 1.0}, "aa-fixed") for u in distinct}
     for e in range(args.experiments):
@@ -119,9 +128,10 @@ def main() -> None:
             arm = np.array([arm_of[u] for u in users[rows]])
             action = "keep"
             for look in range(1, args.looks + 1):
-                seen = np.arange(total) < look * args.requests
+                seen = np.arange(total) < cumulative[look - 1]
                 a, b = seen & greedy & (arm == "champion"), seen & greedy & (arm == "challenger")
-                d = decide(clicks[a], clicks_b[b], look, rule, users[rows][a], users[rows][b])
+                d = decide(clicks[a], clicks_b[b], look, rule, users[rows][a], users[rows][b],
+                           fractions=fractions[:look])
                 if look == 1:
                     half_widths[name].append((d.high - d.low) / 2)
                 if d.action != "continue":
@@ -134,7 +144,8 @@ def main() -> None:
 
     result = {"world": args.world, "model": args.model, "challenger": args.challenger or args.model,
               "oracle_lift_of_the_challenger": lift, "experiments": args.experiments,
-              "requests_per_look": args.requests, "looks": args.looks, "explore": args.explore, "alpha": args.alpha,
+              "requests_per_look": args.requests, "looks": args.looks, "first_look": args.first_look,
+              "requests_by_look": cumulative, "explore": args.explore, "alpha": args.alpha,
               "bound": args.alpha / 2, "pool": args.pool, "pool_distinct_users": len(distinct),
               "pool_s": round(pool_s, 1), "wall_s": round(time.time() - t0, 1),
               "clicks_per_request": float(drawn.mean()),

@@ -169,6 +169,8 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.direct_ingress:  # read by Serve's controller and replicas: set before Ray starts them
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        # a deleted app's replicas drain 2 s, not 30 (no load balancer to deregister from; make serve's)
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     init_ray()
     serve_port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})

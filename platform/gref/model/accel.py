@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-MODES = ("eager", "compile", "cuda_graphs")
+Mode = Literal["eager", "compile", "cuda_graphs"]
+MODES: tuple[str, ...] = get_args(Mode)
 Rerank = Callable[[Tensor, Tensor, Tensor, int], Tensor]
 
 

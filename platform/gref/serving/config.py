@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 from gref.config import from_dict
 from gref.serving.ab import check_weights
 from gref.serving.auth import Authenticator
+from gref.serving.inference import DecodeMode
 
 
 @dataclass
@@ -37,7 +37,7 @@ class ServeConfig:
     colocate: bool = True  # the Router decodes the arms itself: one process hop less per request (the arms
     #                        scale with `routers`); false = a Reranker deployment per arm, scaling (and
     #                        holding GPUs) on its own: serve/config.cluster.yaml
-    decode_mode: Literal["auto", "eager", "compile", "cuda_graphs"] = "auto"  # gref.model.accel; auto = cuda_graphs
+    decode_mode: DecodeMode = "auto"  # gref.model.accel; auto = cuda_graphs
     #                                                                           on a GPU, else eager
     batch_wait_timeout_s: float = 0.0  # @serve.batch: how long a batch waits to fill; 0 = never idle: a batch is
     #                                    what queued while the previous one ran (benchmarks.serve: 0.005 was slower)

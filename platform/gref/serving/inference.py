@@ -12,17 +12,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
 from gref.data.features import FeatureSpec
-from gref.model.accel import MODES, accelerated_rerank
+from gref.model.accel import Mode, accelerated_rerank
 from gref.serving.requests import encode_batch
 
-DECODE_MODES = ("auto", *MODES)  # auto = cuda_graphs on a GPU, else eager
+DecodeMode = Literal["auto", Mode]  # auto = cuda_graphs on a GPU, else eager
+DECODE_MODES: tuple[str, ...] = get_args(DecodeMode)
 
 
 def serving_device() -> torch.device:
@@ -40,7 +41,7 @@ class ServedModel:
     served_by: dict[str, Any]
     greedy: Callable  # model.rerank's signature, maybe compiled / graphed (gref.model.accel): greedy lists
     device: torch.device
-    decode_mode: str  # one of gref.model.accel.MODES
+    decode_mode: Mode  # resolved: auto is one of gref.model.accel's modes here
     pinned: str  # the URI loaded: a registry alias resolved to its version
     explore_temperature: float = 1.0  # sampling temperature of explored lists (1 = the model's distribution)
     features: list[str] = field(init=False)  # item_id + the feature columns: what the store keeps of a candidate
