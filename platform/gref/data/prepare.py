@@ -56,7 +56,6 @@ from gref.ray_utils import data_context, init_ray
 
 SPLITS = ("train", "valid", "test")
 STAGED_ROW_GROUP = 20_000  # requests per row group of the staged and written sequences (what readers split on)
-STAGED_READS_V2 = False  # read the staged files with Ray Data's V2 Parquet reader (prepare_sliced says why not)
 SLICE_MEMORY = 4  # a slice task's memory request / its raw rows' size (measured peak ~3.4x: rows + grouping)
 RAW_ROW_GROUP = 100_000  # rows per row group of the partitioned raw rows, at most
 RAW_WRITE_BUFFER = 2**29  # bytes a partitioning write task may buffer across all slices (row groups being filled)
@@ -231,9 +230,10 @@ def prepare_sliced(files: list[str], mapping: dict[str, str], cfg: DatasetConfig
     # the staged files (a few per slice) are read by Ray Data's first Parquet reader: 2.60's default
     # lists them in a task of its own first, ~1-2 s per read on one node and 20-35 s on three
     # simulated nodes (this job on 1,500 requests there: 114 -> 76 s; on one node, 40k requests,
-    # 45.5 vs 48.8 s, within the noise: benchmarks/results/prepare-staged-reads-cpu.json). The raw
-    # scan above keeps the default: the first reader made it ~3x slower (100k requests, one node)
-    ctx.use_datasource_v2 = STAGED_READS_V2
+    # mean of two: default 45.5 s, first reader 48.8 s, within the noise:
+    # benchmarks/results/prepare-staged-reads-cpu.json). The raw scan above keeps the default: the
+    # first reader made it ~3x slower (100k requests, one node)
+    ctx.use_datasource_v2 = False
     rows_read = sum(m["rows"] for m in meta)
     group_end = time.time()
     log("prepare", f"grouped {rows_read:,} rows into requests ({group_end - start:.1f}s)")
