@@ -1,6 +1,7 @@
 """What the post-training reward promises, and whether it keeps it (issue 33 item 3): for every
 (world, seed) of a ``jobs.experiments`` run, each trained reward (the structured list click model
-``reward-pre-context_members0`` and the default, its context ensemble ``reward-pre``) on the test
+``reward-pre-context_members0``, the default, its context ensemble ``reward-pre``, and the
+ensemble with pairwise terms ``reward-pre-context_pairsTrue``, where a run trained them) on the test
 split's first ``--requests`` requests. Ray-free.
 
 Oracle-free (what a team with real logs can read):
@@ -31,7 +32,7 @@ from gref.sim.user_model import expected_feedback
 from gref.sim.world import World
 from gref.train.steps import data_meta
 
-REWARDS = {"structured": "reward-pre-context_members0", "context": "reward-pre"}
+REWARDS = {"structured": "reward-pre-context_members0", "context": "reward-pre", "pairs": "reward-pre-context_pairsTrue"}
 
 
 @torch.no_grad()
@@ -94,11 +95,17 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps({f"{root.parent.name}/{root.name}": units[f"{root.parent.name}/{root.name}"]}), flush=True)
     if not units:
         raise SystemExit(f"no trained rewards (ray/reward-pre*/model) under {args.runs}")
-    both = [u for u in units.values() if len(u) == 2]
-    summary = {k: {m: float(np.mean([u[k][m] for u in both])) for m in next(iter(both))[k]} for k in REWARDS} if both else {}
-    if both:  # the oracle-free signal of the context term: does its better held-out fit go with a better teacher?
-        summary["context_fits_better_share"] = float(np.mean([u["context"]["click_nll"] < u["structured"]["click_nll"]
-                                                              for u in both]))
+    summary = {}
+    for k in REWARDS:
+        have = [u[k] for u in units.values() if k in u]
+        if have:
+            summary[k] = {m: float(np.mean([a[m] for a in have])) for m in have[0]}
+    for k, other in (("context", "structured"), ("pairs", "context")):
+        # the oracle-free signal of each added part: does its better held-out fit go with a better teacher?
+        both = [u for u in units.values() if k in u and other in u]
+        if both:
+            summary[f"{k}_fits_better_than_{other}_share"] = float(np.mean([u[k]["click_nll"] < u[other]["click_nll"]
+                                                                          for u in both]))
     result = {"runs": args.runs, "requests": args.requests, "units": units, "mean_over_units": summary}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

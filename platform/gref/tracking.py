@@ -36,15 +36,26 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     return uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment of a sqlite store keeps its artifacts: ``mlruns/`` beside the
+    database file (MLflow's own default is ``./mlruns`` of whatever directory the process runs in,
+    so a store in a temporary directory would leave its models in the caller's). None for any
+    other store: its server decides."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///"):]).parent / "mlruns").as_uri()
+
+
 def setup(cfg: TrackingConfig) -> str:
     """Point MLflow at the store, create the experiment once (before any worker logs), return
     the experiment id."""
     import mlflow
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial ... tables"
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(cfg.experiment)
-    return exp.experiment_id if exp else mlflow.create_experiment(cfg.experiment)
+    return exp.experiment_id if exp else mlflow.create_experiment(cfg.experiment, artifact_location(uri))
 
 
 def resumable_run(id_file: str | Path, run_name: str, **start_kwargs: Any):

@@ -5,6 +5,7 @@ weights are fixed per request, and it learns an effect the structured form canno
 import itertools
 
 import numpy as np
+import pytest
 import torch
 
 from gref.baselines.clickmodel import ListClickModel
@@ -20,10 +21,10 @@ class Appeal(torch.nn.Module):
         return num[..., 0].masked_fill(~cand_mask, 0.0)
 
 
-def model(members: int, pessimism: float = 1.0, seed: int = 0) -> ListClickModel:
+def model(members: int, pessimism: float = 1.0, seed: int = 0, pairs: bool = False) -> ListClickModel:
     torch.manual_seed(seed)
     cfg = BaselineConfig(kind="clickmodel", num_features=2, cat_sizes=[6], max_length=8,
-                         context_members=members, pessimism=pessimism)
+                         context_members=members, pessimism=pessimism, context_pairs=pairs)
     return ListClickModel(cfg, Appeal())
 
 
@@ -34,10 +35,11 @@ def inputs(B: int = 3, M: int = 4, seed: int = 0):
     return num, cat, torch.ones(B, M, dtype=torch.bool)
 
 
-def test_context_starts_at_the_structured_model():
+@pytest.mark.parametrize("pairs", [False, True])
+def test_context_starts_at_the_structured_model(pairs):
     num, cat, mask = inputs()
     lists = torch.tensor([[0, 1, 2], [3, 2, -1], [1, 0, 3]])
-    with_context = model(3).eval()
+    with_context = model(3, pairs=pairs).eval()
     plain = model(0).eval()
     plain.load_state_dict({k: v for k, v in with_context.state_dict().items() if not k.startswith("context")})
     a = with_context.marginals(num, cat, mask, lists)
@@ -47,17 +49,40 @@ def test_context_starts_at_the_structured_model():
     assert (a[:, 1, 2] == 0).all()  # no item, no click
 
 
-def perturbed(members: int, pessimism: float) -> ListClickModel:
-    m = model(members, pessimism).eval()
-    for net in m.context.nets:  # a context that matters: random output layers
+def perturbed(members: int, pessimism: float, pairs: bool = False) -> ListClickModel:
+    m = model(members, pessimism, pairs=pairs).eval()
+    for net in m.context.nets:  # a context that matters: random output layers (and pairwise queries)
         torch.nn.init.normal_(net.out[-1].weight, std=1.0)
+        if pairs:
+            torch.nn.init.normal_(net.pair_q.weight, std=1.0)
+            torch.nn.init.normal_(net.pair_gate, std=1.0)
     return m
 
 
-def test_search_is_exhaustive_when_the_beam_holds_every_list():
+def test_pairwise_terms_add_one_gated_dot_product_per_item_above():
+    """r with pairs = r without + sum_i g_i <P_q c + b_q, P_k (a_i + dist_i) + b_k> / sqrt(d) over
+    the items above that are there (hand-computed for 2 of a window of 3)."""
+    net = perturbed(1, 0.0, pairs=True).context.nets[0]
+    d = net.pos.embedding_dim
+    g = torch.Generator().manual_seed(1)
+    cand, mean_above, above = torch.randn(d, generator=g), torch.randn(d, generator=g), torch.randn(3, d, generator=g)
+    mask = torch.tensor([True, True, False])
+    p = torch.tensor(3)
+    with_pairs = net.residual(cand, p, mean_above, above, mask)
+    q = net.pair_q(cand)
+    expected = sum(net.pair_gate[i] * (q @ net.pair_k(above[i] + net.pair_dist.weight[i + 1])) for i in range(2)) / d ** 0.5
+    saved = net.pair_q
+    net.pair_q = None
+    without = net.residual(cand, p, mean_above, above, mask)
+    net.pair_q = saved
+    assert torch.allclose(with_pairs - without, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_search_is_exhaustive_when_the_beam_holds_every_list(pairs):
     num, cat, mask = inputs(B=2, M=4)
     for pessimism in (0.0, 1.5):
-        m = perturbed(3, pessimism)
+        m = perturbed(3, pessimism, pairs)
         every = torch.tensor(list(itertools.permutations(range(4), 3)))  # 24 lists
         values = m.list_values(num, cat, mask, every[None].expand(2, -1, -1))  # [2, 24]
         found = m.search(num, cat, mask, 3, width=24)

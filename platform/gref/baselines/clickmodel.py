@@ -83,7 +83,7 @@ class ListClickModel(BaselineReranker):
         self.continuation = nn.Parameter(torch.full((cfg.max_length,), 2.2))
         # effects beyond the structured form, learned from the lists (gref.clickmodel.context)
         self.context = ListContext(cfg.num_features, cfg.cat_sizes, cfg.context_members, cfg.pessimism,
-                                   cfg.max_length) if cfg.context_members else None
+                                   cfg.max_length, pairs=cfg.context_pairs) if cfg.context_members else None
 
     def item_logits(self, num: Tensor, cat: Tensor, cand_mask: Tensor) -> Tensor:
         """a(i) [B, M]."""

@@ -37,6 +37,7 @@ class BaselineConfig:
     beam_width: int = 4  # clickmodel: beam of its list search (1 = greedy)
     context_members: int = 0  # clickmodel: networks in the neural list-context ensemble (0 = the structured model alone)
     pessimism: float = 1.0  # clickmodel: the list value searched is mean - pessimism * std over those members
+    context_pairs: bool = False  # clickmodel: the context adds one learned term per (candidate, item above) pair
     anchor: dict = field(default_factory=dict)  # clickmodel: ModelConfig of the pre-trained GReF whose first-step
     #                                             logits, scaled, are a(i) (frozen; jobs.reward); {} = a DCN
 

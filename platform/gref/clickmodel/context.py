@@ -19,7 +19,13 @@ r reads, for the item j placed at position p:
   * the position p;
   * the running mean of the tokens above (whole-page effects: coverage, fatigue, satisfaction);
   * attention over the ``window`` items right above, each with its distance (local effects:
-    contrast with the neighbours, complements and clashes of the item right above).
+    contrast with the neighbours, complements and clashes of the item right above);
+  * optionally (``pairs``) a sum of pairwise terms with each of those items,
+      sum_i g_dist_i <P_q t_j + b_q, P_k (t_i + dist_i) + b_k> / sqrt(d),
+    a factorisation machine over the list: the softmax above averages its neighbours and so cannot
+    add up one effect per pair (a complement *and* a clash above), nor count (how many of the
+    items above were of a kind the user came for); the sum can. g (one gate per distance, from 1)
+    lets an effect of the item right above alone leave the rest of the window out. P_q, b_q start at 0.
 A bounded window keeps a step O(window) however long the list (news logs: 200 items).
 
 ``members`` such networks form a bootstrap ensemble: each member's loss weighs every request by
@@ -47,7 +53,7 @@ class ContextNet(nn.Module):
     """One member: r(j, p, y_<p) for every candidate j at every position p of given prefixes."""
 
     def __init__(self, num_features: int, cat_sizes: list[int], d: int = 32, window: int = 8,
-                 max_length: int = 32, cat_dim: int = 8):
+                 max_length: int = 32, cat_dim: int = 8, pairs: bool = False):
         super().__init__()
         self.window = window
         self.cat_emb = nn.ModuleList(nn.Embedding(size, cat_dim, padding_idx=0) for size in cat_sizes)
@@ -60,6 +66,13 @@ class ContextNet(nn.Module):
         self.out = nn.Sequential(nn.Linear(4 * d, 2 * d), nn.GELU(), nn.Linear(2 * d, 1))
         nn.init.zeros_(self.out[-1].weight)  # r = 0 at start: the structured model as it was fitted
         nn.init.zeros_(self.out[-1].bias)
+        self.pair_q = nn.Linear(d, d) if pairs else None
+        self.pair_k = nn.Linear(d, d) if pairs else None
+        self.pair_dist = nn.Embedding(window + 1, d) if pairs else None
+        self.pair_gate = nn.Parameter(torch.ones(window)) if pairs else None
+        if pairs:  # the pairwise sum is 0 at start too
+            nn.init.zeros_(self.pair_q.weight)
+            nn.init.zeros_(self.pair_q.bias)
 
     def tokens(self, num: Tensor, cat: Tensor, struct_logit: Tensor) -> Tensor:
         """Each candidate's token [B, M, d] from its features and its structured logit [B, M]."""
@@ -77,7 +90,12 @@ class ContextNet(nn.Module):
         att = att.masked_fill(~above_mask, -1e9)
         weights = torch.softmax(att, -1) * above_mask.any(-1, keepdim=True)  # nothing above: zeros
         local = (weights[..., None] * above).sum(-2)
-        return self.out(torch.cat([cand, self.pos(p), mean_above, local], -1)).squeeze(-1)
+        r = self.out(torch.cat([cand, self.pos(p), mean_above, local], -1)).squeeze(-1)
+        if self.pair_q is not None:
+            pair_keys = self.pair_k(above + self.pair_dist.weight[1: w + 1])  # [..., w, d]
+            pair = (pair_keys @ self.pair_q(cand)[..., None]).squeeze(-1) / keys.shape[-1] ** 0.5
+            r = r + (pair * self.pair_gate[:w] * above_mask).sum(-1)
+        return r
 
     def along(self, tok: Tensor, lists: Tensor) -> Tensor:
         """r at every slot of lists [B, L] (-1 = none; 0 there), parallel over slots. -> [B, L]"""
@@ -103,10 +121,11 @@ class ListContext(nn.Module):
     """``members`` ContextNets (a bootstrap ensemble) on top of a structured list click model."""
 
     def __init__(self, num_features: int, cat_sizes: list[int], members: int = 4, pessimism: float = 1.0,
-                 max_length: int = 32, d: int = 32, window: int = 8):
+                 max_length: int = 32, d: int = 32, window: int = 8, pairs: bool = False):
         super().__init__()
         self.pessimism = pessimism
-        self.nets = nn.ModuleList(ContextNet(num_features, cat_sizes, d, window, max_length) for _ in range(members))
+        self.nets = nn.ModuleList(ContextNet(num_features, cat_sizes, d, window, max_length, pairs=pairs)
+                                  for _ in range(members))
 
     @property
     def members(self) -> int:
