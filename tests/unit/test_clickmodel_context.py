@@ -21,10 +21,11 @@ class Appeal(torch.nn.Module):
         return num[..., 0].masked_fill(~cand_mask, 0.0)
 
 
-def model(members: int, pessimism: float = 1.0, seed: int = 0, pairs: bool = False) -> ListClickModel:
+def model(members: int, pessimism: float = 1.0, seed: int = 0, pairs: bool = False,
+          prefix: bool = False) -> ListClickModel:
     torch.manual_seed(seed)
     cfg = BaselineConfig(kind="clickmodel", num_features=2, cat_sizes=[6], max_length=8,
-                         context_members=members, pessimism=pessimism, context_pairs=pairs)
+                         context_members=members, pessimism=pessimism, context_pairs=pairs, context_prefix=prefix)
     return ListClickModel(cfg, Appeal())
 
 
@@ -35,11 +36,14 @@ def inputs(B: int = 3, M: int = 4, seed: int = 0):
     return num, cat, torch.ones(B, M, dtype=torch.bool)
 
 
-@pytest.mark.parametrize("pairs", [False, True])
-def test_context_starts_at_the_structured_model(pairs):
+PARTS = [(False, False), (True, False), (True, True)]  # (pairs, prefix)
+
+
+@pytest.mark.parametrize("pairs,prefix", PARTS)
+def test_context_starts_at_the_structured_model(pairs, prefix):
     num, cat, mask = inputs()
     lists = torch.tensor([[0, 1, 2], [3, 2, -1], [1, 0, 3]])
-    with_context = model(3, pairs=pairs).eval()
+    with_context = model(3, pairs=pairs, prefix=prefix).eval()
     plain = model(0).eval()
     plain.load_state_dict({k: v for k, v in with_context.state_dict().items() if not k.startswith("context")})
     a = with_context.marginals(num, cat, mask, lists)
@@ -49,13 +53,15 @@ def test_context_starts_at_the_structured_model(pairs):
     assert (a[:, 1, 2] == 0).all()  # no item, no click
 
 
-def perturbed(members: int, pessimism: float, pairs: bool = False) -> ListClickModel:
-    m = model(members, pessimism, pairs=pairs).eval()
-    for net in m.context.nets:  # a context that matters: random output layers (and pairwise queries)
+def perturbed(members: int, pessimism: float, pairs: bool = False, prefix: bool = False) -> ListClickModel:
+    m = model(members, pessimism, pairs=pairs, prefix=prefix).eval()
+    for net in m.context.nets:  # a context that matters: random output layers (pairwise queries, prefix outputs)
         torch.nn.init.normal_(net.out[-1].weight, std=1.0)
         if pairs:
             torch.nn.init.normal_(net.pair_q.weight, std=1.0)
             torch.nn.init.normal_(net.pair_gate, std=1.0)
+        if prefix:
+            torch.nn.init.normal_(net.prefix["out"].weight, std=1.0)
     return m
 
 
@@ -70,7 +76,8 @@ def test_pairwise_terms_add_one_gated_dot_product_per_item_above():
     p = torch.tensor(3)
     with_pairs = net.residual(cand, p, mean_above, above, mask)
     q = net.pair_q(cand)
-    expected = sum(net.pair_gate[i] * (q @ net.pair_k(above[i] + net.pair_dist.weight[i + 1])) for i in range(2)) / d ** 0.5
+    keys = [net.pair_k(above[i] + net.pair_dist.weight[i + 1]) for i in range(2)]
+    expected = sum(net.pair_gate[i] * (q @ keys[i]) for i in range(2)) / d ** 0.5
     saved = net.pair_q
     net.pair_q = None
     without = net.residual(cand, p, mean_above, above, mask)
@@ -78,11 +85,25 @@ def test_pairwise_terms_add_one_gated_dot_product_per_item_above():
     assert torch.allclose(with_pairs - without, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("pairs", [False, True])
-def test_search_is_exhaustive_when_the_beam_holds_every_list(pairs):
+def test_an_item_in_context_adds_its_gated_sum_of_the_items_above():
+    """in_context = t + O(sum_k mask_k sigmoid(<Q t, K (a_k + dist_k)> / sqrt(d)) V a_k), by hand."""
+    net = perturbed(1, 0.0, prefix=True).context.nets[0]
+    d = net.pos.embedding_dim
+    g = torch.Generator().manual_seed(2)
+    tok, above = torch.randn(d, generator=g), torch.randn(3, d, generator=g)
+    mask = torch.tensor([True, False, True])
+    P = net.prefix
+    gates = [torch.sigmoid(P["q"](tok) @ P["k"](above[k] + net.prefix_dist.weight[k + 1]) / d ** 0.5) for k in (0, 2)]
+    expected = tok + P["out"](gates[0] * P["v"](above[0]) + gates[1] * P["v"](above[2]))
+    assert torch.allclose(net.in_context(tok, above, mask), expected, atol=1e-5)
+    assert not torch.allclose(expected, tok)  # the items above changed it
+
+
+@pytest.mark.parametrize("pairs,prefix", PARTS)
+def test_search_is_exhaustive_when_the_beam_holds_every_list(pairs, prefix):
     num, cat, mask = inputs(B=2, M=4)
     for pessimism in (0.0, 1.5):
-        m = perturbed(3, pessimism, pairs)
+        m = perturbed(3, pessimism, pairs, prefix)
         every = torch.tensor(list(itertools.permutations(range(4), 3)))  # 24 lists
         values = m.list_values(num, cat, mask, every[None].expand(2, -1, -1))  # [2, 24]
         found = m.search(num, cat, mask, 3, width=24)
@@ -99,8 +120,9 @@ def test_pessimistic_value_is_mean_minus_std():
     assert torch.allclose(got, per.mean(0) - 2.0 * per.std(0), atol=1e-5)
 
 
-def test_search_respects_short_candidate_sets():
-    m = perturbed(2, 1.0)
+@pytest.mark.parametrize("pairs,prefix", PARTS)
+def test_search_respects_short_candidate_sets(pairs, prefix):
+    m = perturbed(2, 1.0, pairs, prefix)
     num, cat, mask = inputs(B=2, M=4)
     mask[0, 2:] = False  # the first request has 2 candidates
     found = m.search(num, cat, mask, 3, width=4)

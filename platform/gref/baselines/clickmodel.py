@@ -82,8 +82,8 @@ class ListClickModel(BaselineReranker):
         # theta_1 is unused (e_1 = 1); sigmoid(2.2) ~ 0.9 per step to start
         self.continuation = nn.Parameter(torch.full((cfg.max_length,), 2.2))
         # effects beyond the structured form, learned from the lists (gref.clickmodel.context)
-        self.context = ListContext(cfg.num_features, cfg.cat_sizes, cfg.context_members, cfg.pessimism,
-                                   cfg.max_length, pairs=cfg.context_pairs) if cfg.context_members else None
+        self.context = ListContext(cfg.num_features, cfg.cat_sizes, cfg.context_members, cfg.pessimism, cfg.max_length,
+                                   pairs=cfg.context_pairs, prefix=cfg.context_prefix) if cfg.context_members else None
 
     def item_logits(self, num: Tensor, cat: Tensor, cand_mask: Tensor) -> Tensor:
         """a(i) [B, M]."""

@@ -38,6 +38,7 @@ class BaselineConfig:
     context_members: int = 0  # clickmodel: networks in the neural list-context ensemble (0 = the structured model alone)
     pessimism: float = 1.0  # clickmodel: the list value searched is mean - pessimism * std over those members
     context_pairs: bool = False  # clickmodel: the context adds one learned term per (candidate, item above) pair
+    context_prefix: bool = False  # clickmodel: the context reads the items above each in the light of those above it
     anchor: dict = field(default_factory=dict)  # clickmodel: ModelConfig of the pre-trained GReF whose first-step
     #                                             logits, scaled, are a(i) (frozen; jobs.reward); {} = a DCN
 

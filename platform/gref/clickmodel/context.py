@@ -26,6 +26,13 @@ r reads, for the item j placed at position p:
     add up one effect per pair (a complement *and* a clash above), nor count (how many of the
     items above were of a kind the user came for); the sum can. g (one gate per distance, from 1)
     lets an effect of the item right above alone leave the rest of the window out. P_q, b_q start at 0.
+  * optionally (``prefix``) the items above as they stand in the list: each placed item's token
+    becomes t_i + O(sum_k sigmoid(<Q t_i, K (t_k + dist_k)> / sqrt(d)) V t_k) over the ``window``
+    items above *it* -- one causal attention layer with gates instead of a softmax, so an item can
+    tell that its kind was already shown (once, twice); the running mean and the window above then
+    read these tokens. A page that has covered what the user came for is a property of the items
+    above *together*, which no sum of single items or of (candidate, item) pairs can see. O starts
+    at 0.
 A bounded window keeps a step O(window) however long the list (news logs: 200 items).
 
 ``members`` such networks form a bootstrap ensemble: each member's loss weighs every request by
@@ -53,7 +60,7 @@ class ContextNet(nn.Module):
     """One member: r(j, p, y_<p) for every candidate j at every position p of given prefixes."""
 
     def __init__(self, num_features: int, cat_sizes: list[int], d: int = 32, window: int = 8,
-                 max_length: int = 32, cat_dim: int = 8, pairs: bool = False):
+                 max_length: int = 32, cat_dim: int = 8, pairs: bool = False, prefix: bool = False):
         super().__init__()
         self.window = window
         self.cat_emb = nn.ModuleList(nn.Embedding(size, cat_dim, padding_idx=0) for size in cat_sizes)
@@ -73,11 +80,27 @@ class ContextNet(nn.Module):
         if pairs:  # the pairwise sum is 0 at start too
             nn.init.zeros_(self.pair_q.weight)
             nn.init.zeros_(self.pair_q.bias)
+        self.prefix = nn.ModuleDict({n: nn.Linear(d, d) for n in ("q", "k", "v", "out")}) if prefix else None
+        self.prefix_dist = nn.Embedding(window + 1, d) if prefix else None
+        if prefix:  # tokens start as they are
+            nn.init.zeros_(self.prefix["out"].weight)
+            nn.init.zeros_(self.prefix["out"].bias)
 
     def tokens(self, num: Tensor, cat: Tensor, struct_logit: Tensor) -> Tensor:
         """Each candidate's token [B, M, d] from its features and its structured logit [B, M]."""
         parts = [num] + [emb(cat[..., c]) for c, emb in enumerate(self.cat_emb)] + [struct_logit[..., None]]
         return self.token(torch.cat(parts, dim=-1))
+
+    def in_context(self, tok: Tensor, above: Tensor, above_mask: Tensor) -> Tensor:
+        """The token of an item placed below others: tok [..., d], above [..., w, d] the plain tokens of
+        the w items right above it (nearest first), above_mask [..., w] -> [..., d] (tok itself
+        without ``prefix``)."""
+        if self.prefix is None:
+            return tok
+        w = above.shape[-2]
+        keys = self.prefix["k"](above + self.prefix_dist.weight[1: w + 1])
+        gate = torch.sigmoid((keys @ self.prefix["q"](tok)[..., None]).squeeze(-1) / tok.shape[-1] ** 0.5) * above_mask
+        return tok + self.prefix["out"]((gate[..., None] * self.prefix["v"](above)).sum(-2))
 
     def residual(self, cand: Tensor, p: Tensor, mean_above: Tensor, above: Tensor, above_mask: Tensor) -> Tensor:
         """cand [..., d] tokens of the items placed; p [...] their positions (long); mean_above
@@ -103,16 +126,17 @@ class ContextNet(nn.Module):
         valid = lists >= 0
         placed = torch.gather(tok, 1, lists.clamp_min(0)[..., None].expand(-1, -1, tok.shape[-1]))
         placed = placed * valid[..., None]
-        csum = torch.cumsum(placed, 1)
+        w = min(self.window, max(L - 1, 1))
+        idx = torch.arange(L, device=lists.device)[:, None] - torch.arange(1, w + 1, device=lists.device)[None]  # [L, w]
+        ok = idx >= 0
+        above_mask = ok[None] & valid[:, idx.clamp_min(0)]  # [B, L, w]
+        ctx = self.in_context(placed, placed[:, idx.clamp_min(0)], above_mask) * valid[..., None]  # [B, L, d]
+        csum = torch.cumsum(ctx, 1)
         count = torch.cumsum(valid.float(), 1)
         prev_sum = torch.cat([torch.zeros_like(csum[:, :1]), csum[:, :-1]], 1)
         prev_count = torch.cat([torch.zeros_like(count[:, :1]), count[:, :-1]], 1)
         mean_above = prev_sum / prev_count.clamp_min(1)[..., None]
-        w = min(self.window, max(L - 1, 1))
-        idx = torch.arange(L, device=lists.device)[:, None] - torch.arange(1, w + 1, device=lists.device)[None]  # [L, w]
-        ok = idx >= 0
-        above = placed[:, idx.clamp_min(0)]  # [B, L, w, d]
-        above_mask = ok[None] & valid[:, idx.clamp_min(0)]
+        above = ctx[:, idx.clamp_min(0)]  # [B, L, w, d]
         pos = torch.arange(L, device=lists.device).clamp_max(self.pos.num_embeddings - 1).expand(B, L)
         return self.residual(placed, pos, mean_above, above, above_mask) * valid
 
@@ -121,10 +145,10 @@ class ListContext(nn.Module):
     """``members`` ContextNets (a bootstrap ensemble) on top of a structured list click model."""
 
     def __init__(self, num_features: int, cat_sizes: list[int], members: int = 4, pessimism: float = 1.0,
-                 max_length: int = 32, d: int = 32, window: int = 8, pairs: bool = False):
+                 max_length: int = 32, d: int = 32, window: int = 8, pairs: bool = False, prefix: bool = False):
         super().__init__()
         self.pessimism = pessimism
-        self.nets = nn.ModuleList(ContextNet(num_features, cat_sizes, d, window, max_length, pairs=pairs)
+        self.nets = nn.ModuleList(ContextNet(num_features, cat_sizes, d, window, max_length, pairs=pairs, prefix=prefix)
                                   for _ in range(members))
 
     @property
@@ -176,7 +200,7 @@ def context_beam_search(fx, context: ListContext, tokens: list[Tensor], n: int, 
     the members' expected clicks) under a structured model ``fx`` (ListEffects) corrected by
     ``context``; ``tokens`` [K x [B, M, d]] each member's candidate tokens. A step costs the same
     at position 200 as at 2: each beam keeps running sums of its tokens and its last ``window``
-    items. -> lists [B, n] (-1 past m)."""
+    items with their tokens in context (an item's is fixed once placed: it reads the items above). -> lists [B, n] (-1 past m)."""
     from gref.clickmodel.structured import ListState
 
     B, M = fx.logit.shape
@@ -184,8 +208,9 @@ def context_beam_search(fx, context: ListContext, tokens: list[Tensor], n: int, 
     w = context.nets[0].window
     state = ListState(fx, width)
     cum = fx.logit.new_zeros(K, B, width)  # each member's expected clicks of each beam so far
-    sums = fx.logit.new_zeros(K, B, width, d)  # each member's sum of the beam's tokens
+    sums = fx.logit.new_zeros(K, B, width, d)  # each member's sum of the beam's tokens (in context)
     recent = torch.full((B, width, w), -1, dtype=torch.long, device=dev)  # last w items, nearest first
+    recent_tok = fx.logit.new_zeros(K, B, width, w, d)  # each member's tokens (in context) of those items
     alive = torch.zeros(B, width, dtype=torch.bool, device=dev)
     alive[:, 0] = True  # all beams start identical: keep one
     blocked = (~fx.cand_mask)[:, None, :].expand(B, width, M).clone()
@@ -201,7 +226,7 @@ def context_beam_search(fx, context: ListContext, tokens: list[Tensor], n: int, 
         pos = torch.full((B, width, M), min(p, context.nets[0].pos.num_embeddings - 1), dtype=torch.long, device=dev)
         gains = []
         for k, (net, tok) in enumerate(zip(context.nets, tokens)):
-            above = tok[rows, recent[..., :max(count, 1)].clamp_min(0)] * (recent[..., :max(count, 1)] >= 0)[..., None]
+            above = recent_tok[k, :, :, :max(count, 1)]
             mean_above = (sums[k] / max(p, 1))[:, :, None].expand(B, width, M, d)
             r = net.residual(tok[:, None].expand(B, width, M, d), pos, mean_above,
                              above[:, :, None].expand(B, width, M, *above.shape[-2:]), above_mask)
@@ -218,9 +243,14 @@ def context_beam_search(fx, context: ListContext, tokens: list[Tensor], n: int, 
         item = torch.where(done, -1, item)
         alive = torch.isfinite(top)
         cum = torch.gather(total.reshape(K, B, width * M), 2, idx[None].expand(K, -1, -1))
-        placed = torch.stack([tok[rows[..., 0], item.clamp_min(0)] for tok in tokens]) * (item >= 0)[None, ..., None]
+        before = beam_of(recent, src)  # [B, W, w]: the items above the one just placed
+        placed = torch.stack([  # [K, B, W, d]
+            net.in_context(tok[rows[..., 0], item.clamp_min(0)], tok[rows, before.clamp_min(0)], before >= 0)
+            for net, tok in zip(context.nets, tokens)]) * (item >= 0)[None, ..., None]
         sums = torch.stack([beam_of(sums[k], src) for k in range(K)]) + placed
-        recent = torch.cat([item[..., None], beam_of(recent, src)[..., :-1]], 2)
+        recent_tok = torch.stack([torch.cat([placed[k][:, :, None], beam_of(recent_tok[k], src)[:, :, :-1]], 2)
+                                  for k in range(K)])
+        recent = torch.cat([item[..., None], before[..., :-1]], 2)
         q_item = torch.gather(beam_of(q, src), 2, item.clamp_min(0)[..., None]).squeeze(-1)
         state.place(src, item, q_item)
         blocked = beam_of(blocked, src).clone()
