@@ -1,7 +1,8 @@
 """What the post-training reward promises, and whether it keeps it (issue 33 item 3): for every
 (world, seed) of a ``jobs.experiments`` run, each trained reward (the structured list click model
 ``reward-pre-context_members0``, the default, its context ensemble ``reward-pre``, and the
-ensemble with pairwise terms ``reward-pre-context_pairsTrue``, where a run trained them) on the test
+ensemble with pairwise terms ``reward-pre-context_pairsTrue`` and with the items above in context
+too ``reward-pre-context_pairsTrue-context_prefixTrue``, where a run trained them) on the test
 split's first ``--requests`` requests. Ray-free.
 
 Oracle-free (what a team with real logs can read):
@@ -32,7 +33,8 @@ from gref.sim.user_model import expected_feedback
 from gref.sim.world import World
 from gref.train.steps import data_meta
 
-REWARDS = {"structured": "reward-pre-context_members0", "context": "reward-pre", "pairs": "reward-pre-context_pairsTrue"}
+REWARDS = {"structured": "reward-pre-context_members0", "context": "reward-pre", "pairs": "reward-pre-context_pairsTrue",
+           "pairs_prefix": "reward-pre-context_pairsTrue-context_prefixTrue"}
 
 
 @torch.no_grad()
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         have = [u[k] for u in units.values() if k in u]
         if have:
             summary[k] = {m: float(np.mean([a[m] for a in have])) for m in have[0]}
-    for k, other in (("context", "structured"), ("pairs", "context")):
+    for k, other in (("context", "structured"), ("pairs", "context"), ("pairs_prefix", "pairs")):
         # the oracle-free signal of each added part: does its better held-out fit go with a better teacher?
         both = [u for u in units.values() if k in u and other in u]
         if both:
