@@ -94,6 +94,7 @@ RECIPES: dict[str, Recipe] = {
     "context_mean": Recipe(reward={"model.pessimism": 0.0}),
     "context_pairs": Recipe(reward={"model.context_pairs": True}),
     "context_pairs_prefix": Recipe(reward={"model.context_pairs": True, "model.context_prefix": True}),
+    "value_pairs": Recipe(reward={"model.value_pairs": 8}),  # effects between attribute values, rank 8
     "dcn_reward": Recipe(anchored_reward=False),
     "dpo": Recipe(post=PAPER_POST),
     "ipo": Recipe(post={**PAPER_POST, "loss_type": "ipo"}),
@@ -114,6 +115,7 @@ LABELS = {
     "context_mean": "GReF distilled from the list-context ensemble's mean (no pessimism)",
     "context_pairs": "GReF distilled from a list context with pairwise terms (candidate x each item above)",
     "context_pairs_prefix": "GReF distilled from a list context with pairwise terms and the items above in context",
+    "value_pairs": "GReF distilled from a reward with effects between attribute values (rank 8)",
     "dcn_reward": "GReF distilled from a reward without the GReF anchor (DCN appeal)",
     "dpo": "GReF, Rerank-DPO on Eq. 7 pairs (instead of distillation)",
     "ipo": "GReF, Rerank-DPO with the IPO loss", "cdpo": "GReF, conservative Rerank-DPO (label smoothing 0.1)",
@@ -126,7 +128,7 @@ TEACHER = "reward"  # the default recipe's reward model, evaluated as a reranker
 TABLE_ROWS = {
     "baselines": ["gref", "pre", TEACHER],  # after the references and the baselines
     "post": ["gref", "pre", "post_only", "onpolicy", "dcn_reward", "oracle_teacher", "structured_reward",
-             "context_single", "context_mean", "context_pairs", "context_pairs_prefix", "dpo", "ipo", "cdpo", "rpo", "dpo_lnorm"],
+             "context_single", "context_mean", "context_pairs", "context_pairs_prefix", "value_pairs", "dpo", "ipo", "cdpo", "rpo", "dpo_lnorm"],
     "pretraining": ["gref", "no_list_bias", "ln_lo", "lo_single", "paper"],
 }
 REFERENCES = ("logged exposure", "upstream order", "oracle best list", "oracle pointwise sort",

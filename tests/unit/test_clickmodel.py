@@ -49,6 +49,34 @@ def test_expected_clicks_by_hand():
     assert expected_clicks(fx, torch.tensor([[2, 0, -1]]))[1][0, 2].item() == 0.0
 
 
+def test_value_pair_effects_by_hand():
+    """effect(i, j) = sum_c <U_c[c(i)], V_c[c(j)]>: 0 at start, padding has none, and in the
+    expected clicks per earlier item (redundancy) and for the item right above (adjacency)."""
+    from gref.clickmodel.value_pairs import ValuePairs
+
+    vp = ValuePairs([4, 3], rank=2)
+    cat = torch.tensor([[[2, 2], [3, 1], [0, 0]]])  # candidate 2 is padding
+    assert torch.count_nonzero(vp(cat)) == 0
+    with torch.no_grad():
+        vp.above[0].weight[2] = torch.tensor([1.0, 0.0]); vp.above[0].weight[3] = torch.tensor([0.0, 2.0])
+        vp.below[0].weight[2] = torch.tensor([0.5, 0.5]); vp.below[0].weight[3] = torch.tensor([-1.0, 1.0])
+        vp.above[1].weight[2] = torch.tensor([1.0, 1.0]); vp.below[1].weight[1] = torch.tensor([0.25, 0.0])
+        vp.below[1].weight[2] = torch.tensor([0.0, 0.0])
+    got = vp(cat)[0]
+    # (0 above 1): column 0 <U[2], V[3]> = -1, column 1 <U[2], V[1]> = 0.25; (1 above 0): <U[3], V[2]> = 1, 0
+    assert got[0, 1].item() == pytest.approx(-0.75) and got[1, 0].item() == pytest.approx(1.0)
+    assert got[0, 0].item() == pytest.approx(0.5) and got[2].abs().sum() == 0 and got[:, 2].abs().sum() == 0
+    # in the recursion: 3 candidates, no attribute shared, exam 1
+    pr = torch.tensor([[[0.0, 0.2, -0.3], [0.1, 0.0, 0.4], [0.0, 0.0, 0.0]]])
+    pa = torch.tensor([[[0.0, 0.7, 0.0], [0.0, 0.0, -0.5], [0.0, 0.0, 0.0]]])
+    fx = ListEffects(logit=torch.tensor([[0.5, -0.2, 1.0]]), same=torch.zeros(1, 1, 3, 3, dtype=torch.bool),
+                     redundancy=torch.zeros(1), adjacency=torch.zeros(1), click_adjacency=torch.zeros(1),
+                     examination=torch.ones(3), cand_mask=torch.ones(1, 3, dtype=torch.bool),
+                     pair_redundancy=pr, pair_adjacency=pa)
+    q = [s(0.5), s(-0.2 + 0.2 + 0.7), s(1.0 - 0.3 + 0.4 - 0.5)]  # list 0, 1, 2
+    assert expected_clicks(fx, torch.tensor([[0, 1, 2]]))[1][0].tolist() == pytest.approx(q, abs=1e-6)
+
+
 def test_same_attribute_ignores_padding_and_oov():
     cat = torch.tensor([[[2, 5], [2, 1], [0, 0]]])  # candidate 1's second value is OOV, candidate 2 is padding
     got = same_attribute(cat, [0, 1])[0]
@@ -69,22 +97,28 @@ def test_oracle_effects_equal_the_simulators_user_model():
     assert got == pytest.approx(truth, abs=1e-5)
 
 
-def random_effects(B=3, M=6, C=2, seed=0) -> ListEffects:
+def random_effects(B=3, M=6, C=2, seed=0, value_pairs=False) -> ListEffects:
     g = torch.Generator().manual_seed(seed)
     values = torch.randint(2, 5, (B, M, C), generator=g)
+    pairs = dict(pair_redundancy=0.5 * torch.randn(B, M, M, generator=g),
+                 pair_adjacency=torch.randn(B, M, M, generator=g)) if value_pairs else {}
     return ListEffects(logit=torch.randn(B, M, generator=g), same=same_attribute(values, list(range(C))),
                        redundancy=torch.tensor([-0.8, 0.3]), adjacency=torch.tensor([0.4, -0.2]),
                        click_adjacency=torch.tensor([0.0, 2.0]), examination=torch.tensor([1.0, 0.9, 0.7, 0.5, 0.4, 0.3]),
-                       cand_mask=torch.ones(B, M, dtype=torch.bool))
+                       cand_mask=torch.ones(B, M, dtype=torch.bool), **pairs)
 
 
-def test_beam_search_wide_enough_is_exhaustive_and_greedy_at_width_1():
-    fx = random_effects()
+PER_REQUEST = ("logit", "same", "cand_mask", "pair_redundancy", "pair_adjacency")
+
+
+@pytest.mark.parametrize("value_pairs", [False, True])
+def test_beam_search_wide_enough_is_exhaustive_and_greedy_at_width_1(value_pairs):
+    fx = random_effects(value_pairs=value_pairs)
     n, M = 3, 6
     every = torch.tensor(list(itertools.permutations(range(M), n)))  # 120 lists
     for b in range(3):
-        one = ListEffects(**{k: (v[b:b + 1] if k in ("logit", "same", "cand_mask") else v) for k, v in fx.__dict__.items()})
-        values = expected_clicks(ListEffects(**{k: (v.expand(len(every), *v.shape[1:]) if k in ("logit", "same", "cand_mask")
+        one = ListEffects(**{k: (v[b:b + 1] if k in PER_REQUEST and v is not None else v) for k, v in fx.__dict__.items()})
+        values = expected_clicks(ListEffects(**{k: (v.expand(len(every), *v.shape[1:]) if k in PER_REQUEST and v is not None
                                                     else v) for k, v in one.__dict__.items()}), every)[0]
         best_list, best_value = beam_search(one, n, width=M * (M - 1))  # keeps every partial list
         assert best_value.item() == pytest.approx(values.max().item(), abs=1e-6)

@@ -11,6 +11,8 @@ P(click at p | list) = e_p * q_p with the structured list effects of gref.clickm
   * list effects through attribute equality on every categorical column c: redundancy (per earlier
     item sharing c), adjacency (item right above shares c), adjacency after a click -- a
     weight each per column, learned; nothing says which column matters.
+  * optionally (``value_pairs`` = rank > 0) effects between *different* values of an attribute, per
+    earlier item and for the item right above: low-rank tables per column (gref.clickmodel.value_pairs).
   * optionally (``context_members`` > 0) a neural list context on top (gref.clickmodel.context):
     a bootstrap ensemble of small networks that read the items above each slot and correct its
     click probability -- the effects the structured form cannot express -- and the list value
@@ -38,6 +40,7 @@ from gref.baselines.pointwise import DCN
 from gref.clickmodel.context import ListContext, bootstrap_weights, context_beam_search, weighted_bce
 from gref.clickmodel.search import beam_search
 from gref.clickmodel.structured import ListEffects, expected_clicks
+from gref.clickmodel.value_pairs import ValuePairs
 from gref.data.batch import Batch, same_attribute
 
 
@@ -81,6 +84,8 @@ class ListClickModel(BaselineReranker):
         self.click_adjacency = nn.Parameter(torch.zeros(C))
         # theta_1 is unused (e_1 = 1); sigmoid(2.2) ~ 0.9 per step to start
         self.continuation = nn.Parameter(torch.full((cfg.max_length,), 2.2))
+        self.pair_redundancy = ValuePairs(cfg.cat_sizes, cfg.value_pairs) if cfg.value_pairs else None
+        self.pair_adjacency = ValuePairs(cfg.cat_sizes, cfg.value_pairs) if cfg.value_pairs else None
         # effects beyond the structured form, learned from the lists (gref.clickmodel.context)
         self.context = ListContext(cfg.num_features, cfg.cat_sizes, cfg.context_members, cfg.pessimism, cfg.max_length,
                                    pairs=cfg.context_pairs, prefix=cfg.context_prefix) if cfg.context_members else None
@@ -102,7 +107,9 @@ class ListClickModel(BaselineReranker):
                            same=same_attribute(cat),
                            redundancy=self.redundancy, adjacency=self.adjacency,
                            click_adjacency=self.click_adjacency, examination=self.examination(),
-                           cand_mask=cand_mask)
+                           cand_mask=cand_mask,
+                           pair_redundancy=self.pair_redundancy(cat) if self.pair_redundancy is not None else None,
+                           pair_adjacency=self.pair_adjacency(cat) if self.pair_adjacency is not None else None)
 
     def marginals(self, num: Tensor, cat: Tensor, cand_mask: Tensor, lists: Tensor) -> Tensor:
         """P(click at p) of lists [B, L] (-1 = none): [1, B, L] for the structured model alone,

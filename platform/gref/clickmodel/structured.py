@@ -9,6 +9,8 @@ For a list y_1..y_L of candidates of one request, with categorical attribute col
   base_p = a(y_p) + sum_c red_c * #{q < p : same_c(y_q, y_p)}      (redundancy: fatigue if < 0)
                   + sum_c adj_c * same_c(y_{p-1}, y_p)              (adjacency)
   b_p    = sum_c cadj_c * same_c(y_{p-1}, y_p)                      (adjacency after a click)
+optionally plus learned effects between attribute *values* (``pair_redundancy`` / ``pair_adjacency``:
+any [M, M] effect of a placed item on a candidate, e.g. gref.clickmodel.value_pairs' tables)
   q_p    = P(click p | examined p) = s(base_p) + q_{p-1} * (s(base_p + b_p) - s(base_p))
   E[clicks] = sum_p e_p q_p,   e_p = P(examine position p), independent of clicks.
 The q recursion is exact when the click-conditioned bonus b_p applies only if y_{p-1} was
@@ -36,6 +38,8 @@ class ListEffects:
     click_adjacency: Tensor  # [C] logit when the item right above shares c and was clicked
     examination: Tensor  # [L_max] P(examine position p)
     cand_mask: Tensor  # [B, M] True = real candidate
+    pair_redundancy: Tensor | None = None  # [B, M, M] logit on j per earlier item i, beyond attribute equality
+    pair_adjacency: Tensor | None = None  # [B, M, M] logit on j when i is right above it, beyond equality
 
     def pairwise(self) -> tuple[Tensor, Tensor, Tensor]:
         """[B, M, M] matrices: entry (i, j) = effect of placed item i on candidate j."""
@@ -43,10 +47,14 @@ class ListEffects:
         red = torch.einsum("bcij,c->bij", s, self.redundancy)
         adj = torch.einsum("bcij,c->bij", s, self.adjacency)
         cadj = torch.einsum("bcij,c->bij", s, self.click_adjacency)
+        if self.pair_redundancy is not None:
+            red = red + self.pair_redundancy
+        if self.pair_adjacency is not None:
+            adj = adj + self.pair_adjacency
         return red, adj, cadj
 
     def to(self, device) -> ListEffects:
-        return ListEffects(**{k: v.to(device) for k, v in self.__dict__.items()})
+        return ListEffects(**{k: (None if v is None else v.to(device)) for k, v in self.__dict__.items()})
 
 
 class ListState:
