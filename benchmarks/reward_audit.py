@@ -2,7 +2,8 @@
 (world, seed) of a ``jobs.experiments`` run, each trained reward (the structured list click model
 ``reward-pre-context_members0``, the default, its context ensemble ``reward-pre``, and the
 ensemble with pairwise terms ``reward-pre-context_pairsTrue`` and with the items above in context
-too ``reward-pre-context_pairsTrue-context_prefixTrue``, where a run trained them) on the test
+too ``reward-pre-context_pairsTrue-context_prefixTrue``, and with effects between attribute values
+``reward-pre-value_pairs8``, where a run trained them) on the test
 split's first ``--requests`` requests. Ray-free.
 
 Oracle-free (what a team with real logs can read):
@@ -34,7 +35,7 @@ from gref.sim.world import World
 from gref.train.steps import data_meta
 
 REWARDS = {"structured": "reward-pre-context_members0", "context": "reward-pre", "pairs": "reward-pre-context_pairsTrue",
-           "pairs_prefix": "reward-pre-context_pairsTrue-context_prefixTrue"}
+           "pairs_prefix": "reward-pre-context_pairsTrue-context_prefixTrue", "value_pairs": "reward-pre-value_pairs8"}
 
 
 @torch.no_grad()
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
         have = [u[k] for u in units.values() if k in u]
         if have:
             summary[k] = {m: float(np.mean([a[m] for a in have])) for m in have[0]}
-    for k, other in (("context", "structured"), ("pairs", "context"), ("pairs_prefix", "pairs")):
+    for k, other in (("context", "structured"), ("pairs", "context"), ("pairs_prefix", "pairs"),
+                     ("value_pairs", "context")):
         # the oracle-free signal of each added part: does its better held-out fit go with a better teacher?
         both = [u for u in units.values() if k in u and other in u]
         if both:

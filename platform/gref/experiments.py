@@ -94,7 +94,11 @@ RECIPES: dict[str, Recipe] = {
     "context_mean": Recipe(reward={"model.pessimism": 0.0}),
     "context_pairs": Recipe(reward={"model.context_pairs": True}),
     "context_pairs_prefix": Recipe(reward={"model.context_pairs": True, "model.context_prefix": True}),
-    "value_pairs": Recipe(reward={"model.value_pairs": 8}),  # effects between attribute values, rank 8
+    # effects between attribute values (rank 8): in the reward only; in the reward and the student's
+    # list-context logits (so one OMTP pass can place what goes together); the pre-trained student alone
+    "value_pairs_reward": Recipe(reward={"model.value_pairs": 8}),
+    "value_pairs": Recipe(pretrain={"model.value_pairs": 8}, reward={"model.value_pairs": 8}),
+    "pre_value_pairs": Recipe(pretrain={"model.value_pairs": 8}, post=None),
     "dcn_reward": Recipe(anchored_reward=False),
     "dpo": Recipe(post=PAPER_POST),
     "ipo": Recipe(post={**PAPER_POST, "loss_type": "ipo"}),
@@ -115,7 +119,9 @@ LABELS = {
     "context_mean": "GReF distilled from the list-context ensemble's mean (no pessimism)",
     "context_pairs": "GReF distilled from a list context with pairwise terms (candidate x each item above)",
     "context_pairs_prefix": "GReF distilled from a list context with pairwise terms and the items above in context",
-    "value_pairs": "GReF distilled from a reward with effects between attribute values (rank 8)",
+    "value_pairs_reward": "GReF distilled from a reward with effects between attribute values (rank 8)",
+    "value_pairs": "GReF with effects between attribute values (rank 8) in its logits and its reward",
+    "pre_value_pairs": "GReF (pre-train only) with effects between attribute values in its logits",
     "dcn_reward": "GReF distilled from a reward without the GReF anchor (DCN appeal)",
     "dpo": "GReF, Rerank-DPO on Eq. 7 pairs (instead of distillation)",
     "ipo": "GReF, Rerank-DPO with the IPO loss", "cdpo": "GReF, conservative Rerank-DPO (label smoothing 0.1)",
@@ -128,7 +134,8 @@ TEACHER = "reward"  # the default recipe's reward model, evaluated as a reranker
 TABLE_ROWS = {
     "baselines": ["gref", "pre", TEACHER],  # after the references and the baselines
     "post": ["gref", "pre", "post_only", "onpolicy", "dcn_reward", "oracle_teacher", "structured_reward",
-             "context_single", "context_mean", "context_pairs", "context_pairs_prefix", "value_pairs", "dpo", "ipo", "cdpo", "rpo", "dpo_lnorm"],
+             "context_single", "context_mean", "context_pairs", "context_pairs_prefix", "value_pairs_reward",
+             "value_pairs", "pre_value_pairs", "dpo", "ipo", "cdpo", "rpo", "dpo_lnorm"],
     "pretraining": ["gref", "no_list_bias", "ln_lo", "lo_single", "paper"],
 }
 REFERENCES = ("logged exposure", "upstream order", "oracle best list", "oracle pointwise sort",

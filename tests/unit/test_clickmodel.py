@@ -52,7 +52,7 @@ def test_expected_clicks_by_hand():
 def test_value_pair_effects_by_hand():
     """effect(i, j) = sum_c <U_c[c(i)], V_c[c(j)]>: 0 at start, padding has none, and in the
     expected clicks per earlier item (redundancy) and for the item right above (adjacency)."""
-    from gref.clickmodel.value_pairs import ValuePairs
+    from gref.model.value_pairs import ValuePairs
 
     vp = ValuePairs([4, 3], rank=2)
     cat = torch.tensor([[[2, 2], [3, 1], [0, 0]]])  # candidate 2 is padding

@@ -49,8 +49,20 @@ def with_list_bias(seed=0, k=4):
     return model
 
 
+def with_value_pairs(seed=0, k=4):
+    """A model whose list-context terms include non-zero effects between attribute values."""
+    model = make(k=k, seed=seed, list_bias=True, value_pairs=3)
+    g = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        model.list_bias.weight.copy_(torch.tensor([[-0.7, 0.4], [1.1, -0.9]]))
+        for table in (model.list_bias.pair_redundancy, model.list_bias.pair_adjacency):
+            for emb in table.below:
+                emb.weight[1:] = torch.randn(emb.weight[1:].shape, generator=g)
+    return model
+
+
 @pytest.mark.parametrize("heads", [1, 2, 4])
-@pytest.mark.parametrize("factory", [make, with_list_bias])
+@pytest.mark.parametrize("factory", [make, with_list_bias, with_value_pairs])
 def test_decoding_matches_the_teacher_forced_model(heads, factory):
     model = factory()
     num, cat, mask = inputs()
@@ -60,7 +72,7 @@ def test_decoding_matches_the_teacher_forced_model(heads, factory):
 
 
 @pytest.mark.parametrize("heads", [1, 3, 4])
-@pytest.mark.parametrize("factory", [make, with_list_bias])
+@pytest.mark.parametrize("factory", [make, with_list_bias, with_value_pairs])
 def test_kv_cache_equals_no_cache(heads, factory):
     model = factory()
     num, cat, mask = inputs()
@@ -156,7 +168,7 @@ def test_rejects_too_long_lists():
 def test_list_bias_by_hand():
     from gref.model.list_bias import ListBias
 
-    bias = ListBias(2)
+    bias = ListBias([4, 7])
     with torch.no_grad():
         bias.weight.copy_(torch.tensor([[-0.5, 0.2], [1.0, 3.0]]))  # rows: redundancy, adjacency
     # 4 candidates; column 0 values 2, 2, 3, 2; column 1 values 5, 6, 6, 1 (1 = OOV: equals nothing)
@@ -171,6 +183,33 @@ def test_list_bias_by_hand():
     # q = 2: prefix (0, 2). redundancy from 0 as above, from 2: col0 -> cand 2 (-0.5), col1 -> cands 1, 2 (+0.2)
     #        adjacency to cand 2: col0 -> cand 2 (+1.0), col1 -> cands 1, 2 (+3.0)
     assert got[2].tolist() == pytest.approx([-0.5 + 0.2, -0.5 + 0.2 + 3.0, -0.5 + 0.2 + 1.0 + 3.0, -0.5])
+
+
+def test_list_bias_value_pairs_by_hand():
+    """Value-pair tables add <U[a], V[b]> per column: per earlier item (redundancy) and for the item
+    right above (adjacency), on top of the equality terms; a fresh table adds nothing."""
+    from gref.model.list_bias import ListBias
+
+    bias = ListBias([4, 3], value_pairs=1)
+    cat = torch.tensor([[[2, 1], [3, 1], [2, 2]]])  # candidates 0 and 2 share column 0
+    seq = torch.tensor([[0, 1]])
+    assert torch.count_nonzero(bias.teacher_forced(cat, seq)) == 0
+    with torch.no_grad():
+        bias.weight.copy_(torch.tensor([[-0.5, 0.0], [1.0, 0.0]]))
+        bias.pair_redundancy.above[0].weight[2:4, 0] = torch.tensor([1.0, 2.0])  # U[2] = 1, U[3] = 2
+        bias.pair_redundancy.below[0].weight[2:4, 0] = torch.tensor([0.1, 0.3])  # V[2] = 0.1, V[3] = 0.3
+        bias.pair_adjacency.above[1].weight[1:3, 0] = torch.tensor([1.0, 0.0])  # column 1: U[1] = 1
+        bias.pair_adjacency.below[1].weight[1:3, 0] = torch.tensor([0.5, -2.0])  # V[1] = 0.5, V[2] = -2
+    got = bias.teacher_forced(cat, seq)[0]  # [N=2, M=3]
+    assert got[0].tolist() == [0.0] * 3
+    # q = 1 after candidate 0 (values 2, 1): equality -0.5 + 1.0 on candidates 0 and 2 (column 0);
+    # redundancy table U0[2] V0[b]: 0.1, 0.3, 0.1; adjacency table U1[1] V1[b]: 0.5, 0.5, -2
+    assert got[1].tolist() == pytest.approx([0.5 + 0.1 + 0.5, 0.3 + 0.5, 0.5 + 0.1 - 2.0])
+
+
+def test_value_pairs_need_the_list_context_terms():
+    with pytest.raises(ValueError, match="list_bias"):
+        ModelConfig(value_pairs=2)
 
 
 def test_beam_search_with_list_bias_is_greedy_at_width_1():

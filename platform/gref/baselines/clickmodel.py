@@ -12,7 +12,7 @@ P(click at p | list) = e_p * q_p with the structured list effects of gref.clickm
     item sharing c), adjacency (item right above shares c), adjacency after a click -- a
     weight each per column, learned; nothing says which column matters.
   * optionally (``value_pairs`` = rank > 0) effects between *different* values of an attribute, per
-    earlier item and for the item right above: low-rank tables per column (gref.clickmodel.value_pairs).
+    earlier item and for the item right above: low-rank tables per column (gref.model.value_pairs).
   * optionally (``context_members`` > 0) a neural list context on top (gref.clickmodel.context):
     a bootstrap ensemble of small networks that read the items above each slot and correct its
     click probability -- the effects the structured form cannot express -- and the list value
@@ -40,7 +40,7 @@ from gref.baselines.pointwise import DCN
 from gref.clickmodel.context import ListContext, bootstrap_weights, context_beam_search, weighted_bce
 from gref.clickmodel.search import beam_search
 from gref.clickmodel.structured import ListEffects, expected_clicks
-from gref.clickmodel.value_pairs import ValuePairs
+from gref.model.value_pairs import ValuePairs
 from gref.data.batch import Batch, same_attribute
 
 

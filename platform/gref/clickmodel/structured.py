@@ -10,7 +10,7 @@ For a list y_1..y_L of candidates of one request, with categorical attribute col
                   + sum_c adj_c * same_c(y_{p-1}, y_p)              (adjacency)
   b_p    = sum_c cadj_c * same_c(y_{p-1}, y_p)                      (adjacency after a click)
 optionally plus learned effects between attribute *values* (``pair_redundancy`` / ``pair_adjacency``:
-any [M, M] effect of a placed item on a candidate, e.g. gref.clickmodel.value_pairs' tables)
+any [M, M] effect of a placed item on a candidate, e.g. gref.model.value_pairs' tables)
   q_p    = P(click p | examined p) = s(base_p) + q_{p-1} * (s(base_p + b_p) - s(base_p))
   E[clicks] = sum_p e_p q_p,   e_p = P(examine position p), independent of clicks.
 The q recursion is exact when the click-conditioned bonus b_p applies only if y_{p-1} was

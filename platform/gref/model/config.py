@@ -20,3 +20,8 @@ class ModelConfig:
     input_dropout: float = 0.0  # dropout on the encoder's candidate inputs and the decoder's inputs only (cheap)
     omtp_heads: int = 4  # k: OMTP output heads; 1 = plain next-item model (paper: 4 = a screen)
     list_bias: bool = False  # add learned list-context terms to Eq. 5's logits (list_bias.ListBias); paper: off
+    value_pairs: int = 0  # with list_bias: rank of its learned effects between attribute values (0 = equality only)
+
+    def __post_init__(self):
+        if self.value_pairs and not self.list_bias:
+            raise ValueError("model.value_pairs adds to the list-context terms: it needs model.list_bias=true")

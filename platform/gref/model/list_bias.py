@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from gref.data.batch import same_attribute
+from gref.model.value_pairs import ValuePairs
 
 
 class ListBias(nn.Module):
@@ -17,17 +18,24 @@ class ListBias(nn.Module):
     without re-running the decoder on the items the earlier heads of its pass placed; these terms
     read that prefix directly (the ordered mask does the same for duplicates), so a list-level
     effect -- fatigue with repeated categories, affinity for series continuations -- is one weight.
+    With ``value_pairs`` = rank r > 0 each term also gets a low-rank table of effects between
+    *different* values of a column (gref.model.value_pairs): a complement or a clash.
     Zero-initialised: a fresh model is Eq. 5 exactly."""
 
-    def __init__(self, num_columns: int):
+    def __init__(self, cat_sizes: list[int], value_pairs: int = 0):
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(2, num_columns))  # [redundancy, adjacency] x column
+        self.weight = nn.Parameter(torch.zeros(2, len(cat_sizes)))  # [redundancy, adjacency] x column
+        self.pair_redundancy = ValuePairs(cat_sizes, value_pairs) if value_pairs else None
+        self.pair_adjacency = ValuePairs(cat_sizes, value_pairs) if value_pairs else None
 
     def pairwise(self, cat: Tensor) -> tuple[Tensor, Tensor]:
         """cat [B, M, C] -> (redundancy, adjacency) [B, M, M]: entry (i, j) = the term candidate i,
         once placed, adds to candidate j."""
         same = same_attribute(cat).to(self.weight.dtype)  # [B, C, M, M]
-        return torch.einsum("bcij,c->bij", same, self.weight[0]), torch.einsum("bcij,c->bij", same, self.weight[1])
+        red, adj = torch.einsum("bcij,c->bij", same, self.weight[0]), torch.einsum("bcij,c->bij", same, self.weight[1])
+        if self.pair_redundancy is not None:
+            red, adj = red + self.pair_redundancy(cat), adj + self.pair_adjacency(cat)
+        return red, adj
 
     def teacher_forced(self, cat: Tensor, seq: Tensor) -> Tensor:
         """cat [B, M, C], seq [B, N] -> bias [B, N, M]: row q is every candidate's term as the item

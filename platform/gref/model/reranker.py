@@ -121,7 +121,7 @@ class GenReranker(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
         self.dec_norm = nn.LayerNorm(d)
         self.heads = OMTPHeads(cfg.omtp_heads, d)
-        self.list_bias = ListBias(len(cfg.cat_sizes)) if cfg.list_bias else None
+        self.list_bias = ListBias(cfg.cat_sizes, cfg.value_pairs) if cfg.list_bias else None
         self.input_dropout = nn.Dropout(cfg.input_dropout)
         self.scale = 1.0 / math.sqrt(d)
 

@@ -11,11 +11,13 @@ sequential recommendation (FPMC: Rendle et al., 2010):
   T_c[a, b] = <U_c[a], V_c[b]>,   effect of an item with value a (placed above) on a candidate with value b,
   effect(i, j) = sum_c T_c[c(i), c(j)]                                        [B, M, M]
 
-one table set for the item right above (``ValuePairs`` as ``pair_adjacency``) and one per earlier
-item (``pair_redundancy``). V starts at 0, so a model starts as the structured one; the rank bounds
-what a rare value can learn; padding (id 0) has no effect. The effects enter the structured
-recursion as matrices over candidates, so its exact expected clicks and its beam search hold
-unchanged.
+one table set for the item right above and one per earlier item. Two models use them: the list
+click model of post-training (``BaselineConfig.value_pairs``: the reward's ``pair_adjacency`` and
+``pair_redundancy``, entering the structured recursion as matrices over candidates, so its exact
+expected clicks and beam search hold unchanged), and Gen-Reranker's list-context logits
+(``ModelConfig.value_pairs``, gref.model.list_bias), so the student can say what such a teacher
+teaches even between the items one OMTP pass places. V starts at 0, so a model starts as the one
+without them; the rank bounds what a rare value can learn; padding (id 0) has no effect.
 
 Shapes: B requests, M candidates, C categorical columns, r rank.
 """
