@@ -40,8 +40,8 @@ from gref.baselines.pointwise import DCN
 from gref.clickmodel.context import ListContext, bootstrap_weights, context_beam_search, weighted_bce
 from gref.clickmodel.search import beam_search
 from gref.clickmodel.structured import ListEffects, expected_clicks
-from gref.model.value_pairs import ValuePairs
 from gref.data.batch import Batch, same_attribute
+from gref.model.value_pairs import ValuePairs
 
 
 class PolicyAttractiveness(nn.Module):

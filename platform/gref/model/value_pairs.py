@@ -3,8 +3,8 @@
 The structured list click model (gref.clickmodel.structured) sees one relation between two items:
 equality of an attribute (same category: fatigue; same series right above: a bonus). Real lists
 also have effects between *different* values -- a phone case after a phone, two horror films in a
-row after a comedy -- which no equality can say and a small network over whole-item tokens learns
-slowly (it sees 2,000 creators' noise before 20 categories' pairs: docs/results.md). Here every
+row after a comedy -- which no equality can say and which the reward's list context, a small
+network over whole-item tokens, did not find in two tries (docs/results.md). Here every
 categorical column c gets a low-rank table of value pairs, as in factorised transition models of
 sequential recommendation (FPMC: Rendle et al., 2010):
 
