@@ -208,7 +208,9 @@ def test_list_bias_value_pairs_by_hand():
 
 
 def test_value_pairs_need_the_list_context_terms():
-    with pytest.raises(ValueError, match="list_bias"):
+    from gref.config import ConfigError
+
+    with pytest.raises(ConfigError, match="list_bias"):
         ModelConfig(value_pairs=2)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gref.config import ConfigError
+
 
 @dataclass
 class ModelConfig:
@@ -24,4 +26,4 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.value_pairs and not self.list_bias:
-            raise ValueError("model.value_pairs adds to the list-context terms: it needs model.list_bias=true")
+            raise ConfigError("model.value_pairs adds to the list-context terms: it needs model.list_bias=true")
