@@ -96,9 +96,12 @@ RECIPES: dict[str, Recipe] = {
     "context_pairs_prefix": Recipe(reward={"model.context_pairs": True, "model.context_prefix": True}),
     # effects between attribute values (rank 8): in the reward only; in the reward and the student's
     # list-context logits (so one OMTP pass can place what goes together); the pre-trained student alone
-    "value_pairs_reward": Recipe(reward={"model.value_pairs": 8}),
+    "value_pairs_reward": Recipe(post={"grow_value_pairs": False}, reward={"model.value_pairs": 8}),
     "value_pairs": Recipe(pretrain={"model.value_pairs": 8}, reward={"model.value_pairs": 8}),
     "pre_value_pairs": Recipe(pretrain={"model.value_pairs": 8}, post=None),
+    # the data decide: the default reward and the value-pair one are both fitted, the lower held-out
+    # click NLL teaches; a value-pair teacher gives the (default pre-trained) student its own tables
+    "chosen_reward": Recipe(reward={"candidates": [{"model.value_pairs": 8}]}),
     "dcn_reward": Recipe(anchored_reward=False),
     "dpo": Recipe(post=PAPER_POST),
     "ipo": Recipe(post={**PAPER_POST, "loss_type": "ipo"}),
@@ -122,6 +125,7 @@ LABELS = {
     "value_pairs_reward": "GReF distilled from a reward with effects between attribute values (rank 8)",
     "value_pairs": "GReF with effects between attribute values (rank 8) in its logits and its reward",
     "pre_value_pairs": "GReF (pre-train only) with effects between attribute values in its logits",
+    "chosen_reward": "GReF distilled from the reward of lower held-out click NLL (default | + value pairs)",
     "dcn_reward": "GReF distilled from a reward without the GReF anchor (DCN appeal)",
     "dpo": "GReF, Rerank-DPO on Eq. 7 pairs (instead of distillation)",
     "ipo": "GReF, Rerank-DPO with the IPO loss", "cdpo": "GReF, conservative Rerank-DPO (label smoothing 0.1)",
@@ -135,7 +139,7 @@ TABLE_ROWS = {
     "baselines": ["gref", "pre", TEACHER],  # after the references and the baselines
     "post": ["gref", "pre", "post_only", "onpolicy", "dcn_reward", "oracle_teacher", "structured_reward",
              "context_single", "context_mean", "context_pairs", "context_pairs_prefix", "value_pairs_reward",
-             "value_pairs", "pre_value_pairs", "dpo", "ipo", "cdpo", "rpo", "dpo_lnorm"],
+             "value_pairs", "pre_value_pairs", "chosen_reward", "dpo", "ipo", "cdpo", "rpo", "dpo_lnorm"],
     "pretraining": ["gref", "no_list_bias", "ln_lo", "lo_single", "paper"],
 }
 REFERENCES = ("logged exposure", "upstream order", "oracle best list", "oracle pointwise sort",
@@ -177,18 +181,12 @@ def _trained(storage: Path, name: str) -> str | None:
     return str(model) if (model / "model.json").exists() else None
 
 
-def _name(prefix: str, overrides: dict) -> str:
-    """A Train run name per distinct config: ``prefix`` alone for the experiment's own config."""
-    if not overrides:
-        return prefix
-    return prefix + "-" + "-".join(f"{k.split('.')[-1]}{v}" for k, v in sorted(overrides.items()))
-
-
 def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path, root: Path) -> dict[str, str]:
     """Train (or find) every model of ``recipes``; -> id -> model dir (and TEACHER: the default
     recipe's reward model)."""
     from gref.reranker_io import load_reranker
-    from gref.recipe import baseline_config, train_baseline, train_reward
+    from gref.recipe import (baseline_config, lowest_click_nll, reward_variants, train_baseline, train_reward,
+                             variant_name)
     from gref.train.runner import run_training
 
     storage = root / "ray"
@@ -200,17 +198,23 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
                        run=replace(base.run, name=name, storage=str(storage), seed=seed))
 
     def pretrained(overrides: dict) -> str:
-        name = _name("pre", overrides)
+        name = variant_name("pre", overrides)
         return _trained(storage, name) or run_training("pretrain", stage_cfg(override(cfg.pretrain, overrides), name))["model_dir"]
 
     def reward(anchored: bool, overrides: dict) -> str:
         """The teacher: anchored on the default pre-trained GReF, or a DCN appeal (an ablation);
-        ``overrides`` of the reward config (the reward's own ablations)."""
-        name = _name("reward-pre" if anchored else "reward-dcn", overrides)
-        if found := _trained(storage, name):
-            return found
-        rcfg = stage_cfg(replace(override(cfg.reward, overrides), init=pretrained({}) if anchored else ""), name)
-        return train_reward(rcfg)["model_dir"]
+        ``overrides`` of the reward config (the reward's own ablations). With ``candidates`` each
+        variant is its own cached run (shared with the rows that fit it alone) and the lowest
+        held-out click NLL teaches, as gref.recipe.train_reward decides."""
+        prefix = "reward-pre" if anchored else "reward-dcn"
+        plain = {k: v for k, v in overrides.items() if k != "candidates"}
+        outcomes = []
+        for extra, rcfg in reward_variants(override(cfg.reward, overrides)):
+            name = variant_name(prefix, {**plain, **extra})
+            if not _trained(storage, name):
+                train_reward(stage_cfg(replace(rcfg, init=pretrained({}) if anchored else ""), name))
+            outcomes.append(json.loads((storage / name / "outcome.json").read_text())["outcome"])
+        return outcomes[lowest_click_nll(outcomes)]["model_dir"]
 
     dirs: dict[str, str] = {}
     for model_id, (family, spec) in recipes(cfg, world).items():

@@ -6,6 +6,8 @@ from its configs/baselines/<kind>.yaml. Each returns the Ray Train runner's outc
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,57 @@ from gref.train.config import BaselineTrainConfig, DPOConfig, RewardConfig
 BASELINE_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "baselines"
 
 
+def variant_name(prefix: str, overrides: dict) -> str:
+    """A run name per distinct config: ``prefix`` alone without overrides, else
+    ``prefix-<last key part><value>...`` (``reward-pre-value_pairs8``)."""
+    from gref.config import flatten, nest
+
+    if not overrides:
+        return prefix
+    return prefix + "-" + "-".join(f"{k.split('.')[-1]}{v}" for k, v in sorted(flatten(nest(overrides)).items()))
+
+
+def reward_variants(cfg: RewardConfig) -> list[tuple[dict, RewardConfig]]:
+    """The rewards ``train_reward`` fits, as (overrides, config): ``cfg`` itself, then each of
+    ``cfg.candidates`` applied to it; none with candidates of its own. Every override is checked
+    (a ConfigError names a wrong key) before anything is fitted."""
+    from gref.config import ConfigError, override
+
+    if cfg.candidates and cfg.eval.metric != "val_loss":
+        raise ConfigError("reward.candidates are compared by their held-out click NLL: they need eval.metric=val_loss")
+    base = replace(cfg, candidates=[])
+    return [({}, base), *((dict(c), override(base, c)) for c in cfg.candidates)]
+
+
+def lowest_click_nll(outcomes: list[dict]) -> int:
+    """Index of the fitted reward whose selected epoch has the lowest held-out click NLL
+    (``best["val_loss"]``; NaN never wins); on a tie the earlier one, i.e. the base config."""
+    losses = [o["best"].get("val_loss", math.nan) for o in outcomes]
+    return min(range(len(losses)), key=lambda i: (math.inf if math.isnan(losses[i]) else losses[i], i))
+
+
 def train_reward(cfg: RewardConfig) -> dict:
     """Fit the reward (``cfg.init`` = the pre-trained GReF anchoring its item appeal; without it the
-    appeal is a DCN over the features, an ablation)."""
+    appeal is a DCN over the features, an ablation). With ``cfg.candidates`` every variant is fitted
+    (Train runs ``<name>``, ``<name>-<override>``...) and the one of lowest held-out click NLL is
+    returned, its outcome's ``candidates`` listing each variant's run and NLL: the data, not the
+    recipe's author, decide which list effects the teacher has."""
+    from gref.cli import log
+
+    variants = reward_variants(cfg)
+    if len(variants) == 1:
+        return _fit_reward(cfg)
+    base_name = cfg.run.name or f"clickmodel-{time.strftime('%Y%m%d-%H%M%S')}"
+    outcomes = [_fit_reward(replace(v, run=replace(v.run, name=variant_name(base_name, ov)))) for ov, v in variants]
+    chosen = lowest_click_nll(outcomes)
+    table = [{"overrides": ov, "run_name": o["run_name"], "val_loss": o["best"].get("val_loss"), "chosen": i == chosen}
+             for i, ((ov, _), o) in enumerate(zip(variants, outcomes))]
+    log("reward", "held-out click NLL: " + ", ".join(f"{t['run_name']} {t['val_loss']:.5f}" for t in table)
+        + f" -> {outcomes[chosen]['run_name']}")
+    return {**outcomes[chosen], "candidates": table}
+
+
+def _fit_reward(cfg: RewardConfig) -> dict:
     from gref import tracking
     from gref.baselines.clickmodel import ListClickModel
     from gref.train.runner import run_training

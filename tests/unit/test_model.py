@@ -212,6 +212,23 @@ def test_value_pairs_need_the_list_context_terms():
 
     with pytest.raises(ConfigError, match="list_bias"):
         ModelConfig(value_pairs=2)
+    with pytest.raises(ConfigError, match="list_bias"):
+        make().with_value_pairs(2)
+
+
+def test_grown_value_pair_tables_keep_the_model_and_can_learn():
+    """A model given value-pair tables computes the same logits and lists as before (their V is 0),
+    and a loss reaches the new tables' V (their U is not 0), so post-training can move them."""
+    model = with_list_bias()
+    grown = model.with_value_pairs(3)
+    assert grown.cfg.value_pairs == 3 and not grown.training
+    num, cat, mask = inputs()
+    seq = decode(model, num, cat, mask, 6)  # every request has >= 6 candidates: no -1 in the lists
+    assert torch.equal(grown(num, cat, mask, seq[:, None]), model(num, cat, mask, seq[:, None]))
+    assert torch.equal(decode(grown, num, cat, mask, 6), seq)
+    logits = grown(num, cat, mask, seq[:, None])
+    logits[torch.isfinite(logits)].sum().backward()
+    assert all(emb.weight.grad.abs().sum() > 0 for emb in grown.list_bias.pair_redundancy.below)
 
 
 def test_beam_search_with_list_bias_is_greedy_at_width_1():

@@ -79,3 +79,60 @@ def test_post_training_that_needs_a_reward_without_one_is_refused_before_any_wor
     assert not DPOConfig(objective="dpo", pairs="logged").needs_reward
     with pytest.raises(ConfigError, match="objective=distill pairs=logged needs a reward"):
         post_train(DPOConfig(), None, None)
+
+
+def test_reward_candidates_are_named_checked_and_chosen_by_held_out_click_nll():
+    """train_reward's choice among rewards: every variant's config and run name, a wrong key refused
+    before any fit, and the lowest validation click NLL wins (the base config on a tie, NaN never)."""
+    from gref.config import ConfigError
+    from gref.recipe import lowest_click_nll, reward_variants, variant_name
+    from gref.train.config import RewardConfig
+
+    cfg = RewardConfig(candidates=[{"model.value_pairs": 8}, {"model": {"value_pairs": 2, "context_members": 0}}])
+    variants = reward_variants(cfg)
+    assert [ov for ov, _ in variants] == [{}, *cfg.candidates]
+    assert [v.model.value_pairs for _, v in variants] == [0, 8, 2]
+    assert [v.model.context_members for _, v in variants] == [4, 4, 0]
+    assert all(v.candidates == [] for _, v in variants)
+    assert [variant_name("reward-pre", ov) for ov, _ in variants] == [
+        "reward-pre", "reward-pre-value_pairs8", "reward-pre-context_members0-value_pairs2"]
+    with pytest.raises(ConfigError, match="model.value_pair"):
+        reward_variants(RewardConfig(candidates=[{"model.value_pair": 8}]))
+    with pytest.raises(ConfigError, match="val_loss"):
+        reward_variants(load_config(RewardConfig, overrides=["eval.metric=oracle_clicks",
+                                                              "candidates=[{model.value_pairs: 8}]"]))
+
+    def fitted(*losses):
+        return [{"best": {"val_loss": v}} for v in losses]
+
+    assert lowest_click_nll(fitted(0.4821, 0.4793)) == 1
+    assert lowest_click_nll(fitted(0.4519, 0.4527)) == 0
+    assert lowest_click_nll(fitted(0.45, 0.45)) == 0
+    assert lowest_click_nll(fitted(float("nan"), 0.6)) == 1
+
+
+def test_a_student_gains_value_pair_tables_only_when_its_reward_has_them():
+    """Post-training's initial model: a student with list-context terms and a value-pair reward
+    gets zero-effect tables of the reward's rank (unless grow_value_pairs=false); otherwise it is
+    the pre-trained model as it was."""
+    import torch
+
+    from gref.model import GenReranker, ModelConfig
+    from gref.train.config import DPOConfig
+    from gref.train.ray_loop import _initial_model
+
+    def init(**kw):
+        torch.manual_seed(0)
+        model = GenReranker(ModelConfig(num_features=2, cat_sizes=[5, 4], d_model=16, n_heads=2, enc_layers=1,
+                                         dec_layers=1, omtp_heads=2, **kw))
+        return {"init_state": model.state_dict(), "init_model_cfg": model.cfg.__dict__}
+
+    def reward(rank):
+        return {"reward_model_cfg": {"kind": "clickmodel", "value_pairs": rank}}
+
+    grown = _initial_model("dpo", DPOConfig(), {}, init(list_bias=True) | reward(8))
+    assert grown.cfg.value_pairs == 8 and grown.list_bias.pair_adjacency is not None
+    assert _initial_model("dpo", DPOConfig(), {}, init(list_bias=True) | reward(0)).cfg.value_pairs == 0
+    assert _initial_model("dpo", DPOConfig(grow_value_pairs=False), {}, init(list_bias=True) | reward(8)).cfg.value_pairs == 0
+    assert _initial_model("dpo", DPOConfig(), {}, init(list_bias=False) | reward(8)).cfg.value_pairs == 0  # nowhere to put them
+    assert _initial_model("dpo", DPOConfig(), {}, init(list_bias=True, value_pairs=3) | reward(8)).cfg.value_pairs == 3

@@ -8,6 +8,7 @@ features, d = d_model, k = OMTP heads.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +129,20 @@ class GenReranker(nn.Module):
     @property
     def k(self) -> int:
         return len(self.heads)
+
+    def with_value_pairs(self, rank: int) -> "GenReranker":
+        """This model (without them) plus list-context tables of effects between attribute values of rank ``rank``
+        (gref.model.value_pairs), added so that post-training can learn what a teacher with such
+        effects teaches. Their V starts at 0: the new model computes exactly this one's logits."""
+        assert not self.cfg.value_pairs, "the model has value-pair tables already"
+        if self.list_bias is None:
+            from gref.config import ConfigError
+
+            raise ConfigError("value-pair tables add to the list-context terms: the model needs model.list_bias=true")
+        grown = GenReranker(replace(self.cfg, value_pairs=rank)).to(self.bos.device)
+        missing, unexpected = grown.load_state_dict(self.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("list_bias.pair_") for k in missing), (missing, unexpected)
+        return grown.train(self.training)
 
     # ------------------------------------------------------------------ encoder
     def encode(self, num: Tensor, cat: Tensor, cand_mask: Tensor) -> Tensor:

@@ -104,6 +104,9 @@ class DPOConfig:
     sft_weight: float = 0.0  # + weight * NLL(winner) per item (RPO); 0 = the paper's pure DPO
     decode_heads: int = 0  # heads per pass in log pi(Y); 0 = all the model's heads (its decoding)
     model: ModelConfig = field(default_factory=ModelConfig)  # used only when init = "" (post-training from scratch)
+    # a student with list-context terms but no value-pair tables gains them (zero at start) when its
+    # reward has them (RewardConfig.candidates may pick such a reward): it can then place what goes together
+    grow_value_pairs: bool = True
     # distillation's lr; Rerank-DPO wants ~2e-5 (larger ones over-optimise: docs/training.md)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, epochs=2))
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
@@ -145,5 +148,8 @@ class RewardConfig(BaselineTrainConfig):
     model: BaselineConfig = field(default_factory=lambda: BaselineConfig(kind="clickmodel", context_members=4))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, epochs=2))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(metric="val_loss"))  # held-out click NLL
+    # other rewards fitted beside this one (dotted overrides of this config, e.g. {model.value_pairs: 8});
+    # the one of lowest held-out click NLL teaches post-training (gref.recipe.train_reward)
+    candidates: list[dict] = field(default_factory=list)
     register: bool = False  # a training artifact of post-training, not a serving candidate
     registered_model: str = "gref-clickmodel"

@@ -116,8 +116,15 @@ def _initial_model(stage: str, cfg, meta: dict, config: dict[str, Any]) -> torch
     if config.get("init_state") is not None:
         model = model_from_config(config["init_model_cfg"])
         model.load_state_dict(config["init_state"])
-        return model
-    return build_baseline_model(cfg.model, meta) if stage == "baseline" else build_model(cfg.model, meta)
+    else:
+        model = build_baseline_model(cfg.model, meta) if stage == "baseline" else build_model(cfg.model, meta)
+    rank = config.get("reward_model_cfg", {}).get("value_pairs", 0)
+    if stage == "dpo" and cfg.grow_value_pairs and rank and not model.cfg.value_pairs and model.list_bias is not None:
+        # the reward has effects between attribute values: give the student the words to say them
+        # (zero at start: post-training starts from the same policy)
+        _say(f"[{stage}] the reward has value-pair tables (rank {rank}): the student gains its own")
+        model = model.with_value_pairs(rank)
+    return model
 
 
 def _reward(cfg, config: dict[str, Any], device: torch.device):
