@@ -8,10 +8,14 @@ Per request, m=30 candidates, n=10 placed, batch 1 and batch 64, same width and 
   k1_cache      k=1 with the KV cache and Z computed once
   k2, k4, k8, k10  OMTP with k heads per pass (ceil(10/k) passes: k10 places the list in one), KV cache
   one_pass      a non-autoregressive scorer of the same size (the floor)
+  k4_list_bias  k4 with the default recipe's list-context terms (model.list_bias)
+  k4_value_pairs  k4_list_bias plus value-pair tables of rank 8 (model.value_pairs: what the student
+                gains from a value-pair reward)
   *_compiled    with --compile: k4, k8, k10 and one_pass through torch.compile (serve's decode_mode
                 compile: static shapes, a graph per batch shape, compiled in the warm-up rounds)
 Variants are interleaved round by round and the median is reported, so machine noise hits
-all of them alike. Ratios: step_by_step / k4 (paper: 1.87x on a T4) and k4 / one_pass (1.02x); with
+all of them alike. Ratios: step_by_step / k4 (paper: 1.87x on a T4), k4 / one_pass (1.02x), what
+the list-context terms cost (k4_list_bias / k4) and the value-pair tables on top (k4_value_pairs / k4_list_bias); with
 --compile, each compiled k over the compiled one_pass (the batch-1 target: <= 1.3x).
 --breakdown adds, for eager k4 and one_pass, where a request's time goes (ms, medians over the
 rounds): the encoder, the cross-attention K/V (``memory``), the decoder passes, the heads' logits,
@@ -110,11 +114,13 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
 
-    def cfg(k: int) -> ModelConfig:
+    def cfg(k: int, **list_context) -> ModelConfig:
         return ModelConfig(num_features=F, cat_sizes=CATS, d_model=args.d_model, enc_layers=args.layers,
-                           dec_layers=args.layers, omtp_heads=k)
+                           dec_layers=args.layers, omtp_heads=k, **list_context)
 
     models = {k: GenReranker(cfg(k)).to(device).eval() for k in (1, 2, 4, 8, N)}
+    list_bias = GenReranker(cfg(4, list_bias=True)).to(device).eval()
+    value_pairs = GenReranker(cfg(4, list_bias=True, value_pairs=8)).to(device).eval()
     one_pass = OnePassScorer(cfg(1)).to(device).eval()
     variants = {
         "step_by_step": lambda x: decode(models[1], *x, N, use_cache=False),
@@ -124,6 +130,8 @@ def main() -> None:
         "k8": lambda x: decode(models[8], *x, N),
         f"k{N}": lambda x: decode(models[N], *x, N),
         "one_pass": lambda x: one_pass.decode(*x, N),
+        "k4_list_bias": lambda x: decode(list_bias, *x, N),
+        "k4_value_pairs": lambda x: decode(value_pairs, *x, N),
     }
     if args.compile:
         for k in (4, 8, N):
@@ -154,6 +162,8 @@ def main() -> None:
         ms = {name: round(statistics.median(v), 4) for name, v in times.items()}
         ms["speedup_k4_vs_step_by_step"] = round(ms["step_by_step"] / ms["k4"], 2)
         ms["k4_over_one_pass"] = round(ms["k4"] / ms["one_pass"], 2)
+        ms["list_bias_over_k4"] = round(ms["k4_list_bias"] / ms["k4"], 2)
+        ms["value_pairs_over_list_bias"] = round(ms["k4_value_pairs"] / ms["k4_list_bias"], 2)
         if args.compile:
             ms["speedup_k4_compiled_vs_step_by_step"] = round(ms["step_by_step"] / ms["k4_compiled"], 2)
             for k in (4, 8, N):

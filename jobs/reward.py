@@ -6,6 +6,7 @@ anchored on a pre-trained GReF. Ray Train, like every model of the platform.
 
 Without --init the item appeal is a DCN over the features, fitted to clicks alone (an ablation).
 The model selected is the epoch with the lowest held-out click NLL (``eval.metric=val_loss``);
+with ``candidates=[{model.value_pairs: 8}, ...]`` each variant is fitted too and the lowest NLL wins;
 its validation also reports the expected clicks of its own beam-search lists (with a simulated
 world, by the oracle). ``python -m jobs.dpo objective=distill reward=<its model dir>`` post-trains
 GReF on its best lists.
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"no prepared data at '{cfg.data}' (give --data OUT of jobs.prepare)")
     outcome = train_reward(cfg)
     log("reward", f"best epoch {outcome['best']['epoch']} by {outcome['selection_metric']}; model in {outcome['model_dir']}")
-    print_json({k: outcome[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best")})
+    print_json({k: outcome[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best", "candidates") if k in outcome})
     return outcome
 
 

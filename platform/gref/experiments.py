@@ -217,6 +217,7 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
         return outcomes[lowest_click_nll(outcomes)]["model_dir"]
 
     dirs: dict[str, str] = {}
+    trained_as: dict[str, str] = {}  # (pre-trained dir, post-training config) as JSON -> the model trained on them
     for model_id, (family, spec) in recipes(cfg, world).items():
         if family == "baseline":
             if not (found := _trained(storage, model_id)):
@@ -230,14 +231,18 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
         if recipe.post is None:
             dirs[model_id] = pre_dir
             continue
+        post = override(replace(cfg.dpo, register=False, model=cfg.pretrain.model), recipe.post)
+        if post.needs_reward and not post.reward:
+            # one teacher for every row: the reward anchored on the default pre-trained GReF, so a
+            # pre-training ablation changes the student alone
+            post = replace(post, reward=reward(recipe.anchored_reward, recipe.reward))
+        # a row whose every input is an earlier row's (chosen_reward when it chose the default
+        # reward) is that row's model, not a second training of it
+        inputs = json.dumps([pre_dir, to_dict(post)], sort_keys=True, default=str)
         name = f"post-{model_id}"
-        if not (found := _trained(storage, name)):
-            post = override(replace(cfg.dpo, register=False, model=cfg.pretrain.model), recipe.post)
-            if post.needs_reward and not post.reward:
-                # one teacher for every row: the reward anchored on the default pre-trained GReF, so a
-                # pre-training ablation changes the student alone
-                post = replace(post, reward=reward(recipe.anchored_reward, recipe.reward))
-            found = run_training("dpo", stage_cfg(post, name), init=load_reranker(pre_dir) if pre_dir else None)["model_dir"]
+        found = _trained(storage, name) or trained_as.get(inputs) or run_training(
+            "dpo", stage_cfg(post, name), init=load_reranker(pre_dir) if pre_dir else None)["model_dir"]
+        trained_as.setdefault(inputs, found)
         dirs[model_id] = found
     if "gref" in dirs:
         dirs[TEACHER] = reward(True, {})

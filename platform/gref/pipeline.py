@@ -180,8 +180,8 @@ def run(cfg: PipelineConfig) -> dict:
                    "data": {k: data_summary[k] for k in ("requests_read", "sequences", "pairs",
                                                          "quarantined", "quarantined_by_reason")},
                    "pretrain": {k: pre[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best")},
-                   **({"reward": {k: reward[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best")}}
-                      if reward else {}),
+                   **({"reward": {k: reward[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best", "candidates")
+                                  if k in reward}} if reward else {}),
                    "dpo": {k: dpo[k] for k in ("run_name", "model_dir", "mlflow_run_id", "best")},
                    "baselines": {kind: {k: o[k] for k in ("run_name", "model_dir", "mlflow_run_id", "registered_version")}
                                  for kind, o in baselines.items()},

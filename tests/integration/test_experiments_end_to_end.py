@@ -50,3 +50,31 @@ def test_two_seeds_end_to_end_then_resume(ray_cluster, tmp_path):
     again = experiments.main(args)  # every seed is cached: nothing trains again
     assert len(client.search_runs([experiment.experiment_id])) == runs_before + 1
     assert again["tables"] == result["tables"]
+
+
+def test_the_reward_chosen_by_held_out_nll_trains_only_what_differs(ray_cluster, tmp_path):
+    """Recipe chosen_reward fits the value-pair reward beside the default one; the lower held-out
+    click NLL teaches. When that is the default reward the row's inputs are the GReF row's and it
+    is that model (no second training); otherwise its student has the reward's tables."""
+    from gref.experiments import LABELS
+    from gref.reranker_io import load_reranker
+    from jobs import experiments
+
+    args = [f"out={tmp_path / 'exp'}", "seeds=[0]", "requests=600", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "worlds={tiny: {n_users: 200, n_items: 1000, n_series: 40, n_creators: 150, days: 4}}",
+            "tables=[ablations]", "ablation_worlds=[tiny]", "ablation_rows=[chosen_reward]",
+            "dataset.valid_days=1", "dataset.test_days=1", *[f"{stage}.{o}" for stage in ("pretrain", "dpo") for o in TINY],
+            "reward.optim.epochs=1", "reward.scaling.num_workers=0", "reward.eval.max_requests=200"]
+    experiments.main(args)
+    ray_dir = tmp_path / "exp" / "tiny" / "seed0" / "ray"
+    nll = {name: json.loads((ray_dir / name / "outcome.json").read_text())["outcome"]["best"]["val_loss"]
+           for name in ("reward-pre", "reward-pre-value_pairs8")}
+    report = json.loads((tmp_path / "exp" / "tiny" / "seed0" / "report-ablations+chosen_reward" / "report.json").read_text())
+    chosen = report[LABELS["chosen_reward"]]
+    if nll["reward-pre"] <= nll["reward-pre-value_pairs8"]:
+        assert not (ray_dir / "post-chosen_reward").exists()
+        assert chosen["oracle_clicks"] == report["GReF"]["oracle_clicks"]
+    else:
+        assert load_reranker(ray_dir / "post-chosen_reward" / "model").cfg.value_pairs == 8
+        teacher = json.loads((ray_dir / "post-chosen_reward" / "outcome.json").read_text())["params"]["reward"]
+        assert teacher == str(ray_dir / "reward-pre-value_pairs8" / "model")

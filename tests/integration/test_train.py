@@ -155,8 +155,17 @@ def test_pipeline_end_to_end(ray_cluster, tmp_path, mlflow_uri):
             "reward.scaling.num_workers=0", "reward.eval.max_requests=300"]
     baselines = ["baselines=[nar4rec]", "baseline_overrides={optim.epochs: 1, model.d_model: 16, model.layers: 1, "
                  "optim.batch_size: 128, eval.max_requests: 300}"]
-    summary = pipeline.main(args + baselines)
+    # two rewards fitted, the lower held-out click NLL teaches; a value-pair teacher's student gains tables
+    summary = pipeline.main(args + baselines + ["reward.candidates=[{model.value_pairs: 4}]"])
     assert summary["data"]["requests_read"] == 1500
+    candidates = summary["reward"]["candidates"]
+    assert [c["overrides"] for c in candidates] == [{}, {"model.value_pairs": 4}]
+    chosen = min(candidates, key=lambda c: c["val_loss"])
+    assert chosen["chosen"] and sum(c["chosen"] for c in candidates) == 1
+    assert summary["reward"]["run_name"] == chosen["run_name"] and chosen["run_name"].endswith("-value_pairs4") == bool(chosen["overrides"])
+    from gref.reranker_io import load_reranker
+
+    assert load_reranker(summary["dpo"]["model_dir"]).cfg.value_pairs == (4 if chosen["overrides"] else 0)
     rows = summary["test"]
     assert {"logged exposure", "upstream order", "GReF (pre-train only)", GREF_ROW, TEACHER_ROW,
             "NAR4Rec", "oracle best list", "features-only best list"} <= set(rows)
@@ -182,7 +191,7 @@ def test_pipeline_end_to_end(ray_cluster, tmp_path, mlflow_uri):
     parent = client.get_run(summary["mlflow_run_id"])
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert len(children) == 4  # pretrain, reward, post-train and the baseline nested under the pipeline run
+    assert len(children) == 5  # pretrain, two rewards, post-train and the baseline nested under the pipeline run
     assert int(client.get_model_version_by_alias("gref-nar4rec", "champion").version) == 1
 
 

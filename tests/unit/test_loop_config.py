@@ -32,3 +32,19 @@ def test_settings_that_cannot_work_are_refused_before_anything_starts(override, 
         continuous.main(["--config", "configs/continuous.yaml", *override])
     with pytest.raises(ConfigError):
         loop.run(cfg, loop_app())
+
+
+def test_a_rounds_teacher_is_the_reward_its_post_training_used(tmp_path):
+    """With reward.candidates the chosen reward's run is not round<r>-reward: the oracle's audit of
+    the teacher reads the reward the round's post-training run names."""
+    import json
+
+    from gref.loop import ContinuousConfig
+
+    cfg = ContinuousConfig(out=str(tmp_path))
+    assert cfg.reward_dir(0) == tmp_path / "ray" / "round0-reward" / "model"  # nothing trained yet
+    chosen = tmp_path / "ray" / "round0-reward-value_pairs8" / "model"
+    post = tmp_path / "ray" / "round0-post"
+    post.mkdir(parents=True)
+    (post / "outcome.json").write_text(json.dumps({"params": {"reward": str(chosen)}, "outcome": {}}))
+    assert cfg.reward_dir(0) == chosen

@@ -3,6 +3,7 @@ live, and the Serve application it is handed."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -59,7 +60,12 @@ class ContinuousConfig:
         return Path(self.out).resolve() / "ray"
 
     def reward_dir(self, r: int) -> Path:
-        """Round r's reward model (the challenger's teacher), as gref.recipe.train_reward saves it."""
+        """Round r's reward model (the challenger's teacher): the one its post-training run names
+        (with ``reward.candidates``, the variant gref.recipe.train_reward chose), else where
+        train_reward saves the round's reward."""
+        post = self.training_storage() / f"round{r}-post" / "outcome.json"
+        if post.exists() and (teacher := json.loads(post.read_text())["params"].get("reward")):
+            return Path(teacher)
         return self.training_storage() / f"round{r}-reward" / "model"
 
 
