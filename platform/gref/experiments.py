@@ -185,7 +185,7 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
     """Train (or find) every model of ``recipes``; -> id -> model dir (and TEACHER: the default
     recipe's reward model)."""
     from gref.reranker_io import load_reranker
-    from gref.recipe import (baseline_config, lowest_click_nll, reward_variants, train_baseline, train_reward,
+    from gref.recipe import (baseline_config, choose_reward, reward_variants, train_baseline, train_reward,
                              variant_name)
     from gref.train.runner import run_training
 
@@ -208,13 +208,13 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
         held-out click NLL teaches, as gref.recipe.train_reward decides."""
         prefix = "reward-pre" if anchored else "reward-dcn"
         plain = {k: v for k, v in overrides.items() if k != "candidates"}
-        outcomes = []
-        for extra, rcfg in reward_variants(override(cfg.reward, overrides)):
+        outcomes, base = [], override(cfg.reward, overrides)
+        for extra, rcfg in reward_variants(base):
             name = variant_name(prefix, {**plain, **extra})
             if not _trained(storage, name):
                 train_reward(stage_cfg(replace(rcfg, init=pretrained({}) if anchored else ""), name))
             outcomes.append(json.loads((storage / name / "outcome.json").read_text())["outcome"])
-        return outcomes[lowest_click_nll(outcomes)]["model_dir"]
+        return outcomes[choose_reward(outcomes, stage_cfg(base, prefix))[0] if len(outcomes) > 1 else 0]["model_dir"]
 
     dirs: dict[str, str] = {}
     trained_as: dict[str, str] = {}  # (pre-trained dir, post-training config) as JSON -> the model trained on them

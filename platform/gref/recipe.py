@@ -6,12 +6,15 @@ from its configs/baselines/<kind>.yaml. Each returns the Ray Train runner's outc
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from gref.stats import t_half_width
 from gref.train.config import BaselineTrainConfig, DPOConfig, RewardConfig
 
 # the baselines' recipes (one YAML per kind), beside the project's other configs
@@ -40,19 +43,51 @@ def reward_variants(cfg: RewardConfig) -> list[tuple[dict, RewardConfig]]:
     return [({}, base), *((dict(c), override(base, c)) for c in cfg.candidates)]
 
 
-def lowest_click_nll(outcomes: list[dict]) -> int:
-    """Index of the fitted reward whose selected epoch has the lowest held-out click NLL
-    (``best["val_loss"]``; NaN never wins); on a tie the earlier one, i.e. the base config."""
-    losses = [o["best"].get("val_loss", math.nan) for o in outcomes]
-    return min(range(len(losses)), key=lambda i: (math.inf if math.isnan(losses[i]) else losses[i], i))
+def held_out_click_nll(model_dir: str | Path, data: str | Path, max_requests: int = 0) -> np.ndarray:
+    """[R] a fitted reward's click NLL of each of the first ``max_requests`` validation requests
+    (0 = all)."""
+    from gref.data.batch import collate, iter_tables, read_split
+    from gref.reranker_io import load_reranker
+    from gref.train.steps import data_meta
+
+    model, meta = load_reranker(model_dir).eval(), data_meta(data)
+    table = read_split(Path(data) / "sequences" / "valid")
+    table = table.slice(0, min(max_requests or table.num_rows, table.num_rows))
+    parts = [model.request_nll(collate(part, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"]))
+             for part in iter_tables(table, 512, shuffle=False)]
+    return torch.cat(parts).numpy()
+
+
+def preferred_reward(nll: list[np.ndarray], level: float = 0.95) -> int:
+    """Which reward teaches, from each one's per-request held-out click NLL on the same requests
+    (``nll[0]`` the configured reward, then the candidates): a candidate only when it fits better
+    than the configured one beyond chance -- the ``level`` t interval of the paired per-request
+    differences lies above 0 -- and then the lowest mean NLL among such candidates; else 0. A
+    near-tie keeps the configured reward: a richer one must earn its place in the data."""
+    base = np.asarray(nll[0], dtype=float)
+    best = 0
+    for i, x in enumerate(nll[1:], start=1):
+        gain = base - np.asarray(x, dtype=float)  # > 0: the candidate fits this request better
+        if gain.mean() - t_half_width(gain, level) > 0 and np.mean(x) < np.mean(nll[best]):
+            best = i
+    return best
+
+
+def choose_reward(outcomes: list[dict], cfg: RewardConfig) -> tuple[int, list[float]]:
+    """``preferred_reward`` of fitted rewards (train runs' outcomes, the configured one first) on
+    every validation request of ``cfg.data`` (not the epochs' ``eval.max_requests`` slice: a
+    decision wants all the power the split has) -> (its index, each one's mean NLL per request)."""
+    nll = [held_out_click_nll(o["model_dir"], cfg.data) for o in outcomes]
+    return preferred_reward(nll), [float(x.mean()) for x in nll]
 
 
 def train_reward(cfg: RewardConfig) -> dict:
     """Fit the reward (``cfg.init`` = the pre-trained GReF anchoring its item appeal; without it the
     appeal is a DCN over the features, an ablation). With ``cfg.candidates`` every variant is fitted
     (Train runs ``<name>``, ``<name>-<override>``...) and the one of lowest held-out click NLL is
-    returned, its outcome's ``candidates`` listing each variant's run and NLL: the data, not the
-    recipe's author, decide which list effects the teacher has."""
+    returned when it fits the validation clicks better than the configured one beyond chance
+    (``preferred_reward``), its outcome's ``candidates`` listing each variant's run and NLL: the
+    data, not the recipe's author, decide which list effects the teacher has."""
     from gref.cli import log
 
     variants = reward_variants(cfg)
@@ -60,10 +95,10 @@ def train_reward(cfg: RewardConfig) -> dict:
         return _fit_reward(cfg)
     base_name = cfg.run.name or f"clickmodel-{time.strftime('%Y%m%d-%H%M%S')}"
     outcomes = [_fit_reward(replace(v, run=replace(v.run, name=variant_name(base_name, ov)))) for ov, v in variants]
-    chosen = lowest_click_nll(outcomes)
-    table = [{"overrides": ov, "run_name": o["run_name"], "val_loss": o["best"].get("val_loss"), "chosen": i == chosen}
-             for i, ((ov, _), o) in enumerate(zip(variants, outcomes))]
-    log("reward", "held-out click NLL: " + ", ".join(f"{t['run_name']} {t['val_loss']:.5f}" for t in table)
+    chosen, nll = choose_reward(outcomes, cfg)
+    table = [{"overrides": ov, "run_name": o["run_name"], "val_loss": o["best"].get("val_loss"),
+              "request_nll": nll[i], "chosen": i == chosen} for i, ((ov, _), o) in enumerate(zip(variants, outcomes))]
+    log("reward", "held-out click NLL per request: " + ", ".join(f"{t['run_name']} {t['request_nll']:.5f}" for t in table)
         + f" -> {outcomes[chosen]['run_name']}")
     return {**outcomes[chosen], "candidates": table}
 

@@ -53,10 +53,12 @@ def test_two_seeds_end_to_end_then_resume(ray_cluster, tmp_path):
 
 
 def test_the_reward_chosen_by_held_out_nll_trains_only_what_differs(ray_cluster, tmp_path):
-    """Recipe chosen_reward fits the value-pair reward beside the default one; the lower held-out
-    click NLL teaches. When that is the default reward the row's inputs are the GReF row's and it
-    is that model (no second training); otherwise its student has the reward's tables."""
+    """Recipe chosen_reward fits the value-pair reward beside the default one, which teaches unless
+    the value-pair one fits the validation clicks better beyond chance. When the default reward
+    teaches the row's inputs are the GReF row's and it is that model (no second training);
+    otherwise its student has the reward's tables."""
     from gref.experiments import LABELS
+    from gref.recipe import held_out_click_nll, preferred_reward
     from gref.reranker_io import load_reranker
     from jobs import experiments
 
@@ -67,11 +69,11 @@ def test_the_reward_chosen_by_held_out_nll_trains_only_what_differs(ray_cluster,
             "reward.optim.epochs=1", "reward.scaling.num_workers=0", "reward.eval.max_requests=200"]
     experiments.main(args)
     ray_dir = tmp_path / "exp" / "tiny" / "seed0" / "ray"
-    nll = {name: json.loads((ray_dir / name / "outcome.json").read_text())["outcome"]["best"]["val_loss"]
-           for name in ("reward-pre", "reward-pre-value_pairs8")}
+    prep = tmp_path / "exp" / "tiny" / "seed0" / "prep"
+    nll = [held_out_click_nll(ray_dir / name / "model", prep) for name in ("reward-pre", "reward-pre-value_pairs8")]
     report = json.loads((tmp_path / "exp" / "tiny" / "seed0" / "report-ablations+chosen_reward" / "report.json").read_text())
     chosen = report[LABELS["chosen_reward"]]
-    if nll["reward-pre"] <= nll["reward-pre-value_pairs8"]:
+    if preferred_reward(nll) == 0:
         assert not (ray_dir / "post-chosen_reward").exists()
         assert chosen["oracle_clicks"] == report["GReF"]["oracle_clicks"]
     else:

@@ -3,6 +3,7 @@ at the structured model, its search is exact where the beam covers every list, i
 weights are fixed per request, and it learns an effect the structured form cannot express."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -177,3 +178,22 @@ def test_list_context_without_members_is_one_value():
     ctx = ListContext(2, [6], members=1, pessimism=5.0)
     v = torch.tensor([[1.0, 2.0]])
     assert torch.equal(ctx.pessimistic(v), v[0])
+
+
+def test_request_nll_sums_each_requests_slots_and_averages_the_members():
+    """The unit of the paired comparison of two rewards (gref.recipe.preferred_reward): per request,
+    -sum over its exposed slots of log P(its click), each member's P, then their mean; a padded
+    slot adds nothing. Checked against the members' marginals by hand."""
+    m = perturbed(3, 1.0).eval()
+    num, cat, mask = inputs(B=2, M=4)
+    lists = torch.tensor([[0, 1, 2], [3, 2, 0]])
+    click = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    batch = Batch(num=num, cat=cat, cand_mask=mask, exposure=lists, lengths=torch.tensor([3, 2]),
+                  relevance=click, click=click, request_id=[0, 1])
+    p = m.marginals(num, cat, mask, torch.tensor([[0, 1, 2], [3, 2, -1]]))  # [K, B, 3]
+    expected = []
+    for b, shown in enumerate([3, 2]):
+        per_member = [-sum(math.log(p[k, b, j]) if click[b, j] else math.log(1 - p[k, b, j]) for j in range(shown))
+                      for k in range(3)]
+        expected.append(sum(per_member) / 3)
+    assert m.request_nll(batch).tolist() == pytest.approx(expected, rel=1e-5)

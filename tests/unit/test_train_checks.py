@@ -83,9 +83,10 @@ def test_post_training_that_needs_a_reward_without_one_is_refused_before_any_wor
 
 def test_reward_candidates_are_named_checked_and_chosen_by_held_out_click_nll():
     """train_reward's choice among rewards: every variant's config and run name, a wrong key refused
-    before any fit, and the lowest validation click NLL wins (the base config on a tie, NaN never)."""
+    before any fit, and a candidate teaches only when its per-request held-out click NLL beats the
+    configured reward's beyond chance (paired 95 % t interval above 0), the lowest such one."""
     from gref.config import ConfigError
-    from gref.recipe import lowest_click_nll, reward_variants, variant_name
+    from gref.recipe import preferred_reward, reward_variants, variant_name
     from gref.train.config import RewardConfig
 
     cfg = RewardConfig(candidates=[{"model.value_pairs": 8}, {"model": {"value_pairs": 2, "context_members": 0}}])
@@ -102,13 +103,15 @@ def test_reward_candidates_are_named_checked_and_chosen_by_held_out_click_nll():
         reward_variants(load_config(RewardConfig, overrides=["eval.metric=oracle_clicks",
                                                               "candidates=[{model.value_pairs: 8}]"]))
 
-    def fitted(*losses):
-        return [{"best": {"val_loss": v}} for v in losses]
-
-    assert lowest_click_nll(fitted(0.4821, 0.4793)) == 1
-    assert lowest_click_nll(fitted(0.4519, 0.4527)) == 0
-    assert lowest_click_nll(fitted(0.45, 0.45)) == 0
-    assert lowest_click_nll(fitted(float("nan"), 0.6)) == 1
+    # per-request held-out NLL of the configured reward (first) and two candidates, on 4 requests
+    base = [1.0, 2.0, 3.0, 4.0]
+    assert preferred_reward([base, [0.9, 1.9, 2.9, 3.9]]) == 1  # better on every request: the interval is [0.1, 0.1]
+    # gains [0.3, -0.1, 0.2, 0.0]: mean 0.1, sd 0.1826, t(0.975, 3) = 3.182 -> half-width 0.29 > 0.1: chance
+    assert preferred_reward([base, [0.7, 2.1, 2.8, 4.0]]) == 0
+    assert preferred_reward([base, [1.0, 2.0, 3.0, 4.0]]) == 0  # a tie keeps the configured reward
+    assert preferred_reward([base, [0.9, 1.9, 2.9, 3.9], [0.5, 1.5, 2.5, 3.5]]) == 2  # both beat it: the lower NLL
+    assert preferred_reward([base, [0.5, 1.5, 2.5, 3.5], [0.9, 1.9, 2.9, 3.9]]) == 1
+    assert preferred_reward([base, [0.7, 2.1, 2.8, 4.0], [0.95, 1.95, 2.95, 3.95]]) == 2  # the better mean is chance
 
 
 def test_a_student_gains_value_pair_tables_only_when_its_reward_has_them():

@@ -32,12 +32,13 @@ Shapes: B requests, M candidates, N exposure slots, C categorical columns.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gref.baselines.common import BaselineReranker
 from gref.baselines.config import BaselineConfig
 from gref.baselines.pointwise import DCN
-from gref.clickmodel.context import ListContext, bootstrap_weights, context_beam_search, weighted_bce
+from gref.clickmodel.context import EPS, ListContext, bootstrap_weights, context_beam_search, weighted_bce
 from gref.clickmodel.search import beam_search
 from gref.clickmodel.structured import ListEffects, expected_clicks
 from gref.data.batch import Batch, same_attribute
@@ -155,6 +156,17 @@ class ListClickModel(BaselineReranker):
         with torch.no_grad():
             mean_nll = weighted_bce(p.mean(0, keepdim=True), batch.click, valid.float(), torch.ones_like(weights[:1]))
         return {"loss": loss, "click_nll": mean_nll}
+
+    @torch.no_grad()
+    def request_nll(self, batch: Batch) -> Tensor:
+        """[B] each request's Bernoulli NLL of its logged clicks, summed over its exposed slots
+        (a context ensemble's members averaged, as in the validation loss): the unit of a paired
+        comparison of two rewards on the same requests (gref.recipe.preferred_reward)."""
+        N = batch.exposure.shape[1]
+        valid = torch.arange(N, device=batch.num.device)[None] < batch.lengths[:, None]
+        p = self.marginals(batch.num, batch.cat, batch.cand_mask, torch.where(valid, batch.exposure, -1))  # [K, B, N]
+        nll = F.binary_cross_entropy(p.clamp(EPS, 1 - EPS), batch.click.expand_as(p), reduction="none") * valid
+        return nll.sum(-1).mean(0)
 
     @torch.no_grad()
     def rerank(self, num: Tensor, cat: Tensor, cand_mask: Tensor, n: int) -> Tensor:
