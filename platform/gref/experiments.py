@@ -99,8 +99,9 @@ RECIPES: dict[str, Recipe] = {
     "value_pairs_reward": Recipe(post={"grow_value_pairs": False}, reward={"model.value_pairs": 8}),
     "value_pairs": Recipe(pretrain={"model.value_pairs": 8}, reward={"model.value_pairs": 8}),
     "pre_value_pairs": Recipe(pretrain={"model.value_pairs": 8}, post=None),
-    # the data decide: the default reward and the value-pair one are both fitted, the lower held-out
-    # click NLL teaches; a value-pair teacher gives the (default pre-trained) student its own tables
+    # the data decide: the default reward and the value-pair one are both fitted, the value-pair one
+    # teaches only if it fits the validation clicks better beyond chance (gref.recipe.preferred_reward);
+    # a value-pair teacher gives the (default pre-trained) student its own tables
     "chosen_reward": Recipe(reward={"candidates": [{"model.value_pairs": 8}]}),
     "dcn_reward": Recipe(anchored_reward=False),
     "dpo": Recipe(post=PAPER_POST),
@@ -204,8 +205,8 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
     def reward(anchored: bool, overrides: dict) -> str:
         """The teacher: anchored on the default pre-trained GReF, or a DCN appeal (an ablation);
         ``overrides`` of the reward config (the reward's own ablations). With ``candidates`` each
-        variant is its own cached run (shared with the rows that fit it alone) and the lowest
-        held-out click NLL teaches, as gref.recipe.train_reward decides."""
+        variant is its own cached run (shared with the rows that fit it alone) and
+        gref.recipe.choose_reward picks the teacher, as train_reward does."""
         prefix = "reward-pre" if anchored else "reward-dcn"
         plain = {k: v for k, v in overrides.items() if k != "candidates"}
         outcomes, base = [], override(cfg.reward, overrides)

@@ -43,16 +43,14 @@ def reward_variants(cfg: RewardConfig) -> list[tuple[dict, RewardConfig]]:
     return [({}, base), *((dict(c), override(base, c)) for c in cfg.candidates)]
 
 
-def held_out_click_nll(model_dir: str | Path, data: str | Path, max_requests: int = 0) -> np.ndarray:
-    """[R] a fitted reward's click NLL of each of the first ``max_requests`` validation requests
-    (0 = all)."""
+def held_out_click_nll(model_dir: str | Path, data: str | Path) -> np.ndarray:
+    """[R] a fitted reward's click NLL of each validation request of ``data``."""
     from gref.data.batch import collate, iter_tables, read_split
     from gref.reranker_io import load_reranker
     from gref.train.steps import data_meta
 
     model, meta = load_reranker(model_dir).eval(), data_meta(data)
     table = read_split(Path(data) / "sequences" / "valid")
-    table = table.slice(0, min(max_requests or table.num_rows, table.num_rows))
     parts = [model.request_nll(collate(part, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"]))
              for part in iter_tables(table, 512, shuffle=False)]
     return torch.cat(parts).numpy()
@@ -75,8 +73,9 @@ def preferred_reward(nll: list[np.ndarray], level: float = 0.95) -> int:
 
 def choose_reward(outcomes: list[dict], cfg: RewardConfig) -> tuple[int, list[float]]:
     """``preferred_reward`` of fitted rewards (train runs' outcomes, the configured one first) on
-    every validation request of ``cfg.data`` (not the epochs' ``eval.max_requests`` slice: a
-    decision wants all the power the split has) -> (its index, each one's mean NLL per request)."""
+    every validation request of ``cfg.data`` (not the epochs' ``eval.max_requests`` slice: on 1,000
+    requests the paired test missed a real gain; docs/results.md) -> (its index, each one's mean
+    NLL per request)."""
     nll = [held_out_click_nll(o["model_dir"], cfg.data) for o in outcomes]
     return preferred_reward(nll), [float(x.mean()) for x in nll]
 
@@ -84,10 +83,10 @@ def choose_reward(outcomes: list[dict], cfg: RewardConfig) -> tuple[int, list[fl
 def train_reward(cfg: RewardConfig) -> dict:
     """Fit the reward (``cfg.init`` = the pre-trained GReF anchoring its item appeal; without it the
     appeal is a DCN over the features, an ablation). With ``cfg.candidates`` every variant is fitted
-    (Train runs ``<name>``, ``<name>-<override>``...) and the one of lowest held-out click NLL is
-    returned when it fits the validation clicks better than the configured one beyond chance
-    (``preferred_reward``), its outcome's ``candidates`` listing each variant's run and NLL: the
-    data, not the recipe's author, decide which list effects the teacher has."""
+    (Train runs ``<name>``, ``<name>-<override>``...) and ``choose_reward`` picks the one returned --
+    a candidate only when it fits the validation clicks better than the configured one beyond
+    chance -- its outcome's ``candidates`` listing each variant's run and NLL: the data, not the
+    recipe's author, decide which list effects the teacher has."""
     from gref.cli import log
 
     variants = reward_variants(cfg)

@@ -131,9 +131,9 @@ class GenReranker(nn.Module):
         return len(self.heads)
 
     def with_value_pairs(self, rank: int) -> "GenReranker":
-        """This model (without them) plus list-context tables of effects between attribute values of rank ``rank``
-        (gref.model.value_pairs), added so that post-training can learn what a teacher with such
-        effects teaches. Their V starts at 0: the new model computes exactly this one's logits."""
+        """This model (which has none) plus list-context tables of effects between attribute values
+        of rank ``rank`` (gref.model.value_pairs), so that post-training can learn what a teacher
+        with such effects teaches. Their V starts at 0: the new model computes this one's logits."""
         assert not self.cfg.value_pairs, "the model has value-pair tables already"
         if self.list_bias is None:
             from gref.config import ConfigError

@@ -149,7 +149,7 @@ class RewardConfig(BaselineTrainConfig):
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, epochs=2))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(metric="val_loss"))  # held-out click NLL
     # other rewards fitted beside this one (dotted overrides of this config, e.g. {model.value_pairs: 8});
-    # the one of lowest held-out click NLL teaches post-training (gref.recipe.train_reward)
+    # one teaches instead only if its validation click NLL is lower beyond chance (gref.recipe.preferred_reward)
     candidates: list[dict] = field(default_factory=list)
     register: bool = False  # a training artifact of post-training, not a serving candidate
     registered_model: str = "gref-clickmodel"
