@@ -66,16 +66,22 @@ def multi_token_loss(logits: Tensor, seq: Tensor, lengths: Tensor) -> Tensor:
     return -lp.sum(dim=(1, 2)).mean()
 
 
-def sequence_log_prob(logits: Tensor, seq: Tensor, lengths: Tensor, heads: int) -> Tensor:
-    """log pi(Y) of the OMTP decoding policy with ``heads`` heads per pass: passes start at
-    t0 = 0, heads, 2*heads, ..., head j of the pass at t0 places y_{t0+j}. heads = 1 gives the
-    autoregressive sum_t log p(y_t | y_<t) of Eq. 8. logits [B, k, N, M] -> [B]."""
+def slot_log_probs(logits: Tensor, seq: Tensor, lengths: Tensor, heads: int) -> Tensor:
+    """log p(y_t | the decoding state that placed it) for every slot t of the OMTP decoding policy
+    with ``heads`` heads per pass: passes start at t0 = 0, heads, 2*heads, ..., and head j of the
+    pass at t0 places y_{t0+j}. Slots past a request's length are 0. logits [B, k, N, M] -> [B, N]
+    (the conditional propensities a prefix-matching off-policy estimate divides by)."""
     lp, _ = target_log_probs(logits, seq, lengths)
     N = seq.shape[1]
-    use = torch.zeros_like(lp, dtype=torch.bool)
-    for j in range(heads):
-        use[:, j, torch.arange(0, N, heads, device=seq.device)] = True
-    return (lp * use).sum(dim=(1, 2))
+    t = torch.arange(N, device=seq.device)
+    return lp[:, t % heads, t - t % heads]
+
+
+def sequence_log_prob(logits: Tensor, seq: Tensor, lengths: Tensor, heads: int) -> Tensor:
+    """log pi(Y) of the OMTP decoding policy with ``heads`` heads per pass: the sum of its
+    slot_log_probs. heads = 1 gives the autoregressive sum_t log p(y_t | y_<t) of Eq. 8.
+    logits [B, k, N, M] -> [B]."""
+    return slot_log_probs(logits, seq, lengths, heads).sum(1)
 
 
 def dcg_weights(k: int, device: torch.device | None = None) -> Tensor:

@@ -294,7 +294,12 @@ class FeaturePBM:
         self.theta = theta
         return self
 
+    def slot_clicks(self, num: torch.Tensor, cat: torch.Tensor, lengths: np.ndarray) -> np.ndarray:
+        """num [S, K, F], cat [S, K, C] of the lists to judge -> [S, K] P(click on slot k)
+        (0 past a list's length): the direct part of a doubly-robust estimate (gref.offpolicy)."""
+        K = num.shape[1]
+        return _theta_for(self.theta, K)[None] * self.attractiveness(num, cat) * _valid(lengths, K)
+
     def expected_clicks(self, num: torch.Tensor, cat: torch.Tensor, lengths: np.ndarray) -> np.ndarray:
         """num [S, K, F], cat [S, K, C] of the lists to judge -> [S] E[clicks]."""
-        K = num.shape[1]
-        return (_theta_for(self.theta, K)[None] * self.attractiveness(num, cat) * _valid(lengths, K)).sum(1)
+        return self.slot_clicks(num, cat, lengths).sum(1)

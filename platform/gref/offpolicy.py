@@ -1,0 +1,169 @@
+"""Off-policy estimates of any ranker's clicks from explored traffic (no Ray, no oracle).
+
+The endpoint serves a share of its requests a list *sampled* from the GReF model (``explore``,
+gref.serving.inference) and logs the list's probability. Every other ranker's expected clicks can
+then be estimated from those requests alone, by reweighting the clicks they got. A whole-list
+match almost never happens (a sampled 10-item list rarely equals another policy's list), so the
+estimates here match *prefixes* and assume the cascade behaviour model: a click on slot k depends
+on the request and the items of slots 1..k only, not on what is shown below it (Kiyohara et al.,
+WSDM 2022, "Doubly Robust Off-Policy Evaluation for Ranking Policies under the Cascade Behavior
+Model"; McInerney et al., KDD 2020). A whole-page effect -- the user reads further when the
+page below looks good -- breaks it.
+
+For a deterministic target list ``t`` and a logged list ``a`` sampled by the logging policy,
+with conditional propensities ``p_j = P(a_j | a_1..a_{j-1})`` (the decoding state that placed
+each slot: ``logging_propensities``), slot k's weight is
+
+    w_k = 1[a_1..a_k = t_1..t_k] / (p_1 ... p_k)        (w_0 = 1)
+
+and per request, with clicks ``c_k``:
+
+    IPS    sum_k w_k c_k                                  (unbiased under the cascade model)
+    SNIPS  sum_k  sum_i w_ik c_ik / sum_i w_ik            (per slot self-normalised: consistent,
+                                                           far less variance, slightly biased)
+    DR     sum_k w_k (c_k - q(a_1..a_k)) + w_{k-1} q(t_1..t_k)
+                                                          (q: a click model's P(click on slot k);
+                                                           unbiased if either q or p is right)
+
+The cascade model is what these estimates need; their cost is variance: a deterministic list's
+prefix of 10 slots almost never matches a sample (measured in docs/evaluation.md). The
+*item-position* form (Li et al., WSDM 2018) matches each slot alone,
+
+    w_k = 1[a_k = t_k] / P(a_k on slot k)                (the logging policy's marginal)
+
+with the marginal estimated by sampling the logging model (``marginal_counts``, the logged list
+counted as one of the samples), and a direct term on every slot in its DR. It assumes a click on
+slot k depends on the request, the item and k alone (no list effects): far less variance, a bias
+wherever the neighbours matter.
+
+Intervals are normal intervals of the mean of per-request values (IPS, DR) or of SNIPS's
+per-request influence (the delta method of a ratio), and the lift over production's on-policy
+mean (an independent sample of the requests it served greedily) by the delta method of two
+independent means (gref.stats.independent_ratio_lift).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import Tensor
+
+from gref.losses import slot_log_probs
+from gref.model.decoding import decode
+from gref.model.reranker import GenReranker
+from gref.stats import independent_ratio_lift
+
+ESTIMATORS = ("ips", "snips", "dr")
+FORMS = ("cascade", "item")  # prefix-matching weights, or one slot at a time
+
+
+@torch.no_grad()
+def logging_propensities(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, placed: Tensor,
+                         temperature: float = 1.0) -> Tensor:
+    """log P(placed_k | the decoding state that placed it) under ``decode(model, ...,
+    temperature=temperature)`` -- the sampling the endpoint's explored traffic used -- recomputed
+    by teacher forcing from the logged list (their sum is the logged ``log_propensity``).
+    num [B, M, F], cat [B, M, C], cand_mask [B, M], placed [B, N] (-1 = none) -> [B, N] (0 past a list's end)."""
+    lengths = (placed >= 0).sum(1)
+    seq = placed.clamp(min=0)
+    logits = model(num, cat, cand_mask, seq[:, None])[:, 0] / temperature  # [B, k, N, M]
+    return slot_log_probs(logits, seq, lengths, model.k)
+
+
+@torch.no_grad()
+def marginal_counts(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: int, temperature: float,
+                    samples: int, generator: torch.Generator | None = None, chunk: int = 64) -> Tensor:
+    """How often each candidate lands on each slot in ``samples`` lists sampled per request from
+    ``decode(model, ..., temperature=temperature)``: the Monte-Carlo estimate of the logging policy's
+    item-position marginals. num [B, M, F], cat [B, M, C], cand_mask [B, M] -> counts [B, n, M]."""
+    B, M = cand_mask.shape
+    out = torch.zeros(B, n, M)
+    for s in range(0, B, chunk):  # chunk * samples lists at once: bounded memory
+        rows = slice(s, min(s + chunk, B))
+        rep = [x[rows].repeat_interleave(samples, 0) for x in (num, cat, cand_mask)]
+        placed = decode(model, *rep, n, temperature=temperature, generator=generator)  # [b * samples, n]
+        hit = torch.nn.functional.one_hot(placed.clamp(min=0), M) * (placed >= 0)[..., None]
+        out[rows] = hit.view(-1, samples, n, M).sum(1).float().cpu()
+    return out
+
+
+def item_position_log_marginals(logged: np.ndarray, counts: np.ndarray, samples: int) -> np.ndarray:
+    """log P(a_k on slot k) of each logged item from ``marginal_counts`` [B, >= N, M] of
+    ``samples`` other draws, the logged list counted as one more draw: (count + 1) / (samples + 1)
+    (never 0). logged [B, N] (-1 = none) -> [B, N] (0 past a list's end)."""
+    N = logged.shape[1]
+    c = np.take_along_axis(counts[:, :N], np.clip(logged, 0, None)[..., None], axis=2)[..., 0]
+    return np.where(logged >= 0, np.log((c + 1.0) / (samples + 1.0)), 0.0)
+
+
+def prefix_weights(logged: np.ndarray, target: np.ndarray, log_propensity: np.ndarray) -> np.ndarray:
+    """Cascade weights w [B, N]: slot k's weight 1[logged prefix 1..k = target's] / P(logged prefix 1..k).
+    logged [B, N] candidate indices of the sampled lists (-1 = none), target [B, >= N] the list the
+    evaluated ranker places for the same request, log_propensity [B, N] per-slot log p_k.
+    Slots past the logged list's end weigh 0."""
+    N = logged.shape[1]
+    live = logged >= 0
+    match = np.cumprod((logged == target[:, :N]) & live, axis=1).astype(bool)
+    return np.where(match, np.exp(-np.cumsum(np.where(live, log_propensity, 0.0), axis=1)), 0.0)
+
+
+def item_position_weights(logged: np.ndarray, target: np.ndarray, log_marginal: np.ndarray) -> np.ndarray:
+    """Item-position weights w [B, N]: 1[a_k = t_k] / P(a_k on slot k); shapes as prefix_weights,
+    log_marginal [B, N] from item_position_log_marginals."""
+    N = logged.shape[1]
+    return np.where((logged == target[:, :N]) & (logged >= 0), np.exp(-log_marginal), 0.0)
+
+
+def per_request_values(clicks: np.ndarray, w: np.ndarray, q_logged: np.ndarray | None = None,
+                       q_target: np.ndarray | None = None, form: str = "cascade") -> dict[str, np.ndarray]:
+    """Per-request IPS and (given the click model's per-slot click probabilities of the logged
+    list ``q_logged`` [B, N] and of the target list ``q_target`` [B, N]) DR values [B];
+    clicks and w [B, N] (weights of ``form``: the direct term of slot k counts with w_{k-1} in the
+    cascade form, always in the item-position form)."""
+    out = {"ips": (w * clicks).sum(1)}
+    if q_logged is not None and q_target is not None:
+        N = w.shape[1]
+        if form == "cascade":
+            direct = np.concatenate([np.ones((len(w), 1)), w[:, :-1]], axis=1)  # w_{k-1}, w_0 = 1
+        else:
+            direct = np.ones_like(w)
+        out["dr"] = (w * (clicks - q_logged) + direct * q_target[:, :N]).sum(1)
+    return out
+
+
+def snips_influence(clicks: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
+    """The per-slot self-normalised estimate sum_k (sum_i w_ik c_ik / sum_i w_ik) and each
+    request's influence on it (its mean is 0; its variance / B is the estimate's delta-method
+    variance). A slot no logged list matched adds 0. clicks, w [B, N] -> (value, [B])."""
+    mass = w.mean(0)  # [N]
+    safe = np.where(mass > 0, mass, 1.0)
+    per_slot = np.where(mass > 0, (w * clicks).mean(0) / safe, 0.0)
+    influence = (w * (clicks - per_slot[None]) / safe[None]).sum(1)
+    return float(per_slot.sum()), influence
+
+
+def estimates(clicks: np.ndarray, w: np.ndarray, production: np.ndarray, q_logged: np.ndarray | None = None,
+              q_target: np.ndarray | None = None, form: str = "cascade", level: float = 0.95,
+              ) -> dict[str, dict[str, float]]:
+    """Every estimator's E[clicks] of the target ranker with its interval, and its lift over
+    production with an interval: {estimator: {value, lo, hi, lift, lift_lo, lift_hi}}.
+    clicks, w [B, N] on the explored requests; production [P] the clicks of requests production
+    served (greedy, the same population of requests, an independent sample); ``form``: the
+    weights' ("cascade": prefix_weights, "item": item_position_weights)."""
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    B = len(clicks)
+    centred = {name: (float(v.mean()), v - v.mean()) for name, v in per_request_values(clicks, w, q_logged, q_target, form).items()}
+    centred["snips"] = snips_influence(clicks, w)
+    out = {}
+    for name in ESTIMATORS:
+        if name not in centred:
+            continue
+        value, influence = centred[name]
+        se = float(influence.std(ddof=1)) / math.sqrt(B)
+        lift = independent_ratio_lift(value, se, production, level)
+        out[name] = {"value": value, "lo": value - z * se, "hi": value + z * se,
+                     "lift": lift["lift"], "lift_lo": lift["low"], "lift_hi": lift["high"]}
+    return out
