@@ -37,9 +37,9 @@ from gref.offpolicy import (
     FORMS,
     estimates,
     item_position_log_marginals,
+    item_position_marginals,
     item_position_weights,
     logging_propensities,
-    marginal_counts,
     prefix_weights,
 )
 from gref.reranker_io import load_reranker
@@ -104,18 +104,19 @@ class Unit:
         lists: dict[str, list] = {name: [] for name in rankers}
         q: dict[str, list] = {name: [] for name in rankers}
         # the item-position marginals of the exploring policy, per test request (Monte Carlo)
-        self.samples, counts = samples, []
+        marginals = []
         m_max, gen = int(max(self.table.column("m").to_numpy())), torch.Generator().manual_seed(12345)
         for part in iter_tables(self.table, BATCH, shuffle=False):
             b = self.collate(part)
-            c = marginal_counts(self.logging, b.num, b.cat, b.cand_mask, self.width, temperature, samples, gen).numpy()
-            counts.append(np.pad(c, ((0, 0), (0, 0), (0, m_max - c.shape[2]))))
+            p = item_position_marginals(self.logging, b.num, b.cat, b.cand_mask, self.width, temperature, samples,
+                                        gen).numpy()
+            marginals.append(np.pad(p, ((0, 0), (0, 0), (0, m_max - p.shape[2]))))
             for name, rank in rankers.items():
                 with torch.no_grad():
                     placed = cut(rank(b)[0], b.lengths.numpy(), self.width)
                 lists[name].append(placed)
                 q[name].append(self.slot_clicks(b, placed))
-        self.counts = np.concatenate(counts)  # [R, width, m_max]
+        self.marginals = np.concatenate(marginals)  # [R, width, m_max]
         self.lists: dict[str, np.ndarray] = {}
         for name, v in lists.items():  # a row that places the same lists as an earlier one is that row
             placed = np.concatenate(v)
@@ -170,7 +171,7 @@ def replicate(unit: Unit, explore: float, traffic: int, temperature: float, rng:
     explored = rng.integers(R, size=int(round(explore * traffic)))
     served = rng.integers(R, size=traffic - len(explored))
     logged, log_p, clicks, q_logged = unit.explore(explored, temperature, rng, gen)
-    log_marginal = item_position_log_marginals(logged, unit.counts[explored], unit.samples)
+    log_marginal = item_position_log_marginals(logged, unit.marginals[explored])
     production = unit.served_clicks(served, rng)
     direct_base = unit.q[unit.champion][explored].sum(1)
     out = {}

@@ -35,6 +35,7 @@ from gref.data.pairs import padded
 from gref.losses import multi_token_loss
 from gref.metrics import auc, ndcg
 from gref.model.reranker import GenReranker
+from gref.offpolicy import LoggingPolicy, add_offpolicy
 from gref.sim.reference import HEADROOM_ROW
 from gref.sim.reference import REFERENCE_ROWS as CEILINGS
 
@@ -98,7 +99,8 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
     from gref.sim.user_model import expected_feedback
 
     acc: dict[str, list] = {k: [] for k in ("cs", "cl", "es", "el", "ns", "ng", "nv", "div",
-                                            "o_click", "o_like", "o_long", "ips", "unseen", "placed")}
+                                            "o_click", "o_like", "o_long", "ips", "unseen", "placed",
+                                            "ex_placed", "ex_q")}
     est: dict[str, list] = {}
     nll, n_req, width = 0.0, 0, 0
     div_col = meta.get("cat_cols", []).index(DIVERSITY_COLUMN) if DIVERSITY_COLUMN in meta.get("cat_cols", []) else None
@@ -127,6 +129,14 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
         acc["es"].append(scores[mask]); acc["el"].append(exposed[mask])
         acc["ns"].append(exp_scores); acc["ng"].append(click); acc["nv"].append(slot)
         width = max(width, exposure.shape[1])
+        if "explored" in part.column_names:  # the lists this ranker places where exploration logged one
+            ex = part.column("explored").to_numpy(zero_copy_only=False) == 1
+            ex_placed = np.where(np.arange(exposure.shape[1])[None] < lengths[:, None], placed[:, : exposure.shape[1]], -1)
+            acc["ex_placed"].append(ex_placed[ex])
+            if estimator is not None:
+                q = estimator.feature_slot_clicks(n_req - b.size + np.flatnonzero(ex), ex_placed[ex], lengths[ex],
+                                                  b.num[torch.from_numpy(ex)], b.cat[torch.from_numpy(ex)])
+                acc["ex_q"].append(q)
         if "randomized" in part.column_names:
             acc["ips"].append(randomized_ips(placed, exposure, lengths, click, b.cand_mask.numpy().sum(1),
                                              part.column("randomized").to_numpy(zero_copy_only=False) == 1))
@@ -160,6 +170,10 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
         out["unseen_share"] = float(np.concatenate(acc["unseen"]).sum() / max(np.concatenate(acc["placed"]).sum(), 1))
     if acc["ips"]:
         out["_ips"] = np.concatenate(acc["ips"])
+    if acc["ex_placed"]:  # for gref.offpolicy.add_offpolicy
+        out["_explored_placed"] = pad(acc["ex_placed"], -1)
+        if acc["ex_q"]:
+            out["_explored_q"] = pad(acc["ex_q"], 0.0)
     return out
 
 
@@ -230,7 +244,8 @@ def reference_ranker(name: str, world, features_only) -> Ranker:
 def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, Any], world=None,
                 batch_size: int = 512, device: str | torch.device = "cpu",
                 fit_table: pa.Table | None = None,
-                estimator: ClickEstimator | None = None, compare_to: str = "") -> dict[str, dict[str, float]]:
+                estimator: ClickEstimator | None = None, compare_to: str = "",
+                logging: LoggingPolicy | None = None) -> dict[str, dict[str, float]]:
     """Reference orders + every model (decoded on ``device``, latency measured), one dict of
     metrics per row. With a world, each row gets ``click_lift`` = its expected clicks relative to
     the logged exposure order, and -- given ``fit_table`` (the train split, where the features-only
@@ -239,7 +254,9 @@ def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, A
     ``estimator`` (no oracle needed), every row gets ``est_clicks_<kind>`` and ``est_lift_<kind>``
     (paired, over the logged order) with bootstrap 95 % CIs (``_lo`` / ``_hi``). With ``compare_to``
     (the name of one of ``models``: the current champion), every other model gets its paired gain
-    over that row on the same requests (add_gains): what an offline promotion decides on."""
+    over that row on the same requests (add_gains): what an offline promotion decides on. With
+    ``logging`` (the model whose sampled lists the split's ``explored`` requests show), every row
+    gets the off-policy estimates of gref.offpolicy (``ope_*``) from those requests."""
     rows = {"logged exposure": evaluate_ranker(logged_ranker, table, meta, world, batch_size, estimator=estimator),
             "upstream order": evaluate_ranker(upstream_ranker, table, meta, world, batch_size, estimator=estimator)}
     rows["logged exposure"]["auc_exposure"] = float("nan")  # trivially 1: it defines the exposure
@@ -260,6 +277,11 @@ def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, A
         add_gains(rows, [n for n in models if n != compare_to], compare_to)
     add_estimates(rows)
     add_ips(rows, table)
+    if logging is not None and "explored" in table.column_names:
+        add_offpolicy(rows, table, meta, logging)
+    for r in rows.values():  # the explored requests' lists, kept for add_offpolicy
+        r.pop("_explored_placed", None)
+        r.pop("_explored_q", None)
     if world is not None:
         base = rows["logged exposure"]["oracle_clicks"]
         for r in rows.values():
@@ -390,6 +412,9 @@ COLUMNS = [("oracle_clicks", "E[clicks]", "{:.4f}"), ("click_lift", "vs logged",
            ("gain_pbm_features", "feature PBM vs champion [95% CI]", "{:+.2%}"),
            ("ips_clicks", "IPS E[clicks] (randomised bucket)", "{:.4f}"),
            ("ips_lift", "IPS vs production [95% CI]", "{:+.2%}"),
+           ("ope_item_snips_lift", "SNIPS vs production, explored (item-position) [95% CI]", "{:+.2%}"),
+           ("ope_item_dr_lift", "DR vs production, explored (item-position) [95% CI]", "{:+.2%}"),
+           ("ope_cascade_dr_lift", "DR vs production, explored (cascade) [95% CI]", "{:+.2%}"),
            ("ndcg", "NDCG", "{:.4f}"), ("auc_click", "AUC click", "{:.4f}"),
            ("auc_exposure", "AUC exposure", "{:.4f}"), ("diversity", "diversity", "{:.3f}"),
            ("latency_ms", "ms/req (batch)", "{:.3f}"), ("latency_ms_b1", "ms/req (1 by 1)", "{:.2f}")]
@@ -409,7 +434,7 @@ def markdown_table(rows: dict[str, dict[str, float]], keys: tuple[str, ...] | No
         for key, _, fmt in cols:
             v = r.get(key)
             cell = "–" if v is None or v != v else fmt.format(v)
-            if key.startswith(("est_lift_", "ips_lift", "gain_")) and f"{key}_lo" in r and name != "logged exposure":
+            if key.startswith(("est_lift_", "ips_lift", "gain_", "ope_")) and f"{key}_lo" in r and name != "logged exposure":
                 cell += f" [{fmt.format(r[f'{key}_lo'])}, {fmt.format(r[f'{key}_hi'])}]"
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

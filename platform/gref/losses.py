@@ -77,6 +77,16 @@ def slot_log_probs(logits: Tensor, seq: Tensor, lengths: Tensor, heads: int) -> 
     return lp[:, t % heads, t - t % heads]
 
 
+def slot_log_distributions(logits: Tensor, seq: Tensor, heads: int) -> Tensor:
+    """log p(. | the decoding state of slot t) over every candidate, for every slot t of the OMTP
+    decoding policy with ``heads`` heads per pass (the distribution slot t was sampled from, given
+    the items ``seq`` placed before it). logits [B, k, N, M] -> [B, N, M] (-inf: placed or padding)."""
+    logp = ordered_log_probs(logits, seq)
+    N = seq.shape[1]
+    t = torch.arange(N, device=seq.device)
+    return logp[:, t % heads, t - t % heads]
+
+
 def sequence_log_prob(logits: Tensor, seq: Tensor, lengths: Tensor, heads: int) -> Tensor:
     """log pi(Y) of the OMTP decoding policy with ``heads`` heads per pass: the sum of its
     slot_log_probs. heads = 1 gives the autoregressive sum_t log p(y_t | y_<t) of Eq. 8.

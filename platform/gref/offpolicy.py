@@ -31,8 +31,8 @@ prefix of 10 slots almost never matches a sample (measured in docs/evaluation.md
 
     w_k = 1[a_k = t_k] / P(a_k on slot k)                (the logging policy's marginal)
 
-with the marginal estimated by sampling the logging model (``marginal_counts``, the logged list
-counted as one of the samples), and a direct term on every slot in its DR. It assumes a click on
+with the marginal estimated by sampling the logging model (``item_position_marginals``), and a
+direct term on every slot in its DR. It assumes a click on
 slot k depends on the request, the item and k alone (no list effects): far less variance, a bias
 wherever the neighbours matter.
 
@@ -45,13 +45,19 @@ independent means (gref.stats.independent_ratio_lift).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from scipy import stats
 from torch import Tensor
 
-from gref.losses import slot_log_probs
+from gref.data.batch import collate, iter_tables
+
+from gref.losses import slot_log_distributions, slot_log_probs
 from gref.model.decoding import decode
 from gref.model.reranker import GenReranker
 from gref.stats import independent_ratio_lift
@@ -74,29 +80,33 @@ def logging_propensities(model: GenReranker, num: Tensor, cat: Tensor, cand_mask
 
 
 @torch.no_grad()
-def marginal_counts(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: int, temperature: float,
-                    samples: int, generator: torch.Generator | None = None, chunk: int = 64) -> Tensor:
-    """How often each candidate lands on each slot in ``samples`` lists sampled per request from
-    ``decode(model, ..., temperature=temperature)``: the Monte-Carlo estimate of the logging policy's
-    item-position marginals. num [B, M, F], cat [B, M, C], cand_mask [B, M] -> counts [B, n, M]."""
+def item_position_marginals(model: GenReranker, num: Tensor, cat: Tensor, cand_mask: Tensor, n: int,
+                            temperature: float, samples: int, generator: torch.Generator | None = None,
+                            chunk: int = 64) -> Tensor:
+    """P(candidate on slot k) under ``decode(model, ..., temperature=temperature)``, estimated from
+    ``samples`` lists per request, Rao-Blackwellised: the mean over the sampled prefixes of slot k's
+    whole sampling distribution (not of the indicator of the item drawn) -- unbiased, far less
+    variance, and never 0 for a candidate the policy can place there.
+    num [B, M, F], cat [B, M, C], cand_mask [B, M] -> [B, n, M] (rows past a request's m are 0)."""
     B, M = cand_mask.shape
     out = torch.zeros(B, n, M)
     for s in range(0, B, chunk):  # chunk * samples lists at once: bounded memory
         rows = slice(s, min(s + chunk, B))
         rep = [x[rows].repeat_interleave(samples, 0) for x in (num, cat, cand_mask)]
         placed = decode(model, *rep, n, temperature=temperature, generator=generator)  # [b * samples, n]
-        hit = torch.nn.functional.one_hot(placed.clamp(min=0), M) * (placed >= 0)[..., None]
-        out[rows] = hit.view(-1, samples, n, M).sum(1).float().cpu()
+        live = placed >= 0
+        logits = model(*rep, placed.clamp(min=0)[:, None])[:, 0] / temperature
+        p = slot_log_distributions(logits, placed.clamp(min=0), model.k).exp() * live[..., None]
+        out[rows] = p.view(-1, samples, n, M).mean(1).cpu()
     return out
 
 
-def item_position_log_marginals(logged: np.ndarray, counts: np.ndarray, samples: int) -> np.ndarray:
-    """log P(a_k on slot k) of each logged item from ``marginal_counts`` [B, >= N, M] of
-    ``samples`` other draws, the logged list counted as one more draw: (count + 1) / (samples + 1)
-    (never 0). logged [B, N] (-1 = none) -> [B, N] (0 past a list's end)."""
+def item_position_log_marginals(logged: np.ndarray, marginals: np.ndarray) -> np.ndarray:
+    """log P(a_k on slot k) of each logged item, from item_position_marginals [B, >= N, M].
+    logged [B, N] (-1 = none) -> [B, N] (0 past a list's end)."""
     N = logged.shape[1]
-    c = np.take_along_axis(counts[:, :N], np.clip(logged, 0, None)[..., None], axis=2)[..., 0]
-    return np.where(logged >= 0, np.log((c + 1.0) / (samples + 1.0)), 0.0)
+    p = np.take_along_axis(marginals[:, :N], np.clip(logged, 0, None)[..., None], axis=2)[..., 0]
+    return np.where(logged >= 0, np.log(np.where(logged >= 0, p, 1.0)), 0.0)
 
 
 def prefix_weights(logged: np.ndarray, target: np.ndarray, log_propensity: np.ndarray) -> np.ndarray:
@@ -167,3 +177,68 @@ def estimates(clicks: np.ndarray, w: np.ndarray, production: np.ndarray, q_logge
         out[name] = {"value": value, "lo": value - z * se, "hi": value + z * se,
                      "lift": lift["lift"], "lift_lo": lift["low"], "lift_hi": lift["high"]}
     return out
+
+
+@dataclass
+class LoggingPolicy:
+    """The model whose sampled lists the explored requests show, as the endpoint sampled them."""
+
+    model: GenReranker  # the served version that explored (the export's ``model`` column names it)
+    temperature: float = 1.0  # the endpoint's explore_temperature
+    samples: int = 100  # lists sampled per explored request for the item-position marginals
+    seed: int = 0
+
+
+def add_offpolicy(rows: dict[str, dict[str, Any]], table: pa.Table, meta: dict, policy: LoggingPolicy,
+                  batch_size: int = 512) -> None:
+    """Give every row its off-policy estimates from the split's explored requests (``explored`` = 1):
+    ``ope_<form>_<estimator>`` (E[clicks]) and ``ope_<form>_<estimator>_lift`` over production's
+    on-policy mean on the other requests, each with its 95 % interval (``_lo`` / ``_hi``), and
+    ``ope_requests``. Reads (and removes) the rows' ``_explored_placed`` lists and, for DR,
+    ``_explored_q`` (the click model's per-slot clicks of them; gref.evaluation.evaluate_ranker).
+    The "logged exposure" row -- production itself on the other requests -- gets
+    ``ope_production_clicks``."""
+    placed = {name: r.pop("_explored_placed", None) for name, r in rows.items()}
+    q_target = {name: r.pop("_explored_q", None) for name, r in rows.items()}
+    explored = pc.equal(table.column("explored"), 1)
+    sub, rest = table.filter(explored), table.filter(pc.invert(explored))
+    if not sub.num_rows or not rest.num_rows:
+        return
+    click = rest.column("click").combine_chunks()
+    production = np.bincount(pc.list_parent_indices(click).to_numpy(), minlength=rest.num_rows,
+                             weights=pc.list_flatten(click).to_numpy(zero_copy_only=False))
+    width = next(p.shape[1] for p in placed.values() if p is not None)
+    parts: dict[str, list] = {"logged": [], "log_p": [], "log_m": [], "clicks": []}
+    gen = torch.Generator().manual_seed(policy.seed)
+    model = policy.model.eval().cpu()
+    for part in iter_tables(sub, batch_size, shuffle=False):
+        b = collate(part, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"])
+        N = b.exposure.shape[1]
+        logged = torch.where(torch.arange(N)[None] < b.lengths[:, None], b.exposure, -1)
+        log_p = logging_propensities(model, b.num, b.cat, b.cand_mask, logged, policy.temperature).numpy()
+        marginals = item_position_marginals(model, b.num, b.cat, b.cand_mask, N, policy.temperature, policy.samples,
+                                            gen).numpy()
+        logged_np = logged.numpy()
+
+        def widen(x: np.ndarray, value: float) -> np.ndarray:
+            return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=value)
+
+        parts["logged"].append(widen(logged_np, -1))
+        parts["log_p"].append(widen(log_p, 0.0))
+        parts["log_m"].append(widen(item_position_log_marginals(logged_np, marginals), 0.0))
+        parts["clicks"].append(widen(b.click.numpy() * (logged_np >= 0), 0.0))
+    logged, log_p, log_m, clicks = (np.concatenate(parts[k]) for k in ("logged", "log_p", "log_m", "clicks"))
+    q_logged = q_target.get("logged exposure")  # the click model's per-slot clicks of the logged (explored) lists
+    rows["logged exposure"]["ope_production_clicks"] = float(production.mean())
+    for name, r in rows.items():
+        if name == "logged exposure" or placed[name] is None:
+            continue
+        weights = {"cascade": prefix_weights(logged, placed[name], log_p),
+                   "item": item_position_weights(logged, placed[name], log_m)}
+        r["ope_requests"] = sub.num_rows
+        for form in FORMS:
+            q_t = q_target[name] if q_logged is not None else None
+            for est, v in estimates(clicks, weights[form], production, q_logged, q_t, form).items():
+                key = f"ope_{form}_{est}"
+                r[key], r[f"{key}_lo"], r[f"{key}_hi"] = v["value"], v["lo"], v["hi"]
+                r[f"{key}_lift"], r[f"{key}_lift_lo"], r[f"{key}_lift_hi"] = v["lift"], v["lift_lo"], v["lift_hi"]

@@ -2,7 +2,9 @@
 AUC / NDCG (gref.metrics); the expected clicks of every row's lists estimated by click models
 (PBM, DBN) fitted by EM on the split's logged clicks, with bootstrap 95 % CIs -- no oracle needed, so real logs get it too; where the logs
 mark a randomisation bucket (``randomized``), an inverse-propensity estimate on it beside them
-(``ips_clicks``, ``ips_lift`` over production: gref.evaluation.randomized_ips); and with a
+(``ips_clicks``, ``ips_lift`` over production: gref.evaluation.randomized_ips); where they mark
+the endpoint's explored requests (``explored``) and the exploring model is given, the off-policy
+estimates of gref.offpolicy (``ope_*``); and with a
 simulated world the oracle's expected clicks / likes / long views, beside the logged exposure
 order and the upstream order (and how far the estimate agrees with the oracle:
 estimate_audit.json). Writes report.json, report.md and a bar chart, and logs them to MLflow.
@@ -25,11 +27,12 @@ def mlflow_key(name: str) -> str:
 
 def evaluate(data: str | Path, models: dict[str, Any], out: str | Path, world_dir: str = "",
              split: str = "test", max_requests: int = 0, device: str = "auto",
-             estimate: bool = True, compare_to: str = "") -> dict[str, dict[str, float]]:
+             estimate: bool = True, compare_to: str = "", logging=None) -> dict[str, dict[str, float]]:
     """Evaluate ``models`` ({name: GenReranker}) and the reference orders; write the report and
     log it to the active MLflow run. ``device``: auto = the GPU when there is one; ``estimate``:
     the click-model estimate of every row (fitted on the split's own logged clicks, cross-fitted);
-    ``compare_to``: a model's name, every other model's paired gain over it (gref.evaluation.add_gains)."""
+    ``compare_to``: a model's name, every other model's paired gain over it (gref.evaluation.add_gains);
+    ``logging``: a gref.offpolicy.LoggingPolicy, the off-policy estimates from the split's explored requests."""
     import mlflow
     import torch
 
@@ -60,8 +63,12 @@ def evaluate(data: str | Path, models: dict[str, Any], out: str | Path, world_di
         estimator = ClickEstimator(table, meta, context)
         log("evaluate", "click models (PBM, DBN, feature PBM) fitted by EM on the split's logged clicks (2-fold cross-fit)"
                         + (f", documents keyed by ({context}, item_id)" if context else ""))
+    if logging is not None:
+        explored = int(sum(table.column("explored").to_pylist())) if "explored" in table.column_names else 0
+        log("evaluate", f"off-policy estimates from {explored} explored requests (logging policy at temperature "
+                        f"{logging.temperature}, {logging.samples} samples per request for its marginals)")
     rows = report_rows(models, table, meta, world, device=device, fit_table=fit_table, estimator=estimator,
-                       compare_to=compare_to)
+                       compare_to=compare_to, logging=logging)
     (out / "report.json").write_text(json.dumps(rows, indent=2))
     md = markdown_table(rows)
     audit = estimate_audit(rows) if world is not None and estimate else {}

@@ -7,17 +7,21 @@ from __future__ import annotations
 import itertools
 import math
 
+import json
+
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
+from helpers import sequences_of
 
 from gref.model import GenReranker, ModelConfig, decode
 from gref.offpolicy import (
     estimates,
     item_position_log_marginals,
+    item_position_marginals,
     item_position_weights,
     logging_propensities,
-    marginal_counts,
     per_request_values,
     prefix_weights,
     snips_influence,
@@ -168,26 +172,34 @@ def test_independent_ratio_lift_by_hand():
     assert s["lift"] == pytest.approx(0.0) and s["high"] == pytest.approx(half, rel=1e-5)
 
 
-def test_marginal_counts_estimate_the_first_slots_softmax():
-    """Each slot of each request is counted once per sample; on slot 0 the frequencies approach
-    softmax(first head's logits / T) (the exact marginal there), padding never placed."""
+def test_item_position_marginals_match_the_enumerated_policy():
+    """Rao-Blackwellised: slot 0's marginal is its softmax exactly (whatever was sampled), every
+    live slot's marginals sum to 1, and the later slots' approach the exact marginals enumerated
+    over every list (k = 2 heads, T = 0.8); a padded candidate and a slot past m get 0."""
     model = tiny()
-    num, cat = features(2, 5)
-    mask = torch.ones(2, 5, dtype=torch.bool)
-    mask[1, 4] = False
-    counts = marginal_counts(model, num, cat, mask, 3, 0.8, 4000, torch.Generator().manual_seed(0), chunk=1)
-    assert counts.shape == (2, 3, 5) and counts.sum(2).tolist() == [[4000.0] * 3] * 2
-    assert counts[1, :, 4].sum() == 0
-    with torch.no_grad():
-        first = (model(num, cat, mask, torch.zeros(2, 1, 3, dtype=torch.long))[:, 0, 0, 0] / 0.8).softmax(-1)
-    np.testing.assert_allclose(counts[:, 0] / 4000, first, atol=0.03)
+    num, cat = features(1, 4)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    est = item_position_marginals(model, num, cat, mask, 3, 0.8, 2000, torch.Generator().manual_seed(0))[0]
+    lists = torch.tensor(list(itertools.permutations(range(4), 3)))
+    prob = logging_propensities(model, num.expand(24, -1, -1), cat.expand(24, -1, -1), mask.expand(24, -1), lists,
+                                0.8).sum(1).exp()
+    exact = torch.zeros(3, 4)
+    for lst, p in zip(lists, prob):
+        exact[torch.arange(3), lst] += p
+    assert est[0].tolist() == pytest.approx(exact[0].tolist(), abs=1e-5)
+    assert est.sum(1).tolist() == pytest.approx([1.0] * 3, abs=1e-5)
+    np.testing.assert_allclose(est, exact, atol=0.02)
+    mask2 = torch.ones(1, 4, dtype=torch.bool)
+    mask2[0, 3] = False
+    short = item_position_marginals(model, num, cat, mask2, 4, 0.8, 10, torch.Generator().manual_seed(0))[0]
+    assert float(short[:, 3].sum()) == 0.0 and float(short[3].sum()) == 0.0
 
 
-def test_item_position_marginals_and_weights_by_hand():
-    counts = np.array([[[3, 1, 0], [1, 3, 0]]], dtype=float)  # 4 samples: slot 0 mostly item 0
+def test_item_position_log_marginals_and_weights_by_hand():
+    marginals = np.array([[[0.6, 0.4, 0.0], [0.3, 0.5, 0.2]]])
     logged = np.array([[1, 0]])
-    log_m = item_position_log_marginals(logged, counts, samples=4)
-    np.testing.assert_allclose(np.exp(log_m), [[2 / 5, 2 / 5]])  # (count + 1) / (samples + 1)
+    log_m = item_position_log_marginals(logged, marginals)
+    np.testing.assert_allclose(np.exp(log_m), [[0.4, 0.3]])
     w = item_position_weights(logged, np.array([[1, 2]]), log_m)
     np.testing.assert_allclose(w, [[2.5, 0.0]])
     v = per_request_values(np.array([[1.0, 0.0]]), w, np.array([[0.4, 0.2]]), np.array([[0.4, 0.3]]), form="item")
@@ -213,3 +225,70 @@ def test_item_position_ips_is_unbiased_without_list_effects():
         w = item_position_weights(logged, target, log_m)
         ips += probability(lst) * per_request_values((exam * appeal[list(lst)])[None], w)["ips"][0]
     assert ips == pytest.approx(exam[0] * appeal[2] + exam[1] * appeal[0])
+
+
+def explored_split(share=0.25, R=240, seed=4):
+    """A simulated split where every 1/share-th request shows a list sampled (T = 1) from a tiny
+    GReF model, with the world's clicks on it -- as the endpoint's exploration logs it -- and
+    the model."""
+    from gref.data.batch import collate
+    from gref.data.pairs import padded
+    from gref.sim import World, WorldConfig, simulate_requests
+    from gref.sim.logs import to_log_table
+    from gref.sim.user_model import sample_feedback
+
+    world = World.generate(WorldConfig(n_users=200, n_items=1000, n_series=40, n_creators=150, seed=2))
+    table, meta = sequences_of(to_log_table(world, simulate_requests(world, R, 0, np.random.default_rng(seed))))
+    torch.manual_seed(0)
+    model = GenReranker(ModelConfig(num_features=meta["num_features"], cat_sizes=list(meta["cat_sizes"]), d_model=16,
+                                    n_heads=2, enc_layers=1, dec_layers=1, omtp_heads=2, list_bias=True)).eval()
+    b = collate(table, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"])
+    lengths, N = b.lengths.numpy(), b.exposure.shape[1]
+    explored = np.arange(R) % round(1 / share) == 0
+    sampled = decode(model, b.num, b.cat, b.cand_mask, N, temperature=1.0,
+                     generator=torch.Generator().manual_seed(seed)).numpy()
+    exposure = np.where(explored[:, None], sampled, b.exposure.numpy())
+    items = padded(table.column("item_id"), -1).astype(np.int64)
+    ids = np.take_along_axis(items, exposure, axis=1) * (np.arange(N)[None] < lengths[:, None])
+    users = np.asarray(table.column("user_id").to_numpy(), dtype=np.int64)
+    clicks = sample_feedback(world, users, np.where(np.arange(N)[None] < lengths[:, None], ids, -1),
+                             np.random.default_rng(seed))["click"]
+    click = np.where(explored[:, None], clicks, b.click.numpy())
+    table = (table.set_column(table.schema.get_field_index("exposure"), "exposure",
+                              pa.array([list(e[:n]) for e, n in zip(exposure, lengths)], pa.list_(pa.int32())))
+             .set_column(table.schema.get_field_index("click"), "click",
+                         pa.array([list(c[:n]) for c, n in zip(click.astype(np.float32), lengths)], pa.list_(pa.float32())))
+             .append_column("explored", pa.array(explored.astype(np.int8))))
+    return table, meta, model, explored
+
+
+def test_the_report_estimates_every_row_from_the_explored_requests():
+    """report_rows with the exploring model: production's on-policy clicks outside the explored
+    requests, every row's estimates with intervals, the upstream order's cascade IPS by hand,
+    nothing of the explored lists left in the (JSON) report, the report's columns."""
+    from gref.clickmodel.estimate import ClickEstimator
+    from gref.data.batch import collate
+    from gref.evaluation import markdown_table, report_rows
+    from gref.offpolicy import LoggingPolicy
+
+    table, meta, model, explored = explored_split()
+    rows = report_rows({"tiny": model}, table, meta, estimator=ClickEstimator(table, meta),
+                       logging=LoggingPolicy(model, temperature=1.0, samples=10))
+    per_request = np.array([sum(c) for c in table.column("click").to_pylist()])
+    assert rows["logged exposure"]["ope_production_clicks"] == pytest.approx(per_request[~explored].mean())
+    up = rows["upstream order"]
+    assert up["ope_requests"] == explored.sum()
+    b = collate(table.filter(pa.array(explored)), meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"])
+    N = b.exposure.shape[1]
+    live = np.arange(N)[None] < b.lengths.numpy()[:, None]
+    logged = np.where(live, b.exposure.numpy(), -1)
+    log_p = logging_propensities(model, b.num, b.cat, b.cand_mask, torch.from_numpy(logged), 1.0).numpy()
+    match = np.cumprod((logged == np.arange(N)[None]) & live, axis=1)  # the upstream order: candidate k on slot k
+    by_hand = (match * b.click.numpy() / np.exp(np.cumsum(log_p, axis=1))).sum(1).mean()
+    assert up["ope_cascade_ips"] == pytest.approx(by_hand)
+    for name in ("upstream order", "tiny"):
+        for key in ("ope_cascade_ips", "ope_cascade_snips", "ope_cascade_dr", "ope_item_ips", "ope_item_snips", "ope_item_dr"):
+            r = rows[name]
+            assert r[f"{key}_lo"] <= r[key] <= r[f"{key}_hi"] and r[f"{key}_lift_lo"] <= r[f"{key}_lift"] <= r[f"{key}_lift_hi"]
+    json.dumps(rows)  # no array of the explored lists left behind
+    assert "DR vs production, explored (item-position) [95% CI]" in markdown_table(rows)

@@ -31,8 +31,10 @@ def build_schema(rows) -> pa.Schema:
     fields = [("request_id", pa.int64()), ("user_id", pa.int64()), ("ts", pa.int64()), ("item_id", pa.int64()),
               ("upstream_rank", pa.int32()), ("position", pa.int32()), ("click", pa.int8()),
               ("num_a", pa.float64()), ("cat_c", pa.string())]
-    if any("randomized" in r for r in rows):  # the optional request-level column
+    if any("randomized" in r for r in rows):  # the optional request-level columns
         fields.append(("randomized", pa.int8()))
+    if any("explored" in r for r in rows):  # as FeedbackStore.export_logs writes it
+        fields.append(("explored", pa.bool_()))
     return pa.schema(fields)
 
 
@@ -83,6 +85,7 @@ CASES = {
     "feedback_without_exposure": {(0, "click"): 1},
     "non_finite_feature": {(2, "num_a"): float("inf")},
     "invalid_randomized": {(1, "randomized"): 1},  # one row of the request says so, the others not
+    "invalid_explored": {(1, "explored"): True},  # a bool column: only disagreement between rows
 }
 
 
@@ -139,6 +142,14 @@ def test_the_randomisation_flag_is_carried_per_request():
     schema = pa.schema([(c, pa.int64()) for c in ("request_id", "user_id", "ts", "item_id", "upstream_rank",
                                                   "position", "click")] + [("randomized", pa.bool_())])
     assert canonical_schema(schema, DatasetConfig())["randomized"] == "randomized"  # a bool column is fine
+
+
+def test_the_explored_flag_is_carried_per_request():
+    """FeedbackStore.export_logs writes ``explored`` as a bool on every row of a served list."""
+    rows = request(1) + [{**r, "explored": True} for r in request(2)] + [{**r, "explored": False} for r in request(3)]
+    seqs, quarantine = build(rows)
+    assert seqs.column("explored").to_pylist() == [0, 1, 0] and quarantine.num_rows == 0
+    assert "randomized" not in seqs.column_names
 
 
 def test_null_request_id_is_quarantined():

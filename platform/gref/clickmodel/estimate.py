@@ -112,6 +112,22 @@ class ClickEstimator:
         return out
 
 
+    def feature_slot_clicks(self, rows: np.ndarray, placed: np.ndarray, lengths: np.ndarray,
+                            num: torch.Tensor, cat: torch.Tensor) -> np.ndarray:
+        """The feature PBM's P(click on slot k) [B, N] of lists ``placed`` [B, N] for the split's
+        requests ``rows`` [B] (each judged by the other fold's model; inputs as expected_clicks):
+        the direct part of a doubly-robust off-policy estimate (gref.offpolicy)."""
+        keep = (placed >= 0) & (np.arange(placed.shape[1])[None] < lengths[:, None])
+        index = np.clip(placed, 0, None)
+        placed_num, placed_cat = _gather(num.cpu(), index), _gather(cat.cpu(), index)
+        out = np.zeros(placed.shape)
+        for f, model in enumerate(self.models["pbm_features"]):
+            sel = self.fold[rows] == f
+            if sel.any():
+                t = torch.from_numpy(sel)
+                out[sel] = model.slot_clicks(placed_num[t], placed_cat[t], keep[sel].sum(1)) * keep[sel]
+        return out
+
     def unseen(self, rows: np.ndarray, placed: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """How many of the items placed in each list ``placed`` [B, N] the PBM judging it never saw
         shown (their appeal is the shown documents' mean: an extrapolation) -> (unseen [B], placed [B])."""

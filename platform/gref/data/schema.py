@@ -10,9 +10,11 @@ import pyarrow as pa
 REQUIRED = ("request_id", "user_id", "ts", "item_id", "upstream_rank", "position", "click")
 OPTIONAL_FEEDBACK = ("like", "long_view")
 FEEDBACK = ("click", *OPTIONAL_FEEDBACK)
-# request-level, optional: 1 = the request was in a randomisation bucket (its n shown items a uniformly
-# random order of n of its m candidates), which makes unbiased offline estimates possible (gref.evaluation)
-OPTIONAL_REQUEST = ("randomized",)
+# request-level 0/1 flags, optional: ``randomized`` = the request was in a randomisation bucket (its n
+# shown items a uniformly random order of n of its m candidates), ``explored`` = its list was sampled
+# from the served GReF model (the endpoint's exploration, exported by FeedbackStore.export_logs); both
+# make off-policy estimates possible (gref.evaluation, gref.offpolicy)
+OPTIONAL_REQUEST = ("randomized", "explored")
 
 
 class SchemaError(ValueError):

@@ -12,6 +12,7 @@ Sequence record (one per valid request; lists are per request):
   exposure   [n]     indices into the candidates, in display order (position ascending)
   click, like, long_view [n]  feedback per exposed slot (null like/long_view -> 0)
   randomized         1 = a randomisation-bucket request (only when the logs have the column; null -> 0)
+  explored           1 = a list sampled by the endpoint's exploration (the same; gref.offpolicy)
 Quarantine record: request_id, reason, detail, n_rows, raw_rows (the request's rows as JSON).
 """
 
@@ -24,6 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gref.data.schema import OPTIONAL_REQUEST
+
 DAY_MS = 86_400_000
 QUARANTINE_CHUNK = 2_000  # rejected requests turned into Python objects at a time
 
@@ -32,6 +35,7 @@ REASONS = {
     "null_key": "request_id, user_id, ts or item_id is null",
     "inconsistent_request": "user_id or ts differs between rows of one request",
     "invalid_randomized": "randomized is not 0 or 1, or differs between rows of one request",
+    "invalid_explored": "explored is not 0 or 1, or differs between rows of one request",
     "invalid_upstream_rank": "upstream_rank is null or < 1",
     "duplicate_upstream_rank": "two candidates share an upstream_rank",
     "duplicate_item": "an item_id appears twice among the candidates",
@@ -61,9 +65,10 @@ def _np(table: pa.Table, name: str, fill=None) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False)
 
 
-def _randomized(table: pa.Table) -> np.ndarray:
-    """The ``randomized`` column (bool, int or float; null = 0) as float64 per row."""
-    return pc.fill_null(pc.cast(table.column("randomized"), pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+def _flag(table: pa.Table, name: str) -> np.ndarray:
+    """A request flag of the contract (``randomized``, ``explored``: bool, int or float; null = 0)
+    as float64 per row."""
+    return pc.fill_null(pc.cast(table.column(name), pa.float64()), 0.0).to_numpy(zero_copy_only=False)
 
 
 def _per_group_any(flag: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -118,8 +123,9 @@ def build_sequences(table: pa.Table, num_cols: list[str], cat_cols: list[str],
     flags["null_key"] = null["request_id"] | null["user_id"] | null["ts"] | null["item_id"]
     first = np.repeat(starts, counts)
     flags["inconsistent_request"] = (user_codes != user_codes[first]) | (ts != ts[first])
-    randomized = _randomized(table)[order] if "randomized" in table.column_names else np.zeros(n_rows)
-    flags["invalid_randomized"] = ((randomized != 0) & (randomized != 1)) | (randomized != randomized[first])
+    for name in OPTIONAL_REQUEST:
+        flag = _flag(table, name)[order] if name in table.column_names else np.zeros(n_rows)
+        flags[f"invalid_{name}"] = ((flag != 0) & (flag != 1)) | (flag != flag[first])
     flags["invalid_upstream_rank"] = null["upstream_rank"] | (rank < 1)
     flags["duplicate_upstream_rank"] = _adjacent_dup(g, rank, ~null["upstream_rank"])
     flags["duplicate_item"] = _adjacent_dup(g, item_codes, ~null["item_id"])
@@ -138,7 +144,7 @@ def build_sequences(table: pa.Table, num_cols: list[str], cat_cols: list[str],
     for c in num_cols:
         nonfinite |= ~np.isfinite(ordered(c, fill=0.0).astype(np.float64))
     flags["non_finite_feature"] = nonfinite
-    del null, rank, user_codes, item_codes, ts, randomized, bad_fb, positive_unexposed, nonfinite, first
+    del null, rank, user_codes, item_codes, ts, bad_fb, positive_unexposed, nonfinite, first
 
     reason = np.full(len(starts), "", dtype=object)
     for code in REASONS:
@@ -206,8 +212,9 @@ def _sequences(table: pa.Table, order: np.ndarray, ok_row: np.ndarray, g: np.nda
         values = (_np(table, c, fill=0)[source[exp_rows]].astype(np.float32) if c in fb_cols
                   else np.zeros(len(exp_rows), np.float32))
         cols[c] = lists(pa.array(values), exp_offsets)
-    if "randomized" in table.column_names:
-        cols["randomized"] = pa.array(_randomized(table)[source[starts]].astype(np.int8))
+    for name in OPTIONAL_REQUEST:
+        if name in table.column_names:
+            cols[name] = pa.array(_flag(table, name)[source[starts]].astype(np.int8))
     return pa.table(cols)
 
 
