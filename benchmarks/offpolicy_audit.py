@@ -104,7 +104,7 @@ class Unit:
         lists: dict[str, list] = {name: [] for name in rankers}
         q: dict[str, list] = {name: [] for name in rankers}
         # the item-position marginals of the exploring policy, per test request (Monte Carlo)
-        marginals = []
+        self.samples, marginals = samples, []
         m_max, gen = int(max(self.table.column("m").to_numpy())), torch.Generator().manual_seed(12345)
         for part in iter_tables(self.table, BATCH, shuffle=False):
             b = self.collate(part)
@@ -171,7 +171,7 @@ def replicate(unit: Unit, explore: float, traffic: int, temperature: float, rng:
     explored = rng.integers(R, size=int(round(explore * traffic)))
     served = rng.integers(R, size=traffic - len(explored))
     logged, log_p, clicks, q_logged = unit.explore(explored, temperature, rng, gen)
-    log_marginal = item_position_log_marginals(logged, unit.marginals[explored])
+    log_marginal = item_position_log_marginals(logged, unit.marginals[explored], log_p, unit.samples)
     production = unit.served_clicks(served, rng)
     direct_base = unit.q[unit.champion][explored].sum(1)
     out = {}

@@ -33,7 +33,7 @@ from gref.data.features import FeatureSpec, merge_stats, partial_stats
 from gref.data.pairs import imitation_pairs
 from gref.data.prepare import SPLITS, STAGED_ROW_GROUP, assign_split, find_log_files, time_split_of
 from gref.data.profile import merge_profiles, partial_profile
-from gref.data.schema import FEEDBACK, DatasetConfig, canonical_schema, feature_columns
+from gref.data.schema import FEEDBACK, OPTIONAL_REQUEST, DatasetConfig, canonical_schema, feature_columns
 from gref.data.sequences import REASONS
 
 QUARANTINE_CHUNK = 2_000  # rejected requests turned into Python objects at a time (as gref.data.sequences)
@@ -65,8 +65,9 @@ def reason_flags(columns: list[str], num_cols: list[str], max_candidates: int) -
     position, rank = pl.col("position"), pl.col("upstream_rank")
     exposed = position.is_not_null()
     fb_cols = [c for c in FEEDBACK if c in columns]
-    randomized = (pl.col("randomized").cast(pl.Float64).fill_null(0.0) if "randomized" in columns
-                  else pl.lit(0.0))
+
+    def request_flag(name: str) -> pl.Expr:  # an optional request flag (randomized, explored); absent = 0
+        return pl.col(name).cast(pl.Float64).fill_null(0.0) if name in columns else pl.lit(0.0)
 
     def feedback(name: str) -> pl.Expr:
         return pl.col(name).cast(pl.Float64)
@@ -80,7 +81,8 @@ def reason_flags(columns: list[str], num_cols: list[str], max_candidates: int) -
     flags = {
         "null_key": any_of([pl.col(c).is_null() for c in ("request_id", "user_id", "ts", "item_id")]).any(),
         "inconsistent_request": (pl.col("user_id").n_unique() > 1) | (pl.col("ts").n_unique() > 1),
-        "invalid_randomized": ((randomized != 0) & (randomized != 1)).any() | (randomized.n_unique() > 1),
+        **{f"invalid_{name}": ((request_flag(name) != 0) & (request_flag(name) != 1)).any()
+           | (request_flag(name).n_unique() > 1) for name in OPTIONAL_REQUEST},
         "invalid_upstream_rank": (rank.is_null() | (rank < 1)).any(),
         "duplicate_upstream_rank": duplicated(rank),
         "duplicate_item": duplicated(pl.col("item_id")),
@@ -170,9 +172,9 @@ def _sequences(ok: pl.DataFrame, schema: pa.Schema, num_cols: list[str], cat_col
         values = (exposed[c].cast(pl.Float64).fill_null(0.0).to_numpy().astype(np.float32) if c in fb_cols
                   else np.zeros(exposed.height, np.float32))
         cols[c] = lists(pa.array(values), exp_offsets)
-    if "randomized" in schema.names:
-        cols["randomized"] = pa.array(first_rows["randomized"].cast(pl.Float64).fill_null(0.0).to_numpy()
-                                      .astype(np.int8))
+    for name in OPTIONAL_REQUEST:
+        if name in schema.names:
+            cols[name] = pa.array(first_rows[name].cast(pl.Float64).fill_null(0.0).to_numpy().astype(np.int8))
     return pa.table(cols)
 
 

@@ -101,11 +101,16 @@ def item_position_marginals(model: GenReranker, num: Tensor, cat: Tensor, cand_m
     return out
 
 
-def item_position_log_marginals(logged: np.ndarray, marginals: np.ndarray) -> np.ndarray:
-    """log P(a_k on slot k) of each logged item, from item_position_marginals [B, >= N, M].
-    logged [B, N] (-1 = none) -> [B, N] (0 past a list's end)."""
+def item_position_log_marginals(logged: np.ndarray, marginals: np.ndarray, log_propensity: np.ndarray,
+                                samples: int) -> np.ndarray:
+    """log P(a_k on slot k) of each logged item: item_position_marginals [B, >= N, M] from
+    ``samples`` sampled prefixes, and the logged list itself as one more (its own slot k
+    distribution gives a_k the probability exp(log_propensity_k) > 0: an item the other samples
+    always placed earlier still gets a finite weight).
+    logged [B, N] (-1 = none), log_propensity [B, N] (logging_propensities) -> [B, N] (0 past a list's end)."""
     N = logged.shape[1]
-    p = np.take_along_axis(marginals[:, :N], np.clip(logged, 0, None)[..., None], axis=2)[..., 0]
+    m = np.take_along_axis(marginals[:, :N], np.clip(logged, 0, None)[..., None], axis=2)[..., 0].astype(np.float64)
+    p = (samples * m + np.exp(log_propensity.astype(np.float64))) / (samples + 1)
     return np.where(logged >= 0, np.log(np.where(logged >= 0, p, 1.0)), 0.0)
 
 
@@ -225,7 +230,7 @@ def add_offpolicy(rows: dict[str, dict[str, Any]], table: pa.Table, meta: dict, 
 
         parts["logged"].append(widen(logged_np, -1))
         parts["log_p"].append(widen(log_p, 0.0))
-        parts["log_m"].append(widen(item_position_log_marginals(logged_np, marginals), 0.0))
+        parts["log_m"].append(widen(item_position_log_marginals(logged_np, marginals, log_p, policy.samples), 0.0))
         parts["clicks"].append(widen(b.click.numpy() * (logged_np >= 0), 0.0))
     logged, log_p, log_m, clicks = (np.concatenate(parts[k]) for k in ("logged", "log_p", "log_m", "clicks"))
     q_logged = q_target.get("logged exposure")  # the click model's per-slot clicks of the logged (explored) lists

@@ -125,7 +125,7 @@ def test_sliced_preparation_equals_one_slice(ray_cluster, tmp_path, sim_dir, pre
 
 def test_column_map_and_string_ids(ray_cluster, tmp_path, sim_dir):
     """A team's logs with other names, string ids and a timestamp ts, mapped by a dataset config;
-    a randomisation bucket marked by a bool column of its own name."""
+    a randomisation bucket marked by a bool column of its own name, explored requests by ``explored``."""
     from jobs import prepare
 
     table = pq.read_table(next((sim_dir / "logs").glob("*.parquet"))).slice(0, 200 * 30)
@@ -137,6 +137,8 @@ def test_column_map_and_string_ids(ray_cluster, tmp_path, sim_dir):
     request_ids = renamed.column("req").to_numpy(zero_copy_only=False)
     bucket = {r for r in set(request_ids) if int(r) % 4 == 0}  # every 4th request was randomised
     renamed = renamed.append_column("in_bucket", pa.array([r in bucket for r in request_ids]))
+    explored = {r for r in set(request_ids) if int(r) % 5 == 1}  # sampled by the endpoint, as it exports them
+    renamed = renamed.append_column("explored", pa.array([r in explored for r in request_ids]))
     (tmp_path / "logs").mkdir()
     pq.write_table(renamed, tmp_path / "logs" / "part.parquet")
     cfg = tmp_path / "dataset.yaml"
@@ -151,6 +153,9 @@ def test_column_map_and_string_ids(ray_cluster, tmp_path, sim_dir):
                                    everything.column("randomized").to_pylist()) if flag}
     quarantined = set(read(tmp_path / "out" / "quarantine").column("request_id").to_pylist())
     assert marked == bucket - quarantined and summary["profile"]["randomized_requests"] == len(marked)
+    sampled = {r for r, flag in zip(everything.column("request_id").to_pylist(),
+                                    everything.column("explored").to_pylist()) if flag}
+    assert sampled == explored - quarantined
     # the one-process Polars reference (benchmarks/prepare_polars.py) reads the same messy logs alike
     from benchmarks.prepare_polars import differences
     from benchmarks.prepare_polars import main as polars_prepare

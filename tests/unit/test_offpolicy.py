@@ -196,11 +196,11 @@ def test_item_position_marginals_match_the_enumerated_policy():
 
 
 def test_item_position_log_marginals_and_weights_by_hand():
-    marginals = np.array([[[0.6, 0.4, 0.0], [0.3, 0.5, 0.2]]])
-    logged = np.array([[1, 0]])
-    log_m = item_position_log_marginals(logged, marginals)
-    np.testing.assert_allclose(np.exp(log_m), [[0.4, 0.3]])
-    w = item_position_weights(logged, np.array([[1, 2]]), log_m)
+    marginals = np.array([[[0.6, 0.4, 0.0], [0.0, 0.5, 0.5]]])  # 3 sampled prefixes: item 0 never on slot 1
+    logged = np.array([[1, 0]])  # ... but the logged list put it there, with probability 0.8 given its prefix
+    log_m = item_position_log_marginals(logged, marginals, np.log([[0.4, 0.8]]), samples=3)
+    np.testing.assert_allclose(np.exp(log_m), [[(3 * 0.4 + 0.4) / 4, (3 * 0.0 + 0.8) / 4]])
+    w = item_position_weights(logged, np.array([[1, 2]]), np.log([[0.4, 0.3]]))
     np.testing.assert_allclose(w, [[2.5, 0.0]])
     v = per_request_values(np.array([[1.0, 0.0]]), w, np.array([[0.4, 0.2]]), np.array([[0.4, 0.3]]), form="item")
     # slot 0: 2.5 (1 - 0.4) + 0.4; slot 1: 0 + 0.3 (the direct term counts on every slot)
