@@ -5,8 +5,7 @@ RMSE and interval half-width; and the Kendall tau of the rows it ranks against t
 Then, per family, the same for each estimator, and where the recommended estimator's error sits
 (per row).
 
-    python -m benchmarks.offpolicy_page --json benchmarks/results/offpolicy-audit-validation-cpu.json \\
-        benchmarks/results/offpolicy-audit-reported-cpu.json --page docs/results-offpolicy.md
+    python -m benchmarks.offpolicy_page --page docs/results-offpolicy.md   # from SOURCES
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+# the audit's results the page is made of (repo-relative): the validation units, then the reported ones
+SOURCES = ("benchmarks/results/offpolicy-audit-validation-cpu.json", "benchmarks/results/offpolicy-audit-reported-cpu.json")
 NAMES = {"cascade ips": "IPS, cascade (prefix match)", "cascade snips": "SNIPS, cascade",
          "cascade dr": "DR, cascade (feature PBM direct part)", "item ips": "IPS, item-position",
          "item snips": "SNIPS, item-position", "item dr": "DR, item-position (feature PBM direct part)",
@@ -36,15 +37,23 @@ def pooled(units: list[dict], setting: str, est: str) -> dict[str, float]:
             "kendall_tau": float(np.mean([x["kendall_tau"] for x in s])), "units": len(s)}
 
 
+def explored_requests(setting: str) -> float:
+    """'explore0.05-traffic100000' -> 5000.0 (the explored requests the estimates rest on)."""
+    share, traffic = setting.removeprefix("explore").split("-traffic")
+    return float(share) * int(traffic)
+
+
 def table(units: list[dict], settings: list[str]) -> list[str]:
     lines = ["| estimator | setting | 95 % interval covers the oracle's lift | mean error of the lift | RMSE | "
-             "mean half-width | Kendall τ of the rows |", "|---|---|---:|---:|---:|---:|---:|"]
+             "mean half-width | explored requests a ±2-point interval needs | Kendall τ of the rows |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for est, name in NAMES.items():
         for setting in settings:
             p = pooled(units, setting, est)
+            need = explored_requests(setting) * (p["half_width"] / 0.02) ** 2  # the width falls as 1 / sqrt(requests)
             lines.append(f"| {name} | {setting} | {p['coverage']:.0%} ({p['covered']}/{p['cases']}) | "
                          f"{p['mean_error'] * 100:+.1f} pts | {p['rmse'] * 100:.1f} pts | ±{p['half_width'] * 100:.1f} pts | "
-                         f"{p['kendall_tau']:.2f} |")
+                         f"{need:,.0f} | {p['kendall_tau']:.2f} |")
     return lines
 
 
@@ -62,12 +71,15 @@ def page(sources: dict[str, dict], recommended: str) -> str:
            "the reference rows, each trained GReF; rows placing the same lists counted once) its lift over the "
            "champion's on-policy clicks with a 95 % interval; the oracle gives the true lift. "
            "Settings per source: " + "; ".join(f"`{Path(n).name}`: {json.dumps(s)}" for n, s in settings_of.items()), "",
-           f"## Every unit ({len(units)}: " + ", ".join(sorted({u['family'] for u in units.values()})) + ")", ""]
-    out += table(list(units.values()), settings)
+           ]
+    for name, data in sources.items():
+        us = list(data["units"].values())
+        out += [f"## `{Path(name).stem}`: {len(us)} units (" + ", ".join(sorted({u['family'] for u in us})) + ")",
+                ""] + table(us, settings) + [""]
     by_family = defaultdict(list)
     for u in units.values():
         by_family[u["family"]].append(u)
-    out += ["", "## Per family", "",
+    out += ["## Per family (every unit)", "",
             "| family | units | estimator | setting | coverage | mean error | RMSE | Kendall τ |",
             "|---|---:|---|---|---:|---:|---:|---:|"]
     for family, us in sorted(by_family.items()):
@@ -93,7 +105,7 @@ def page(sources: dict[str, dict], recommended: str) -> str:
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(prog="python -m benchmarks.offpolicy_page", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", nargs="+", required=True, help="benchmarks.offpolicy_audit outputs")
+    p.add_argument("--json", nargs="+", default=list(SOURCES), help="benchmarks.offpolicy_audit outputs")
     p.add_argument("--recommended", default="item dr", help="the estimator whose per-row errors the page lists")
     p.add_argument("--page", default="", help="write the page here (else print it)")
     args = p.parse_args(argv)

@@ -414,14 +414,13 @@ COLUMNS = [("oracle_clicks", "E[clicks]", "{:.4f}"), ("click_lift", "vs logged",
            ("ips_lift", "IPS vs production [95% CI]", "{:+.2%}"),
            ("ope_item_snips_lift", "SNIPS vs production, explored (item-position) [95% CI]", "{:+.2%}"),
            ("ope_item_dr_lift", "DR vs production, explored (item-position) [95% CI]", "{:+.2%}"),
-           ("ope_cascade_dr_lift", "DR vs production, explored (cascade) [95% CI]", "{:+.2%}"),
            ("ndcg", "NDCG", "{:.4f}"), ("auc_click", "AUC click", "{:.4f}"),
            ("auc_exposure", "AUC exposure", "{:.4f}"), ("diversity", "diversity", "{:.3f}"),
            ("latency_ms", "ms/req (batch)", "{:.3f}"), ("latency_ms_b1", "ms/req (1 by 1)", "{:.2f}")]
 
 
 SUMMARY_KEYS = ("oracle_clicks", "click_lift", "headroom_share", "est_lift_pbm", "est_lift_dbn", "est_lift_pbm_features",
-                "ips_lift")
+                "ips_lift", "ope_item_dr_lift")
 
 
 def markdown_table(rows: dict[str, dict[str, float]], keys: tuple[str, ...] | None = None) -> str:

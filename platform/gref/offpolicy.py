@@ -1,52 +1,40 @@
 """Off-policy estimates of any ranker's clicks from explored traffic (no Ray, no oracle).
 
 The endpoint serves a share of its requests a list *sampled* from the GReF model (``explore``,
-gref.serving.inference) and logs the list's probability. Every other ranker's expected clicks can
-then be estimated from those requests alone, by reweighting the clicks they got. A whole-list
-match almost never happens (a sampled 10-item list rarely equals another policy's list), so the
-estimates here match *prefixes* and assume the cascade behaviour model: a click on slot k depends
-on the request and the items of slots 1..k only, not on what is shown below it (Kiyohara et al.,
-WSDM 2022, "Doubly Robust Off-Policy Evaluation for Ranking Policies under the Cascade Behavior
-Model"; McInerney et al., KDD 2020). A whole-page effect -- the user reads further when the
-page below looks good -- breaks it.
+gref.serving.inference); the export marks them ``explored``. Every other ranker's expected clicks
+can then be estimated from those requests alone, by reweighting the clicks they got. A whole
+10-item list almost never equals another policy's list, so the weights match parts of it, in one
+of two forms (``FORMS``). For a deterministic target list ``t`` and a logged list ``a``:
 
-For a deterministic target list ``t`` and a logged list ``a`` sampled by the logging policy,
-with conditional propensities ``p_j = P(a_j | a_1..a_{j-1})`` (the decoding state that placed
-each slot: ``logging_propensities``), slot k's weight is
+  cascade   w_k = 1[a_1..a_k = t_1..t_k] / (p_1 ... p_k),   p_j = P(a_j | a_1..a_{j-1})
+            (``prefix_weights``; ``logging_propensities`` recomputes the p_j by teacher forcing).
+            Unbiased if a click on slot k depends on the request and the items of slots 1..k
+            only (Kiyohara et al., WSDM 2022; McInerney et al., KDD 2020); a deterministic list's
+            10-slot prefix almost never matches a sample, so the deep slots go unseen.
+  item      w_k = 1[a_k = t_k] / P(a_k on slot k)   (``item_position_weights``; the marginal from
+            ``item_position_marginals``). Unbiased if a click depends on (request, item, slot)
+            alone (Li et al., WSDM 2018): far less variance, a bias wherever the neighbours matter.
 
-    w_k = 1[a_1..a_k = t_1..t_k] / (p_1 ... p_k)        (w_0 = 1)
+Per request, with clicks ``c_k`` and a click model's P(click on slot k) ``q`` of a list:
 
-and per request, with clicks ``c_k``:
-
-    IPS    sum_k w_k c_k                                  (unbiased under the cascade model)
-    SNIPS  sum_k  sum_i w_ik c_ik / sum_i w_ik            (per slot self-normalised: consistent,
-                                                           far less variance, slightly biased)
-    DR     sum_k w_k (c_k - q(a_1..a_k)) + w_{k-1} q(t_1..t_k)
-                                                          (q: a click model's P(click on slot k);
-                                                           unbiased if either q or p is right)
-
-The cascade model is what these estimates need; their cost is variance: a deterministic list's
-prefix of 10 slots almost never matches a sample (measured in docs/evaluation.md). The
-*item-position* form (Li et al., WSDM 2018) matches each slot alone,
-
-    w_k = 1[a_k = t_k] / P(a_k on slot k)                (the logging policy's marginal)
-
-with the marginal estimated by sampling the logging model (``item_position_marginals``), and a
-direct term on every slot in its DR. It assumes a click on
-slot k depends on the request, the item and k alone (no list effects): far less variance, a bias
-wherever the neighbours matter.
+    IPS    sum_k w_k c_k
+    SNIPS  sum_k (sum_i w_ik c_ik / sum_i w_ik)        per slot self-normalised (consistent, a small
+                                                       bias, far less variance)
+    DR     sum_k w_k (c_k - q_k(a)) + d_k q_k(t)       d_k = w_{k-1} (cascade, w_0 = 1) or 1 (item);
+                                                       unbiased if either q or the weights are right
 
 Intervals are normal intervals of the mean of per-request values (IPS, DR) or of SNIPS's
 per-request influence (the delta method of a ratio), and the lift over production's on-policy
 mean (an independent sample of the requests it served greedily) by the delta method of two
-independent means (gref.stats.independent_ratio_lift).
+independent means (gref.stats.independent_ratio_lift). How far they can be trusted is measured
+against an oracle by benchmarks.offpolicy_audit (docs/results-offpolicy.md).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -56,14 +44,14 @@ from scipy import stats
 from torch import Tensor
 
 from gref.data.batch import collate, iter_tables
-
 from gref.losses import slot_log_distributions, slot_log_probs
 from gref.model.decoding import decode
 from gref.model.reranker import GenReranker
 from gref.stats import independent_ratio_lift
 
 ESTIMATORS = ("ips", "snips", "dr")
-FORMS = ("cascade", "item")  # prefix-matching weights, or one slot at a time
+Form = Literal["cascade", "item"]  # prefix-matching weights, or one slot at a time
+FORMS: tuple[Form, ...] = get_args(Form)
 
 
 @torch.no_grad()
@@ -133,7 +121,7 @@ def item_position_weights(logged: np.ndarray, target: np.ndarray, log_marginal: 
 
 
 def per_request_values(clicks: np.ndarray, w: np.ndarray, q_logged: np.ndarray | None = None,
-                       q_target: np.ndarray | None = None, form: str = "cascade") -> dict[str, np.ndarray]:
+                       q_target: np.ndarray | None = None, form: Form = "cascade") -> dict[str, np.ndarray]:
     """Per-request IPS and (given the click model's per-slot click probabilities of the logged
     list ``q_logged`` [B, N] and of the target list ``q_target`` [B, N]) DR values [B];
     clicks and w [B, N] (weights of ``form``: the direct term of slot k counts with w_{k-1} in the
@@ -161,7 +149,7 @@ def snips_influence(clicks: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarra
 
 
 def estimates(clicks: np.ndarray, w: np.ndarray, production: np.ndarray, q_logged: np.ndarray | None = None,
-              q_target: np.ndarray | None = None, form: str = "cascade", level: float = 0.95,
+              q_target: np.ndarray | None = None, form: Form = "cascade", level: float = 0.95,
               ) -> dict[str, dict[str, float]]:
     """Every estimator's E[clicks] of the target ranker with its interval, and its lift over
     production with an interval: {estimator: {value, lo, hi, lift, lift_lo, lift_hi}}.
@@ -207,7 +195,7 @@ def add_offpolicy(rows: dict[str, dict[str, Any]], table: pa.Table, meta: dict, 
     q_target = {name: r.pop("_explored_q", None) for name, r in rows.items()}
     explored = pc.equal(table.column("explored"), 1)
     sub, rest = table.filter(explored), table.filter(pc.invert(explored))
-    if not sub.num_rows or not rest.num_rows:
+    if sub.num_rows < 2 or rest.num_rows < 2:  # an interval needs two requests on each side
         return
     click = rest.column("click").combine_chunks()
     production = np.bincount(pc.list_parent_indices(click).to_numpy(), minlength=rest.num_rows,

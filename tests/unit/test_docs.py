@@ -5,6 +5,7 @@ README stays short; generated pages are what their generator writes."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -59,3 +60,12 @@ def test_the_speed_page_is_what_its_generator_writes_from_the_results():
 
     assert (ROOT / "docs/benchmarks-speed.md").read_text() == page(ROOT / "benchmarks/results"), \
         "stale: python -m benchmarks.speed_page"
+
+
+def test_the_offpolicy_page_is_what_its_generator_writes_from_the_results():
+    """docs/results-offpolicy.md is generated (benchmarks/offpolicy_page.py) from the audit's JSONs."""
+    from benchmarks.offpolicy_page import SOURCES, page
+
+    sources = {path: json.loads((ROOT / path).read_text()) for path in SOURCES}
+    assert (ROOT / "docs/results-offpolicy.md").read_text() == page(sources, "item dr"), \
+        "stale: python -m benchmarks.offpolicy_page --page docs/results-offpolicy.md"
