@@ -133,7 +133,7 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
             ex = part.column("explored").to_numpy(zero_copy_only=False) == 1
             ex_placed = np.where(np.arange(exposure.shape[1])[None] < lengths[:, None], placed[:, : exposure.shape[1]], -1)
             acc["ex_placed"].append(ex_placed[ex])
-            if estimator is not None:
+            if estimator is not None and "pbm_features" in estimator.models:  # DR's direct part
                 q = estimator.feature_slot_clicks(n_req - b.size + np.flatnonzero(ex), ex_placed[ex], lengths[ex],
                                                   b.num[torch.from_numpy(ex)], b.cat[torch.from_numpy(ex)])
                 acc["ex_q"].append(q)

@@ -292,3 +292,20 @@ def test_the_report_estimates_every_row_from_the_explored_requests():
             assert r[f"{key}_lo"] <= r[key] <= r[f"{key}_hi"] and r[f"{key}_lift_lo"] <= r[f"{key}_lift"] <= r[f"{key}_lift_hi"]
     json.dumps(rows)  # no array of the explored lists left behind
     assert "DR vs production, explored (item-position) [95% CI]" in markdown_table(rows)
+
+
+def test_a_split_with_explored_requests_evaluates_without_the_feature_click_model():
+    """Training's validation fits the click models without the feature PBM (features=False) on
+    splits the continuous loop exports, explored requests included: the report still works, and
+    with the exploring model it gives IPS and SNIPS but no DR (it has no direct part)."""
+    from gref.clickmodel.estimate import ClickEstimator
+    from gref.evaluation import report_rows
+    from gref.offpolicy import LoggingPolicy
+
+    table, meta, model, _ = explored_split(R=120)
+    estimator = ClickEstimator(table, meta, features=False)
+    plain = report_rows({"tiny": model}, table, meta, estimator=estimator)
+    assert not any(k.startswith(("_explored", "ope_")) for r in plain.values() for k in r)
+    rows = report_rows({"tiny": model}, table, meta, estimator=estimator,
+                       logging=LoggingPolicy(model, temperature=1.0, samples=4))
+    assert "ope_item_snips_lift" in rows["tiny"] and "ope_item_dr" not in rows["tiny"]
