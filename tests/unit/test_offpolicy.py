@@ -309,3 +309,15 @@ def test_a_split_with_explored_requests_evaluates_without_the_feature_click_mode
     rows = report_rows({"tiny": model}, table, meta, estimator=estimator,
                        logging=LoggingPolicy(model, temperature=1.0, samples=4))
     assert "ope_item_snips_lift" in rows["tiny"] and "ope_item_dr" not in rows["tiny"]
+
+
+def test_training_validation_on_a_split_with_explored_requests_reports_scalars():
+    """Training's per-epoch validation (gref.train.steps.evaluate) on an exported split: every
+    metric a number (history.json, Train reports), the explored lists dropped."""
+    from gref.clickmodel.estimate import ClickEstimator
+    from gref.train.steps import evaluate
+
+    table, meta, model, _ = explored_split(R=120)
+    out = evaluate(model, table, meta, estimator=ClickEstimator(table, meta, features=False))
+    assert out and all(isinstance(v, float | int) for v in out.values()), out.keys()
+    json.dumps(out)
