@@ -92,10 +92,12 @@ def upstream_ranker(b: Batch):
 def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=None,
                     batch_size: int = 512, device: str | torch.device = "cpu",
                     nll_model: GenReranker | None = None, estimator: ClickEstimator | None = None,
-                    ) -> dict[str, Any]:
+                    explored: bool = False) -> dict[str, Any]:
     """AUC / NDCG, diversity (and oracle feedback with a ``world``) of ``rank`` on ``table``.
     With ``nll_model``, also its teacher-forced L_n on the exposure order (``val_nll``); with an
-    ``estimator``, the click models' per-request E[clicks] (arrays under ``_est_<kind>``)."""
+    ``estimator``, the click models' per-request E[clicks] (arrays under ``_est_<kind>``); with
+    ``explored``, the ranker's lists on the split's explored requests and their direct-part clicks
+    (``_explored_placed`` / ``_explored_q``, for gref.offpolicy.add_offpolicy)."""
     from gref.sim.user_model import expected_feedback
 
     acc: dict[str, list] = {k: [] for k in ("cs", "cl", "es", "el", "ns", "ng", "nv", "div",
@@ -129,7 +131,7 @@ def evaluate_ranker(rank: Ranker, table: pa.Table, meta: dict[str, Any], world=N
         acc["es"].append(scores[mask]); acc["el"].append(exposed[mask])
         acc["ns"].append(exp_scores); acc["ng"].append(click); acc["nv"].append(slot)
         width = max(width, exposure.shape[1])
-        if "explored" in part.column_names:  # the lists this ranker places where exploration logged one
+        if explored and "explored" in part.column_names:  # the lists it places where exploration logged one
             ex = part.column("explored").to_numpy(zero_copy_only=False) == 1
             ex_placed = np.where(np.arange(exposure.shape[1])[None] < lengths[:, None], placed[:, : exposure.shape[1]], -1)
             acc["ex_placed"].append(ex_placed[ex])
@@ -219,13 +221,14 @@ def single_request_latency(model: nn.Module, table: pa.Table, meta: dict[str, An
 
 def evaluate_model(model: nn.Module, table: pa.Table, meta: dict[str, Any], world=None,
                    batch_size: int = 512, device: str | torch.device = "cpu",
-                   estimator: ClickEstimator | None = None) -> dict[str, Any]:
+                   estimator: ClickEstimator | None = None, explored: bool = False) -> dict[str, Any]:
     """Metrics of a model's generated lists (val_nll too for a GenReranker), and ``latency_ms``:
-    the time of ``rerank`` alone per request, in batches of ``batch_size``."""
+    the time of ``rerank`` alone per request, in batches of ``batch_size`` (``explored``: as evaluate_ranker)."""
     model.eval()
     nll_model = model if isinstance(model, GenReranker) else None
     rank = model_ranker(model)
-    out = evaluate_ranker(rank, table, meta, world, batch_size, device, nll_model=nll_model, estimator=estimator)
+    out = evaluate_ranker(rank, table, meta, world, batch_size, device, nll_model=nll_model, estimator=estimator,
+                          explored=explored)
     out["latency_ms"] = 1000.0 * rank.seconds / max(table.num_rows, 1)
     return out
 
@@ -257,8 +260,11 @@ def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, A
     over that row on the same requests (add_gains): what an offline promotion decides on. With
     ``logging`` (the model whose sampled lists the split's ``explored`` requests show), every row
     gets the off-policy estimates of gref.offpolicy (``ope_*``) from those requests."""
-    rows = {"logged exposure": evaluate_ranker(logged_ranker, table, meta, world, batch_size, estimator=estimator),
-            "upstream order": evaluate_ranker(upstream_ranker, table, meta, world, batch_size, estimator=estimator)}
+    explored = logging is not None  # keep each row's lists on the explored requests for add_offpolicy
+    rows = {"logged exposure": evaluate_ranker(logged_ranker, table, meta, world, batch_size, estimator=estimator,
+                                               explored=explored),
+            "upstream order": evaluate_ranker(upstream_ranker, table, meta, world, batch_size, estimator=estimator,
+                                              explored=explored)}
     rows["logged exposure"]["auc_exposure"] = float("nan")  # trivially 1: it defines the exposure
     if world is not None and fit_table is not None:
         from gref.sim.reference import fit_features_only
@@ -266,12 +272,12 @@ def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, A
         features_only = fit_features_only(world, fit_table, meta)
         for name in CEILINGS:
             rows[name] = evaluate_ranker(reference_ranker(name, world, features_only), table, meta, world,
-                                         batch_size, estimator=estimator)
+                                         batch_size, estimator=estimator, explored=explored)
             for key in ("auc_click", "auc_exposure", "ndcg"):  # its scores are its list order alone
                 rows[name][key] = float("nan")
     for name, model in models.items():
         model = model.to(device)
-        rows[name] = evaluate_model(model, table, meta, world, batch_size, device, estimator)
+        rows[name] = evaluate_model(model, table, meta, world, batch_size, device, estimator, explored)
         rows[name]["latency_ms_b1"] = single_request_latency(model, table, meta, device)
     if compare_to:
         add_gains(rows, [n for n in models if n != compare_to], compare_to)
@@ -279,9 +285,6 @@ def report_rows(models: dict[str, nn.Module], table: pa.Table, meta: dict[str, A
     add_ips(rows, table)
     if logging is not None and "explored" in table.column_names:
         add_offpolicy(rows, table, meta, logging)
-    for r in rows.values():  # the explored requests' lists, kept for add_offpolicy
-        r.pop("_explored_placed", None)
-        r.pop("_explored_q", None)
     if world is not None:
         base = rows["logged exposure"]["oracle_clicks"]
         for r in rows.values():

@@ -111,7 +111,6 @@ class ClickEstimator:
             out[kind] = est
         return out
 
-
     def feature_slot_clicks(self, rows: np.ndarray, placed: np.ndarray, lengths: np.ndarray,
                             num: torch.Tensor, cat: torch.Tensor) -> np.ndarray:
         """The feature PBM's P(click on slot k) [B, N] of lists ``placed`` [B, N] for the split's

@@ -64,7 +64,7 @@ def evaluate(model: nn.Module, table: pa.Table, meta: dict[str, Any], batch_size
     out = evaluate_model(model, table, meta, world, batch_size, device, estimator)
     for key in [k for k in out if k.startswith("_est_")]:
         out[f"est_clicks_{key[len('_est_'):]}"] = float(out.pop(key).mean())
-    for key in [k for k in out if k.startswith("_")]:  # per-request arrays for a report (IPS, explored lists)
+    for key in [k for k in out if k.startswith("_")]:  # per-request arrays for a report (the bucket's IPS values)
         del out[key]
     if isinstance(model, BaselineReranker):  # its own training loss on validation
         out["val_loss"] = baseline_loss(model, table, meta, batch_size, device)
