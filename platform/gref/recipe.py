@@ -38,7 +38,8 @@ def reward_variants(cfg: RewardConfig) -> list[tuple[dict, RewardConfig]]:
     from gref.config import ConfigError, override
 
     if cfg.candidates and cfg.eval.metric != "val_loss":
-        raise ConfigError("reward.candidates are compared by their held-out click NLL: they need eval.metric=val_loss")
+        raise ConfigError("reward.candidates are compared by their held-out click NLL: they need eval.metric=val_loss "
+                          "(or candidates=[] to fit the configured reward alone)")
     base = replace(cfg, candidates=[])
     return [({}, base), *((dict(c), override(base, c)) for c in cfg.candidates)]
 

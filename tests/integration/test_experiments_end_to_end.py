@@ -46,17 +46,18 @@ def test_two_seeds_end_to_end_then_resume(ray_cluster, tmp_path):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("gref")
     runs_before = len(client.search_runs([experiment.experiment_id]))
-    assert runs_before == 1 + 2 * 4  # the parent + per seed: pretrain, reward, post-train, dnn
+    assert runs_before == 1 + 2 * 5  # the parent + per seed: pretrain, two rewards (the default's candidate), post-train, dnn
     again = experiments.main(args)  # every seed is cached: nothing trains again
     assert len(client.search_runs([experiment.experiment_id])) == runs_before + 1
     assert again["tables"] == result["tables"]
 
 
 def test_the_reward_chosen_by_held_out_nll_trains_only_what_differs(ray_cluster, tmp_path):
-    """Recipe chosen_reward fits the value-pair reward beside the default one, which teaches unless
-    the value-pair one fits the validation clicks better beyond chance. When the default reward
-    teaches the row's inputs are the GReF row's and it is that model (no second training);
-    otherwise its student has the reward's tables."""
+    """The default recipe fits the value-pair reward beside the configured one, which teaches unless
+    the value-pair one fits the validation clicks better beyond chance; the one_reward ablation
+    distils the configured reward alone. When it is the one chosen the ablation's inputs are the
+    GReF row's and it is that model (no second training); otherwise GReF's student has the chosen
+    reward's tables and the ablation is trained from the configured reward."""
     from gref.experiments import LABELS
     from gref.recipe import held_out_click_nll, preferred_reward
     from gref.reranker_io import load_reranker
@@ -64,19 +65,22 @@ def test_the_reward_chosen_by_held_out_nll_trains_only_what_differs(ray_cluster,
 
     args = [f"out={tmp_path / 'exp'}", "seeds=[0]", "requests=600", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
             "worlds={tiny: {n_users: 200, n_items: 1000, n_series: 40, n_creators: 150, days: 4}}",
-            "tables=[ablations]", "ablation_worlds=[tiny]", "ablation_rows=[chosen_reward]",
+            "tables=[ablations]", "ablation_worlds=[tiny]", "ablation_rows=[one_reward]",
             "dataset.valid_days=1", "dataset.test_days=1", *[f"{stage}.{o}" for stage in ("pretrain", "dpo") for o in TINY],
             "reward.optim.epochs=1", "reward.scaling.num_workers=0", "reward.eval.max_requests=200"]
     experiments.main(args)
     ray_dir = tmp_path / "exp" / "tiny" / "seed0" / "ray"
     prep = tmp_path / "exp" / "tiny" / "seed0" / "prep"
     nll = [held_out_click_nll(ray_dir / name / "model", prep) for name in ("reward-pre", "reward-pre-value_pairs8")]
-    report = json.loads((tmp_path / "exp" / "tiny" / "seed0" / "report-ablations+chosen_reward" / "report.json").read_text())
-    chosen = report[LABELS["chosen_reward"]]
+    report = json.loads((tmp_path / "exp" / "tiny" / "seed0" / "report-ablations+one_reward" / "report.json").read_text())
+    alone = report[LABELS["one_reward"]]
+    teacher = json.loads((ray_dir / "post-gref" / "outcome.json").read_text())["params"]["reward"]
     if preferred_reward(nll) == 0:
-        assert not (ray_dir / "post-chosen_reward").exists()
-        assert chosen["oracle_clicks"] == report["GReF"]["oracle_clicks"]
+        assert teacher == str(ray_dir / "reward-pre" / "model")
+        assert not (ray_dir / "post-one_reward").exists()
+        assert alone["oracle_clicks"] == report["GReF"]["oracle_clicks"]
     else:
-        assert load_reranker(ray_dir / "post-chosen_reward" / "model").cfg.value_pairs == 8
-        teacher = json.loads((ray_dir / "post-chosen_reward" / "outcome.json").read_text())["params"]["reward"]
         assert teacher == str(ray_dir / "reward-pre-value_pairs8" / "model")
+        assert load_reranker(ray_dir / "post-gref" / "model").cfg.value_pairs == 8
+        own = json.loads((ray_dir / "post-one_reward" / "outcome.json").read_text())["params"]["reward"]
+        assert own == str(ray_dir / "reward-pre" / "model")

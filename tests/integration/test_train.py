@@ -155,19 +155,19 @@ def test_pipeline_end_to_end(ray_cluster, tmp_path, mlflow_uri):
             "reward.scaling.num_workers=0", "reward.eval.max_requests=300"]
     baselines = ["baselines=[nar4rec]", "baseline_overrides={optim.epochs: 1, model.d_model: 16, model.layers: 1, "
                  "optim.batch_size: 128, eval.max_requests: 300}"]
-    # two rewards fitted; the value-pair one teaches only if it fits the validation clicks better
-    # beyond chance, and then the student gains tables
-    summary = pipeline.main(args + baselines + ["reward.candidates=[{model.value_pairs: 4}]"])
+    # the default recipe fits two rewards; the value-pair one teaches only if it fits the validation
+    # clicks better beyond chance, and then the student gains tables
+    summary = pipeline.main(args + baselines)
     assert summary["data"]["requests_read"] == 1500
     candidates = summary["reward"]["candidates"]
-    assert [c["overrides"] for c in candidates] == [{}, {"model.value_pairs": 4}]
+    assert [c["overrides"] for c in candidates] == [{}, {"model.value_pairs": 8}]
     assert sum(c["chosen"] for c in candidates) == 1 and all(c["request_nll"] > 0 for c in candidates)
     chosen = next(c for c in candidates if c["chosen"])
     assert not chosen["overrides"] or chosen["request_nll"] < candidates[0]["request_nll"]
-    assert summary["reward"]["run_name"] == chosen["run_name"] and chosen["run_name"].endswith("-value_pairs4") == bool(chosen["overrides"])
+    assert summary["reward"]["run_name"] == chosen["run_name"] and chosen["run_name"].endswith("-value_pairs8") == bool(chosen["overrides"])
     from gref.reranker_io import load_reranker
 
-    assert load_reranker(summary["dpo"]["model_dir"]).cfg.value_pairs == (4 if chosen["overrides"] else 0)
+    assert load_reranker(summary["dpo"]["model_dir"]).cfg.value_pairs == (8 if chosen["overrides"] else 0)
     rows = summary["test"]
     assert {"logged exposure", "upstream order", "GReF (pre-train only)", GREF_ROW, TEACHER_ROW,
             "NAR4Rec", "oracle best list", "features-only best list"} <= set(rows)

@@ -63,6 +63,8 @@ def test_value_pair_effects_by_hand():
         vp.above[1].weight[2] = torch.tensor([1.0, 1.0]); vp.below[1].weight[1] = torch.tensor([0.25, 0.0])
         vp.below[1].weight[2] = torch.tensor([0.0, 0.0])
     got = vp(cat)[0]
+    none = ValuePairs([], rank=2)(cat[..., :0])  # a log without categorical columns: no effect, no error
+    assert none.shape == (1, 3, 3) and none.dtype == torch.float32 and torch.count_nonzero(none) == 0
     # (0 above 1): column 0 <U[2], V[3]> = -1, column 1 <U[2], V[1]> = 0.25; (1 above 0): <U[3], V[2]> = 1, 0
     assert got[0, 1].item() == pytest.approx(-0.75) and got[1, 0].item() == pytest.approx(1.0)
     assert got[0, 0].item() == pytest.approx(0.5) and got[2].abs().sum() == 0 and got[:, 2].abs().sum() == 0

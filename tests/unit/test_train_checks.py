@@ -97,11 +97,13 @@ def test_reward_candidates_are_named_checked_and_chosen_by_held_out_click_nll():
     assert all(v.candidates == [] for _, v in variants)
     assert [variant_name("reward-pre", ov) for ov, _ in variants] == [
         "reward-pre", "reward-pre-value_pairs8", "reward-pre-context_members0-value_pairs2"]
+    # the default recipe: the configured reward and its value-pair twin (issue 33); [] fits one
+    assert [ov for ov, _ in reward_variants(RewardConfig())] == [{}, {"model.value_pairs": 8}]
+    assert len(reward_variants(RewardConfig(candidates=[]))) == 1
     with pytest.raises(ConfigError, match="model.value_pair"):
         reward_variants(RewardConfig(candidates=[{"model.value_pair": 8}]))
     with pytest.raises(ConfigError, match="val_loss"):
-        reward_variants(load_config(RewardConfig, overrides=["eval.metric=oracle_clicks",
-                                                              "candidates=[{model.value_pairs: 8}]"]))
+        reward_variants(load_config(RewardConfig, overrides=["eval.metric=oracle_clicks"]))
 
     # per-request held-out NLL of the configured reward (first) and two candidates, on 4 requests
     base = [1.0, 2.0, 3.0, 4.0]

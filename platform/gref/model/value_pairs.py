@@ -47,7 +47,8 @@ class ValuePairs(nn.Module):
 
     def forward(self, cat: Tensor) -> Tensor:
         """cat [B, M, C] encoded categorical ids -> [B, M, M]: entry (i, j) = effect of i above j."""
-        out = cat.new_zeros(cat.shape[0], cat.shape[1], cat.shape[1], dtype=self.above[0].weight.dtype)
+        dtype = self.above[0].weight.dtype if len(self.above) else torch.get_default_dtype()  # no column: no effect
+        out = cat.new_zeros(cat.shape[0], cat.shape[1], cat.shape[1], dtype=dtype)
         for c, (above, below) in enumerate(zip(self.above, self.below)):
             out = out + above(cat[..., c]) @ below(cat[..., c]).transpose(-1, -2)
         return out

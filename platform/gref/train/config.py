@@ -148,8 +148,10 @@ class RewardConfig(BaselineTrainConfig):
     model: BaselineConfig = field(default_factory=lambda: BaselineConfig(kind="clickmodel", context_members=4))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, epochs=2))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(metric="val_loss"))  # held-out click NLL
-    # other rewards fitted beside this one (dotted overrides of this config, e.g. {model.value_pairs: 8});
-    # one teaches instead only if its validation click NLL is lower beyond chance (gref.recipe.preferred_reward)
-    candidates: list[dict] = field(default_factory=list)
+    # other rewards fitted beside this one (dotted overrides of this config); one teaches instead only if
+    # its validation click NLL is lower beyond chance (gref.recipe.preferred_reward). The default: the same
+    # reward with effects between attribute values (rank 8), so the data decide whether a log has them
+    # (issue 33: docs/results-families.md); [] fits this reward alone
+    candidates: list[dict] = field(default_factory=lambda: [{"model.value_pairs": 8}])
     register: bool = False  # a training artifact of post-training, not a serving candidate
     registered_model: str = "gref-clickmodel"
