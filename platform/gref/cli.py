@@ -28,7 +28,7 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def resolve_config(cls: type[T], args: argparse.Namespace) -> T:
-    """Build the job's config or exit(2) with the config error's message."""
+    """Build the job's config, or exit (status 1) with the config error's message on stderr."""
     try:
         return load_config(cls, args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as err:

@@ -69,3 +69,10 @@ def test_the_offpolicy_page_is_what_its_generator_writes_from_the_results():
     sources = {path: json.loads((ROOT / path).read_text()) for path in SOURCES}
     assert (ROOT / "docs/results-offpolicy.md").read_text() == page(sources, "item dr"), \
         "stale: python -m benchmarks.offpolicy_page --page docs/results-offpolicy.md"
+
+
+def test_the_families_page_is_what_its_generator_writes_from_the_results():
+    """docs/results-families.md is generated (benchmarks/families_page.py) from its SOURCES."""
+    from benchmarks.families_page import render
+
+    assert (ROOT / "docs/results-families.md").read_text() == render(ROOT), "stale: python -m benchmarks.families_page"
