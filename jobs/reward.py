@@ -6,8 +6,9 @@ anchored on a pre-trained GReF. Ray Train, like every model of the platform.
 
 Without --init the item appeal is a DCN over the features, fitted to clicks alone (an ablation).
 The model selected is the epoch with the lowest held-out click NLL (``eval.metric=val_loss``);
-with ``candidates=[{model.value_pairs: 8}, ...]`` each variant is fitted too, and teaches only when
-its per-request click NLL on the validation split beats the configured reward's beyond chance;
+each of ``candidates`` (default ``[{model.value_pairs: 8}]``; ``candidates=[]`` for one reward) is
+fitted too, and teaches only when its per-request click NLL on the validation split beats the
+configured reward's beyond chance;
 its validation also reports the expected clicks of its own beam-search lists (with a simulated
 world, by the oracle). ``python -m jobs.dpo objective=distill reward=<its model dir>`` post-trains
 GReF on its best lists.
