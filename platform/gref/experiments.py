@@ -185,6 +185,19 @@ def _trained(storage: Path, name: str) -> str | None:
     return str(model) if (model / "model.json").exists() else None
 
 
+def _cached_student(storage: Path, name: str, teacher: str) -> str | None:
+    """Post-training run ``name``'s model when it exists; a ConfigError when it was distilled from
+    another reward than ``teacher`` ("" = none): a recipe changed since it ran (the default reward's
+    candidates, say), and the cache, keyed by run name, would report the old recipe's model."""
+    found = _trained(storage, name)
+    if found and teacher:
+        taught = json.loads((storage / name / "outcome.json").read_text())["params"].get("reward", "")
+        if taught != teacher:
+            raise ConfigError(f"{storage / name} was distilled from {taught}, this recipe's teacher is {teacher} "
+                              "(the recipe changed since that run): give `out` a new directory or remove that run")
+    return found
+
+
 def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path, root: Path) -> dict[str, str]:
     """Train (or find) every model of ``recipes``; -> id -> model dir (and TEACHER: the default
     recipe's reward model)."""
@@ -244,7 +257,7 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
         # reward) is that row's model, not a second training of it
         inputs = json.dumps([pre_dir, to_dict(post)], sort_keys=True, default=str)
         name = f"post-{model_id}"
-        found = _trained(storage, name) or trained_as.get(inputs) or run_training(
+        found = _cached_student(storage, name, post.reward) or trained_as.get(inputs) or run_training(
             "dpo", stage_cfg(post, name), init=load_reranker(pre_dir) if pre_dir else None)["model_dir"]
         trained_as.setdefault(inputs, found)
         dirs[model_id] = found

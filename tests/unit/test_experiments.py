@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -67,3 +69,19 @@ def test_the_heads_table_says_each_k_against_the_default_paired_over_seeds(tmp_p
     half = 12.706 * np.std([-0.01, -0.03], ddof=1) / np.sqrt(2)  # t(1) 97.5 %: 12.706
     assert f"- k = 10 vs k = 4, paired over seeds: E[clicks] -2.00% ± {half:.2%} (higher on 0 of 2 seeds)" in text
     assert "k = 4 vs k = 4" not in text
+
+
+def test_a_cached_student_of_another_teacher_is_refused_not_reported(tmp_path):
+    """The cache is keyed by run name: a post-training run whose recorded teacher is not the
+    recipe's (the recipe changed since it ran) stops the table with a clear error."""
+    from gref.experiments import _cached_student
+
+    run = tmp_path / "post-gref"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "model.json").write_text("{}")
+    (run / "outcome.json").write_text(json.dumps({"params": {"reward": "/r/reward-pre/model"}, "outcome": {}}))
+    assert _cached_student(tmp_path, "post-gref", "/r/reward-pre/model") == str(run / "model")
+    assert _cached_student(tmp_path, "post-gref", "") == str(run / "model")  # no teacher to compare
+    assert _cached_student(tmp_path, "post-other", "/r/reward-pre/model") is None
+    with pytest.raises(ConfigError, match="reward-pre-value_pairs8.*new directory"):
+        _cached_student(tmp_path, "post-gref", "/r/reward-pre-value_pairs8/model")
