@@ -50,7 +50,7 @@ from gref.stats import paired_ratio_lift
 from gref.train.steps import data_meta
 
 MODELS = {"GReF": "post-gref", "GReF (pre-train only)": "pre", "GReF chosen_reward": "post-chosen_reward"}
-ESTIMATORS = tuple(f"{form} {e}" for form in FORMS for e in ("ips", "snips", "dr")) + ("direct",)
+ESTIMATORS = tuple(f"{form} {e}" for form in FORMS for e in ("ips", "snips", "dr")) + ("item sndr", "direct")
 BATCH = 512
 
 

@@ -22,6 +22,7 @@ SOURCES = ("benchmarks/results/offpolicy-audit-validation-cpu.json", "benchmarks
 NAMES = {"cascade ips": "IPS, cascade (prefix match)", "cascade snips": "SNIPS, cascade",
          "cascade dr": "DR, cascade (feature PBM direct part)", "item ips": "IPS, item-position",
          "item snips": "SNIPS, item-position", "item dr": "DR, item-position (feature PBM direct part)",
+         "item sndr": "SNDR, item-position (DR's corrections self-normalised per slot)",
          "direct": "direct: the feature PBM alone (no weights)"}
 
 

@@ -22,6 +22,9 @@ Per request, with clicks ``c_k`` and a click model's P(click on slot k) ``q`` of
                                                        bias, far less variance)
     DR     sum_k w_k (c_k - q_k(a)) + d_k q_k(t)       d_k = w_{k-1} (cascade, w_0 = 1) or 1 (item);
                                                        unbiased if either q or the weights are right
+    SNDR   sum_k q_k(t) + (sum_i w_ik (c_ik - q_ik(a)) / sum_i w_ik)    item form only: DR with each
+                                                       slot's correction self-normalised, as SNIPS
+                                                       (the heavy tail of 1 / P(a_k on k) tamed)
 
 Intervals are normal intervals of the mean of per-request values (IPS, DR) or of SNIPS's
 per-request influence (the delta method of a ratio), and the lift over production's on-policy
@@ -49,7 +52,7 @@ from gref.model.decoding import decode
 from gref.model.reranker import GenReranker
 from gref.stats import independent_ratio_lift
 
-ESTIMATORS = ("ips", "snips", "dr")
+ESTIMATORS = ("ips", "snips", "dr", "sndr")
 Form = Literal["cascade", "item"]  # prefix-matching weights, or one slot at a time
 FORMS: tuple[Form, ...] = get_args(Form)
 
@@ -160,6 +163,10 @@ def estimates(clicks: np.ndarray, w: np.ndarray, production: np.ndarray, q_logge
     B = len(clicks)
     centred = {name: (float(v.mean()), v - v.mean()) for name, v in per_request_values(clicks, w, q_logged, q_target, form).items()}
     centred["snips"] = snips_influence(clicks, w)
+    if form == "item" and q_logged is not None and q_target is not None:
+        direct = q_target[:, :w.shape[1]].sum(1)
+        value, influence = snips_influence(clicks - q_logged, w)  # the corrections, self-normalised per slot
+        centred["sndr"] = (float(direct.mean()) + value, direct - direct.mean() + influence)
     out = {}
     for name in ESTIMATORS:
         if name not in centred:

@@ -91,6 +91,15 @@ def test_ips_dr_and_snips_by_hand():
     # slot 0: (2 * 1 + 0) / (2 + 0) = 1; slot 1: (4 * 0 + 0) / 4 = 0
     assert value == pytest.approx(1.0)
     assert influence.tolist() == pytest.approx([0.0, 0.0])
+    # SNDR (item form): the direct part's mean (0.75 + 0.7) / 2 = 0.725 plus each slot's correction
+    # self-normalised: slot 0 (2 * 0.5) / 2 = 0.5, slot 1 (4 * -0.25) / 4 = -0.25 -> 0.975; each
+    # request's influence: its direct part minus the mean (+0.025, -0.025) + the corrections'
+    # (request 0: 2 (0.5 - 0.5) / 1 + 4 (-0.25 + 0.25) / 2 = 0; request 1: weight 0)
+    out = estimates(clicks, w, np.array([1.0, 2.0, 1.5]), q_logged, q_target, form="item")
+    assert out["sndr"]["value"] == pytest.approx(0.975)
+    half = 1.959964 * np.std([0.025, -0.025], ddof=1) / np.sqrt(2)
+    assert (out["sndr"]["lo"], out["sndr"]["hi"]) == pytest.approx((0.975 - half, 0.975 + half), rel=1e-5)
+    assert "sndr" not in estimates(clicks, w, np.array([1.0, 2.0]), q_logged, q_target, form="cascade")
 
 
 def cascade_world():
