@@ -105,6 +105,10 @@ RECIPES: dict[str, Recipe] = {
     # the default recipe since issue 33, under the name its tables were first run with
     # (benchmarks/results/families-chosen-*.yaml): the same models as "gref"
     "chosen_reward": Recipe(reward={"candidates": [{"model.value_pairs": 8}]}),
+    # examination moved by the page's coverage of each attribute's values (issue 33): forced, and as a
+    # third reward the held-out NLL may choose
+    "coverage_reward": Recipe(reward={"model.page_coverage": True, "candidates": []}),
+    "chosen_coverage": Recipe(reward={"candidates": [{"model.value_pairs": 8}, {"model.page_coverage": True}]}),
     "dcn_reward": Recipe(anchored_reward=False, reward={"candidates": []}),
     "dpo": Recipe(post=PAPER_POST),
     "ipo": Recipe(post={**PAPER_POST, "loss_type": "ipo"}),
@@ -130,6 +134,8 @@ LABELS = {
     "value_pairs": "GReF with effects between attribute values (rank 8) in its logits and its reward",
     "pre_value_pairs": "GReF (pre-train only) with effects between attribute values in its logits",
     "chosen_reward": "GReF distilled from the reward of lower held-out click NLL (default | + value pairs)",
+    "coverage_reward": "GReF distilled from a reward whose examination follows the page's coverage",
+    "chosen_coverage": "GReF distilled from the reward of lowest held-out click NLL (default | + value pairs | + coverage)",
     "dcn_reward": "GReF distilled from a reward without the GReF anchor (DCN appeal)",
     "dpo": "GReF, Rerank-DPO on Eq. 7 pairs (instead of distillation)",
     "ipo": "GReF, Rerank-DPO with the IPO loss", "cdpo": "GReF, conservative Rerank-DPO (label smoothing 0.1)",
@@ -143,7 +149,8 @@ TABLE_ROWS = {
     "baselines": ["gref", "pre", TEACHER],  # after the references and the baselines
     "post": ["gref", "pre", "post_only", "onpolicy", "dcn_reward", "oracle_teacher", "one_reward", "structured_reward",
              "context_single", "context_mean", "context_pairs", "context_pairs_prefix", "value_pairs_reward",
-             "value_pairs", "pre_value_pairs", "chosen_reward", "dpo", "ipo", "cdpo", "rpo", "dpo_lnorm"],
+             "value_pairs", "pre_value_pairs", "chosen_reward", "coverage_reward", "chosen_coverage", "dpo", "ipo", "cdpo",
+             "rpo", "dpo_lnorm"],
     "pretraining": ["gref", "no_list_bias", "ln_lo", "lo_single", "paper"],
 }
 REFERENCES = ("logged exposure", "upstream order", "oracle best list", "oracle pointwise sort",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from gref.baselines.clickmodel import ListClickModel
+from gref.baselines.clickmodel import COVERAGE_SCALE, ListClickModel
 from gref.baselines.config import BaselineConfig
 from gref.clickmodel.search import beam_search, pointwise_order
 from gref.clickmodel.structured import ListEffects, expected_clicks
@@ -79,6 +79,28 @@ def test_value_pair_effects_by_hand():
     assert expected_clicks(fx, torch.tensor([[0, 1, 2]]))[1][0].tolist() == pytest.approx(q, abs=1e-6)
 
 
+def test_page_coverage_examination_by_hand():
+    """e_p = e_{p-1} s(theta_p + w * cov): cov counts each value shown once, at its best item's s(a);
+    w = 0 is the position-only examination."""
+    same = [[[True, True, False], [True, True, False], [False, False, True]]]  # 0 and 1 share a value
+    logit, theta = [0.5, 1.5, -1.0], [0.0, 2.0, 1.0]
+    fx = effects(logit, same, [0.0], [0.0], [0.0], [1.0, s(2.0), s(2.0) * s(1.0)])
+    plain = expected_clicks(fx, torch.tensor([[0, 1, 2]]))[1]
+    fx.continuation, fx.coverage = torch.tensor(theta), torch.tensor([0.0])
+    assert expected_clicks(fx, torch.tensor([[0, 1, 2]]))[1][0].tolist() == pytest.approx(plain[0].tolist(), abs=1e-6)
+    fx.coverage = torch.tensor([0.7])
+    cov1 = s(0.5)  # after item 0: its value, at s(a_0)
+    cov2 = s(1.5)  # item 1 shares that value with a better item: the value counts at s(a_1), once
+    e2 = s(2.0 + 0.7 * cov1)
+    e3 = e2 * s(1.0 + 0.7 * cov2)
+    at = expected_clicks(fx, torch.tensor([[0, 1, 2]]))[1][0]
+    assert at.tolist() == pytest.approx([s(0.5), e2 * s(1.5), e3 * s(-1.0)], abs=1e-6)
+    # 2 first: its own value, then 0 a new one -> coverage s(-1) + s(0.5) before the third slot
+    at = expected_clicks(fx, torch.tensor([[2, 0, 1]]))[1][0]
+    e2, e3 = s(2.0 + 0.7 * s(-1.0)), s(2.0 + 0.7 * s(-1.0)) * s(1.0 + 0.7 * (s(-1.0) + s(0.5)))
+    assert at.tolist() == pytest.approx([s(-1.0), e2 * s(0.5), e3 * s(1.5)], abs=1e-6)
+
+
 def test_same_attribute_ignores_padding_and_oov():
     cat = torch.tensor([[[2, 5], [2, 1], [0, 0]]])  # candidate 1's second value is OOV, candidate 2 is padding
     got = same_attribute(cat, [0, 1])[0]
@@ -99,11 +121,13 @@ def test_oracle_effects_equal_the_simulators_user_model():
     assert got == pytest.approx(truth, abs=1e-5)
 
 
-def random_effects(B=3, M=6, C=2, seed=0, value_pairs=False) -> ListEffects:
+def random_effects(B=3, M=6, C=2, seed=0, value_pairs=False, coverage=False) -> ListEffects:
     g = torch.Generator().manual_seed(seed)
     values = torch.randint(2, 5, (B, M, C), generator=g)
     pairs = dict(pair_redundancy=0.5 * torch.randn(B, M, M, generator=g),
                  pair_adjacency=torch.randn(B, M, M, generator=g)) if value_pairs else {}
+    if coverage:
+        pairs.update(continuation=torch.tensor([0.0, 1.5, 1.0, 0.5, 0.5, 0.5]), coverage=torch.tensor([2.0, -1.0]))
     return ListEffects(logit=torch.randn(B, M, generator=g), same=same_attribute(values, list(range(C))),
                        redundancy=torch.tensor([-0.8, 0.3]), adjacency=torch.tensor([0.4, -0.2]),
                        click_adjacency=torch.tensor([0.0, 2.0]), examination=torch.tensor([1.0, 0.9, 0.7, 0.5, 0.4, 0.3]),
@@ -113,9 +137,9 @@ def random_effects(B=3, M=6, C=2, seed=0, value_pairs=False) -> ListEffects:
 PER_REQUEST = ("logit", "same", "cand_mask", "pair_redundancy", "pair_adjacency")
 
 
-@pytest.mark.parametrize("value_pairs", [False, True])
-def test_beam_search_wide_enough_is_exhaustive_and_greedy_at_width_1(value_pairs):
-    fx = random_effects(value_pairs=value_pairs)
+@pytest.mark.parametrize("value_pairs, coverage", [(False, False), (True, False), (False, True)])
+def test_beam_search_wide_enough_is_exhaustive_and_greedy_at_width_1(value_pairs, coverage):
+    fx = random_effects(value_pairs=value_pairs, coverage=coverage)
     n, M = 3, 6
     every = torch.tensor(list(itertools.permutations(range(M), n)))  # 120 lists
     for b in range(3):
@@ -213,3 +237,70 @@ def test_reward_model_recovers_list_effects_from_clicks():
     assert abs(model.redundancy[1].item()) < 0.15
     assert model.click_adjacency[1].item() > 0.7  # a click-conditioned bonus, partly absorbed by adjacency
     assert model.examination()[: N].tolist() == pytest.approx(exam.tolist(), abs=0.06)
+
+
+def test_reward_model_recovers_a_page_coverage_effect_from_clicks():
+    """Clicks simulated with examination that the page's coverage of one column raises: the fitted
+    model's coverage weight finds it, and none on the other column."""
+    from gref.data.batch import Batch
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    B, M, N, items = 6000, 10, 6, 40
+    appeal = torch.randn(items, generator=g) * 0.8 - 0.5
+    item = torch.stack([torch.randperm(items, generator=g)[:M] for _ in range(B)])
+    attrs = torch.stack([item % 5 + 2, item // 8 + 2], dim=-1)
+    theta = torch.tensor([0.0, 0.5, 0.5, 0.0, 0.0, -0.5])
+    fx = ListEffects(logit=appeal[item], same=same_attribute(attrs, [0, 1]), redundancy=torch.zeros(2),
+                     adjacency=torch.zeros(2), click_adjacency=torch.zeros(2), examination=torch.ones(N),
+                     cand_mask=torch.ones(B, M, dtype=torch.bool), continuation=theta, coverage=torch.tensor([1.5, 0.0]))
+    shown = torch.stack([torch.randperm(M, generator=g)[:N] for _ in range(B)])
+    click = (torch.rand(B, N, generator=g) < expected_clicks(fx, shown)[1]).float()
+
+    class Appeal(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Embedding(items, 1)
+
+        def forward(self, num, cat, cand_mask):
+            return self.table(num[..., 0].long()).squeeze(-1)
+
+    model = ListClickModel(BaselineConfig(kind="clickmodel", num_features=1, cat_sizes=[8, 8], max_length=N,
+                                          page_coverage=True), Appeal())
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    batch = Batch(num=item[..., None].float(), cat=attrs, cand_mask=fx.cand_mask, exposure=shown,
+                  lengths=torch.full((B,), N), relevance=click, click=click)
+    for _ in range(150):
+        loss = model(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    w = (COVERAGE_SCALE * model.page_coverage).tolist()
+    assert w[0] == pytest.approx(1.5, abs=0.5)
+    assert abs(w[1]) < 0.5
+
+
+def test_coverage_centre_is_the_logged_lists_mean_coverage():
+    """The first training batch sets the centre after p items to its lists' mean coverage there
+    (after one item: the first item's s(a) in every column); evaluation leaves it alone."""
+    from gref.data.batch import Batch
+
+    class Appeal(torch.nn.Module):
+        def forward(self, num, cat, cand_mask):
+            return num[..., 0]
+
+    model = ListClickModel(BaselineConfig(kind="clickmodel", num_features=1, cat_sizes=[6, 6], max_length=4,
+                                          page_coverage=True), Appeal())
+    num = torch.tensor([[[0.0], [1.0], [2.0]], [[-1.0], [0.5], [0.0]]])
+    cat = torch.tensor([[[2, 2], [2, 3], [4, 3]], [[2, 2], [3, 2], [4, 4]]])
+    shown = torch.tensor([[0, 1, 2], [1, 0, 2]])
+    batch = Batch(num=num, cat=cat, cand_mask=torch.ones(2, 3, dtype=torch.bool), exposure=shown,
+                  lengths=torch.tensor([3, 2]), relevance=torch.zeros(2, 3), click=torch.zeros(2, 3))
+    model.eval()(batch)
+    assert model.coverage_center.abs().sum() == 0
+    model.train()(batch)
+    first = (s(0.0) + s(0.5)) / 2
+    assert model.coverage_center[1].tolist() == pytest.approx([first, first], abs=1e-6)
+    # after two items: request 0 repeats column 0's value (with a better item) and shows a new value of
+    # column 1; request 1's list ends there (its third slot is not read), so only request 0 counts
+    assert model.coverage_center[2].tolist() == pytest.approx([s(1.0), s(0.0) + s(1.0)], abs=1e-6)

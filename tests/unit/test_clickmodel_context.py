@@ -23,9 +23,9 @@ class Appeal(torch.nn.Module):
 
 
 def model(members: int, pessimism: float = 1.0, seed: int = 0, pairs: bool = False,
-          prefix: bool = False) -> ListClickModel:
+          prefix: bool = False, page_coverage: bool = False) -> ListClickModel:
     torch.manual_seed(seed)
-    cfg = BaselineConfig(kind="clickmodel", num_features=2, cat_sizes=[6], max_length=8,
+    cfg = BaselineConfig(kind="clickmodel", num_features=2, cat_sizes=[6], max_length=8, page_coverage=page_coverage,
                          context_members=members, pessimism=pessimism, context_pairs=pairs, context_prefix=prefix)
     return ListClickModel(cfg, Appeal())
 
@@ -54,8 +54,11 @@ def test_context_starts_at_the_structured_model(pairs, prefix):
     assert (a[:, 1, 2] == 0).all()  # no item, no click
 
 
-def perturbed(members: int, pessimism: float, pairs: bool = False, prefix: bool = False) -> ListClickModel:
-    m = model(members, pessimism, pairs=pairs, prefix=prefix).eval()
+def perturbed(members: int, pessimism: float, pairs: bool = False, prefix: bool = False,
+              page_coverage: bool = False) -> ListClickModel:
+    m = model(members, pessimism, pairs=pairs, prefix=prefix, page_coverage=page_coverage).eval()
+    if page_coverage:  # examination that the page moves
+        torch.nn.init.constant_(m.page_coverage, -3.0)
     for net in m.context.nets:  # a context that matters: random output layers (pairwise queries, prefix outputs)
         torch.nn.init.normal_(net.out[-1].weight, std=1.0)
         if pairs:
@@ -100,11 +103,11 @@ def test_an_item_in_context_adds_its_gated_sum_of_the_items_above():
     assert not torch.allclose(expected, tok)  # the items above changed it
 
 
-@pytest.mark.parametrize("pairs,prefix", PARTS)
-def test_search_is_exhaustive_when_the_beam_holds_every_list(pairs, prefix):
+@pytest.mark.parametrize("pairs,prefix,page_coverage", [*(p + (False,) for p in PARTS), (False, False, True)])
+def test_search_is_exhaustive_when_the_beam_holds_every_list(pairs, prefix, page_coverage):
     num, cat, mask = inputs(B=2, M=4)
     for pessimism in (0.0, 1.5):
-        m = perturbed(3, pessimism, pairs, prefix)
+        m = perturbed(3, pessimism, pairs, prefix, page_coverage)
         every = torch.tensor(list(itertools.permutations(range(4), 3)))  # 24 lists
         values = m.list_values(num, cat, mask, every[None].expand(2, -1, -1))  # [2, 24]
         found = m.search(num, cat, mask, 3, width=24)

@@ -13,6 +13,9 @@ P(click at p | list) = e_p * q_p with the structured list effects of gref.clickm
     weight each per column, learned; nothing says which column matters.
   * optionally (``value_pairs`` = rank > 0) effects between *different* values of an attribute, per
     earlier item and for the item right above: low-rank tables per column (gref.model.value_pairs).
+  * optionally (``page_coverage``) examination that depends on the page: the chance to move on to p
+    moves with the appeal-weighted number of distinct values of each column shown above (a user
+    with several intents reads on while the page serves them), a weight per column, learned;
   * optionally (``context_members`` > 0) a neural list context on top (gref.clickmodel.context):
     a bootstrap ensemble of small networks that read the items above each slot and correct its
     click probability -- the effects the structured form cannot express -- and the list value
@@ -40,9 +43,11 @@ from gref.baselines.config import BaselineConfig
 from gref.baselines.pointwise import DCN
 from gref.clickmodel.context import EPS, ListContext, bootstrap_weights, context_beam_search, weighted_bce
 from gref.clickmodel.search import beam_search
-from gref.clickmodel.structured import ListEffects, expected_clicks
+from gref.clickmodel.structured import ListEffects, coverage_path, expected_clicks
 from gref.data.batch import Batch, same_attribute
 from gref.model.value_pairs import ValuePairs
+
+COVERAGE_SCALE = 10.0
 
 
 class PolicyAttractiveness(nn.Module):
@@ -87,6 +92,12 @@ class ListClickModel(BaselineReranker):
         self.continuation = nn.Parameter(torch.full((cfg.max_length,), 2.2))
         self.pair_redundancy = ValuePairs(cfg.cat_sizes, cfg.value_pairs) if cfg.value_pairs else None
         self.pair_adjacency = ValuePairs(cfg.cat_sizes, cfg.value_pairs) if cfg.value_pairs else None
+        # examination moved by the page's coverage (gref.clickmodel.structured), 0: position-only; its
+        # weights are COVERAGE_SCALE * these (a weak, slow direction of the likelihood: larger Adam steps)
+        self.page_coverage = nn.Parameter(torch.zeros(C)) if cfg.page_coverage else None
+        if cfg.page_coverage:  # the logged lists' mean coverage after p items, a running mean while training
+            self.register_buffer("coverage_center", torch.zeros(cfg.max_length, C))
+            self.register_buffer("coverage_updates", torch.zeros((), dtype=torch.long))
         # effects beyond the structured form, learned from the lists (gref.clickmodel.context)
         self.context = ListContext(cfg.num_features, cfg.cat_sizes, cfg.context_members, cfg.pessimism, cfg.max_length,
                                    pairs=cfg.context_pairs, prefix=cfg.context_prefix) if cfg.context_members else None
@@ -110,7 +121,24 @@ class ListClickModel(BaselineReranker):
                            click_adjacency=self.click_adjacency, examination=self.examination(),
                            cand_mask=cand_mask,
                            pair_redundancy=self.pair_redundancy(cat) if self.pair_redundancy is not None else None,
-                           pair_adjacency=self.pair_adjacency(cat) if self.pair_adjacency is not None else None)
+                           pair_adjacency=self.pair_adjacency(cat) if self.pair_adjacency is not None else None,
+                           continuation=self.continuation if self.page_coverage is not None else None,
+                           coverage=None if self.page_coverage is None else COVERAGE_SCALE * self.page_coverage,
+                           coverage_center=self.coverage_center if self.page_coverage is not None else None)
+
+    @torch.no_grad()
+    def _follow_coverage(self, num: Tensor, cat: Tensor, cand_mask: Tensor, lists: Tensor) -> None:
+        """Move ``coverage_center`` towards the mean coverage of these logged lists [B, L] after each
+        number of items (momentum 0.1; the first batch sets it)."""
+        path = coverage_path(self.effects(num, cat, cand_mask), lists)  # [B, L, C]
+        L = min(lists.shape[1], self.coverage_center.shape[0])
+        shown = (lists[:, 1:L] >= 0).float()[..., None]  # the item after p items exists: its slot reads the centre
+        mean = (path[:, : L - 1] * shown).sum(0) / shown.sum(0).clamp_min(1)  # [L-1, C]
+        rate = 1.0 if self.coverage_updates.item() == 0 else 0.1
+        seen = shown.sum(0) > 0
+        self.coverage_center[1:L] = torch.where(seen, self.coverage_center[1:L] + rate * (mean - self.coverage_center[1:L]),
+                                                self.coverage_center[1:L])
+        self.coverage_updates += 1
 
     def marginals(self, num: Tensor, cat: Tensor, cand_mask: Tensor, lists: Tensor) -> Tensor:
         """P(click at p) of lists [B, L] (-1 = none): [1, B, L] for the structured model alone,
@@ -147,6 +175,8 @@ class ListClickModel(BaselineReranker):
         N = batch.exposure.shape[1]
         valid = torch.arange(N, device=batch.num.device)[None] < batch.lengths[:, None]
         lists = torch.where(valid, batch.exposure, -1)
+        if self.page_coverage is not None and self.training:
+            self._follow_coverage(batch.num, batch.cat, batch.cand_mask, lists)
         p = self.marginals(batch.num, batch.cat, batch.cand_mask, lists)  # [K, B, N]
         if self.context is not None and self.training:
             weights = bootstrap_weights(batch.request_id, p.shape[0], p.shape[1], p.device)

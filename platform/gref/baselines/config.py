@@ -40,6 +40,7 @@ class BaselineConfig:
     context_pairs: bool = False  # clickmodel: the context adds one learned term per (candidate, item above) pair
     context_prefix: bool = False  # clickmodel: the context reads the items above each in the light of those above it
     value_pairs: int = 0  # clickmodel: rank of learned effects between attribute values of two items (0 = equality only)
+    page_coverage: bool = False  # clickmodel: reading on depends on how well the page so far covers each attribute's values
     anchor: dict = field(default_factory=dict)  # clickmodel: ModelConfig of the pre-trained GReF whose first-step
     #                                             logits, scaled, are a(i) (frozen; jobs.reward); {} = a DCN
 

@@ -220,7 +220,7 @@ def context_beam_search(fx, context: ListContext, tokens: list[Tensor], n: int, 
     beam_of = lambda x, src: torch.gather(x, 1, src.view(*src.shape, *[1] * (x.dim() - 2)).expand(-1, -1, *x.shape[2:]))  # noqa: E731
     for p in range(n):
         q = state.q()  # [B, W, M]
-        base = torch.logit((fx.examination[min(p, len(fx.examination) - 1)] * q).clamp(EPS, 1 - EPS))
+        base = torch.logit((state.examination()[..., None] * q).clamp(EPS, 1 - EPS))
         count = min(p, w)
         above_mask = (recent[..., :max(count, 1)] >= 0)[:, :, None].expand(B, width, M, max(count, 1))
         pos = torch.full((B, width, M), min(p, context.nets[0].pos.num_embeddings - 1), dtype=torch.long, device=dev)

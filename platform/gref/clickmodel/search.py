@@ -26,7 +26,7 @@ def beam_search(fx: ListEffects, n: int, width: int = 8) -> tuple[Tensor, Tensor
     m = fx.cand_mask.sum(1)
     for p in range(n):
         q = state.q()  # [B, W, M]
-        gain = (fx.examination[p] * q).masked_fill(blocked, float("-inf"))
+        gain = (state.examination()[..., None] * q).masked_fill(blocked, float("-inf"))
         done = (m <= p)[:, None, None]  # no candidate left: extend every beam by "nothing"
         total = torch.where(done, score[..., None], score[..., None] + gain)
         flat = total.reshape(B, width * M)

@@ -16,6 +16,16 @@ any [M, M] effect of a placed item on a candidate, e.g. gref.model.value_pairs' 
 The q recursion is exact when the click-conditioned bonus b_p applies only if y_{p-1} was
 clicked (the simulator's series effect): P(y_{p-1} clicked | examined) = q_{p-1}.
 
+Optionally (``coverage``) examination depends on the page shown so far, as in intent-aware user
+models (a user with several intents reads on while the page serves them; ERR-IA, alpha-nDCG):
+  e_p = e_{p-1} * s(theta_p + sum_c w_c * cov_c(y_1..y_{p-1})),
+  cov_c = sum over the distinct values v of column c shown so far of max s(a(y_q)) over the items
+          y_q shown with value v      (the page's appeal-weighted coverage of c's values).
+A function of the list alone, so E[clicks] stays exact; w = 0 is the position-only examination.
+cov_c enters centred on its mean over the logged lists after as many items (``coverage_center``), so
+that theta_p carries the position's examination and w only what the page adds to it: uncentred, the
+two move together (coverage grows with every item) and a fit of a few hundred steps does not part them.
+
 Shapes: B requests, M candidates (padded), C attribute columns, L list positions.
 """
 
@@ -40,6 +50,10 @@ class ListEffects:
     cand_mask: Tensor  # [B, M] True = real candidate
     pair_redundancy: Tensor | None = None  # [B, M, M] logit on j per earlier item i, beyond attribute equality
     pair_adjacency: Tensor | None = None  # [B, M, M] logit on j when i is right above it, beyond equality
+    # examination that depends on the page (both or neither): theta_p [L_max] (theta_1 unused) and w_c [C]
+    continuation: Tensor | None = None  # [L_max] logit of moving on from p-1 to p
+    coverage: Tensor | None = None  # [C] logit on moving on per unit of the page's coverage of column c
+    coverage_center: Tensor | None = None  # [L_max, C] coverage subtracted after p items (the logs' mean; 0 if None)
 
     def pairwise(self) -> tuple[Tensor, Tensor, Tensor]:
         """[B, M, M] matrices: entry (i, j) = effect of placed item i on candidate j."""
@@ -59,7 +73,8 @@ class ListEffects:
 
 class ListState:
     """Incremental state of W partial lists per request (for expected clicks and beam search):
-    the redundancy logit each candidate would get, the last placed item and its q."""
+    the redundancy logit each candidate would get, the last placed item and its q, the position;
+    with page-dependent examination, each list's coverage and P(examine the next position)."""
 
     def __init__(self, fx: ListEffects, width: int):
         B, M = fx.logit.shape
@@ -70,6 +85,20 @@ class ListState:
         self.prev = torch.full((B, width), -1, dtype=torch.long, device=fx.logit.device)
         self.q_prev = fx.logit.new_zeros(B, width)
         self.rows = torch.arange(B, device=fx.logit.device)[:, None]
+        self.p = 0  # the position the next item goes to (0-based)
+        if fx.coverage is not None:
+            C = fx.same.shape[1]
+            self.appeal = torch.sigmoid(fx.logit).masked_fill(~fx.cand_mask, 0.0)  # [B, M] s(a(i))
+            self.best = fx.logit.new_zeros(B, width, C, M)  # max appeal shown among items sharing c with j
+            self.cover = fx.logit.new_zeros(B, width, C)  # cov_c of each list so far
+            self.exam = fx.logit.new_ones(B, width)  # e of the next position
+
+    def examination(self) -> Tensor:
+        """P(examine the next position) of each partial list, [B, W]."""
+        if self.fx.coverage is None:
+            e = self.fx.examination
+            return e[min(self.p, len(e) - 1)].expand(self.red_logit.shape[:2])
+        return self.exam
 
     def q(self) -> Tensor:
         """q_p of every candidate if placed next, [B, W, M]."""
@@ -90,6 +119,34 @@ class ListState:
         self.red_logit = self.red_logit + torch.where(placed[..., None], self.red[self.rows, it], 0.0)
         self.prev = torch.where(placed, item, -1)
         self.q_prev = torch.where(placed, q_item, 0.0)
+        if self.fx.coverage is not None:
+            self._cover(src, placed, it)
+        self.p += 1
+
+    def _cover(self, src: Tensor, placed: Tensor, it: Tensor) -> None:
+        """Coverage and the next position's examination after placing ``it`` [B, W] on beams ``src``."""
+        beam = lambda x: torch.gather(x, 1, src.view(*src.shape, *[1] * (x.dim() - 2)).expand_as(x))  # noqa: E731
+        best, exam = beam(self.best), beam(self.exam)
+        a = torch.where(placed, self.appeal[self.rows, it], 0.0)  # [B, W]
+        seen = torch.gather(best, 3, it[:, :, None, None].expand(-1, -1, best.shape[2], 1)).squeeze(-1)  # [B, W, C]
+        self.cover = beam(self.cover) + (a[..., None] - seen).clamp_min(0.0)  # a new value, or a better item of one
+        self.best = torch.maximum(best, a[..., None, None] * self.fx.same[self.rows, :, it].to(a.dtype))  # [B, W, C, M]
+        step = min(self.p + 1, len(self.fx.continuation) - 1)
+        centred = self.cover if self.fx.coverage_center is None else self.cover - self.fx.coverage_center[step]
+        self.exam = exam * torch.sigmoid(self.fx.continuation[step] + centred @ self.fx.coverage)
+
+
+@torch.no_grad()
+def coverage_path(fx: ListEffects, lists: Tensor) -> Tensor:
+    """cov_c after each position of lists [B, L] (-1 = none: unchanged), uncentred: [B, L, C]."""
+    B, L = lists.shape
+    state = ListState(fx, 1)
+    keep = torch.zeros(B, 1, dtype=torch.long, device=lists.device)
+    path = []
+    for p in range(L):
+        state.place(keep, lists[:, p: p + 1], fx.logit.new_zeros(B, 1))
+        path.append(state.cover[:, 0])
+    return torch.stack(path, 1)
 
 
 def expected_clicks(fx: ListEffects, lists: Tensor) -> tuple[Tensor, Tensor]:
@@ -103,6 +160,6 @@ def expected_clicks(fx: ListEffects, lists: Tensor) -> tuple[Tensor, Tensor]:
         item = lists[:, p: p + 1]  # [B, 1]
         q = torch.gather(state.q(), 2, item.clamp_min(0)[..., None]).squeeze(-1)  # [B, 1]
         q = torch.where(item >= 0, q, 0.0)
-        click_at[:, p] = fx.examination[p] * q[:, 0]
+        click_at[:, p] = state.examination()[:, 0] * q[:, 0]
         state.place(keep, item, q)
     return click_at.sum(1), click_at
