@@ -225,11 +225,19 @@ def train_models(cfg: ExperimentConfig, world: str, prep: Path, world_dir: Path,
         name = variant_name("pre", overrides)
         return _trained(storage, name) or run_training("pretrain", stage_cfg(override(cfg.pretrain, overrides), name))["model_dir"]
 
+    teachers: dict[str, str] = {}  # reward() per resolved reward config: the choice's held-out NLL once per unit
+
     def reward(anchored: bool, overrides: dict) -> str:
         """The teacher: anchored on the default pre-trained GReF, or a DCN appeal (an ablation);
         ``overrides`` of the reward config (the reward's own ablations). With ``candidates`` each
         variant is its own cached run (shared with the rows that fit it alone) and
         gref.recipe.choose_reward picks the teacher, as train_reward does."""
+        key = json.dumps([anchored, to_dict(override(cfg.reward, overrides))], sort_keys=True, default=str)
+        if key not in teachers:
+            teachers[key] = _teacher(anchored, overrides)
+        return teachers[key]
+
+    def _teacher(anchored: bool, overrides: dict) -> str:
         prefix = "reward-pre" if anchored else "reward-dcn"
         plain = {k: v for k, v in overrides.items() if k != "candidates"}
         outcomes, base = [], override(cfg.reward, overrides)
