@@ -3,8 +3,9 @@
 ``reward-pre-context_members0``, the default, its context ensemble ``reward-pre``, and the
 ensemble with pairwise terms ``reward-pre-context_pairsTrue`` and with the items above in context
 too ``reward-pre-context_pairsTrue-context_prefixTrue``, and with effects between attribute values
-``reward-pre-value_pairs8``, where a run trained them) on the test
-split's first ``--requests`` requests. Ray-free.
+``reward-pre-value_pairs8``, and with examination that follows the page's coverage
+``reward-pre-page_coverageTrue``, where a run trained them) on the test split's first
+``--requests`` requests. Ray-free.
 
 Oracle-free (what a team with real logs can read):
   click_nll         held-out Bernoulli NLL per shown slot of the logged clicks (lower: fits better)
@@ -13,7 +14,10 @@ Oracle-free (what a team with real logs can read):
   promised_pessimistic  the same by the value the search maximises (mean - pessimism x std)
   member_std        the members' std of the search lists' value / its mean (0 for one member)
 With the world's oracle: ``delivered`` = the oracle's E[clicks] of those lists / of the logged
-lists - 1, and each promise's optimism = promise - delivered.
+lists - 1, and each promise's optimism = promise - delivered. Where the list effects it learned
+help or hurt: ``delivered_structured`` (the lists of its structured part's beam search, no list
+context) and ``delivered_appeal_sort`` (its candidates sorted by their appeal a(i) alone, no list
+effect at all), by the oracle too.
 
     python -m benchmarks.reward_audit --runs runs/families [--requests 2000] [--out x.json]
 """
@@ -27,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gref.clickmodel.search import beam_search, pointwise_order
 from gref.data.batch import collate, iter_tables, read_split
 from gref.data.pairs import padded
 from gref.reranker_io import load_reranker
@@ -35,7 +40,8 @@ from gref.sim.world import World
 from gref.train.steps import data_meta
 
 REWARDS = {"structured": "reward-pre-context_members0", "context": "reward-pre", "pairs": "reward-pre-context_pairsTrue",
-           "pairs_prefix": "reward-pre-context_pairsTrue-context_prefixTrue", "value_pairs": "reward-pre-value_pairs8"}
+           "pairs_prefix": "reward-pre-context_pairsTrue-context_prefixTrue", "value_pairs": "reward-pre-value_pairs8",
+           "page_coverage": "reward-pre-page_coverageTrue"}
 
 
 @torch.no_grad()
@@ -43,7 +49,8 @@ def audit_reward(model, table, meta: dict, world: World) -> dict[str, float]:
     """The oracle-free figures and the oracle's verdict of one reward on ``table``."""
     model.eval()
     nll_sum = slots = 0.0
-    values = {k: [] for k in ("search_mean", "search_pess", "search_std", "logged_mean", "oracle_search", "oracle_logged")}
+    values = {k: [] for k in ("search_mean", "search_pess", "search_std", "logged_mean", "oracle_search", "oracle_logged",
+                              "oracle_structured", "oracle_appeal_sort")}
     for part in iter_tables(table, 256, shuffle=False):
         b = collate(part, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"])
         out = model(b)
@@ -63,7 +70,11 @@ def audit_reward(model, table, meta: dict, world: World) -> dict[str, float]:
         values["logged_mean"].append(per_member["logged"].mean(0))
         items = padded(part.column("item_id"), -1).astype(np.int64)
         users = np.asarray(part.column("user_id").to_numpy(), dtype=np.int64)
-        for name, lists in (("search", search), ("logged", logged)):
+        fx = model.effects(b.num, b.cat, b.cand_mask)
+        structured = torch.where(valid, beam_search(fx, n, model.cfg.beam_width)[0], -1)
+        appeal_sort = torch.where(valid, pointwise_order(fx, n), -1)
+        for name, lists in (("search", search), ("logged", logged), ("structured", structured),
+                            ("appeal_sort", appeal_sort)):
             idx = lists.numpy()
             ids = np.where(idx >= 0, np.take_along_axis(items, np.clip(idx, 0, None), axis=1), -1)
             values[f"oracle_{name}"].append(expected_feedback(world, users, ids)["click"])
@@ -73,6 +84,8 @@ def audit_reward(model, table, meta: dict, world: World) -> dict[str, float]:
     promised_pess = v["search_pess"] / v["logged_mean"] - 1
     return {"click_nll": nll_sum / slots, "promised_mean": promised_mean, "promised_pessimistic": promised_pess,
             "member_std": v["search_std"] / v["search_mean"], "delivered": delivered,
+            "delivered_structured": v["oracle_structured"] / v["oracle_logged"] - 1,
+            "delivered_appeal_sort": v["oracle_appeal_sort"] / v["oracle_logged"] - 1,
             "optimism_mean": promised_mean - delivered, "optimism_pessimistic": promised_pess - delivered}
 
 
@@ -104,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         if have:
             summary[k] = {m: float(np.mean([a[m] for a in have])) for m in have[0]}
     for k, other in (("context", "structured"), ("pairs", "context"), ("pairs_prefix", "pairs"),
-                     ("value_pairs", "context")):
+                     ("value_pairs", "context"), ("page_coverage", "context")):
         # the oracle-free signal of each added part: does its better held-out fit go with a better teacher?
         both = [u for u in units.values() if k in u and other in u]
         if both:
