@@ -76,3 +76,10 @@ def test_the_families_page_is_what_its_generator_writes_from_the_results():
     from benchmarks.families_page import render
 
     assert (ROOT / "docs/results-families.md").read_text() == render(ROOT), "stale: python -m benchmarks.families_page"
+
+
+def test_the_coverage_check_page_is_what_its_generator_writes_from_the_results():
+    """benchmarks/results/families-coverage-check-seed100-cpu.md is generated (benchmarks/coverage_check.py)."""
+    from benchmarks.coverage_check import PAGE, ROOT as RESULTS, render
+
+    assert (RESULTS / PAGE).read_text() == render(RESULTS), "stale: python -m benchmarks.coverage_check"
