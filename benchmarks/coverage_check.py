@@ -13,7 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent / "results"
 SOURCES = {"rows": "families-coverage-seed100-cpu.json", "audit": "reward-audit-coverage-check-seed100-cpu.json",
            "explored": "reward-on-explored-coverage-seed100-cpu.json",
-           "explored_coverage": "reward-on-explored-coverage-seed100-page_coverage-cpu.json"}
+           "explored_coverage": "reward-on-explored-coverage-seed100-page_coverage-cpu.json",
+           "explored_intents": "reward-on-explored-coverage-seed100-coverage_intents-cpu.json"}
 PAGE = "families-coverage-check-seed100-cpu.md"
 REWARDS = {"reward-pre": "default", "reward-pre-value_pairs8": "+ value pairs", "reward-pre-page_coverageTrue": "+ coverage"}
 ROWS = {"GReF (pre-train only)": "pre-trained", "GReF": "default recipe",
@@ -75,9 +76,11 @@ def render(root: Path = ROOT) -> str:
             "| unit | reward | fitted on | click NLL (logged lists) | search lists | structured part's lists | "
             "appeal sort | pre-trained GReF |",
             "|---|---|---|---:|---:|---:|---:|---:|"]
-    for key in ("explored", "explored_coverage"):
+    for key in ("explored", "explored_coverage", "explored_intents"):
         e = data[key]
-        name = "+ coverage" if any("page_coverage" in o for o in e.get("overrides", [])) else "default"
+        overrides = " ".join(e.get("overrides", []))
+        name = ("+ coverage by intents" if "coverage_intents" in overrides else "+ coverage" if "page_coverage" in overrides
+                else "default")
         for fit in ("logged", "explored"):
             a = e[fit]
             out.append(f"| {Path(e['unit']).parent.name}/{Path(e['unit']).name} | {name} | {fit} | {a['click_nll']:.4f} | "

@@ -101,6 +101,22 @@ def test_page_coverage_examination_by_hand():
     assert at.tolist() == pytest.approx([s(-1.0), e2 * s(0.5), e3 * s(1.5)], abs=1e-6)
 
 
+def test_intent_coverage_counts_each_value_once_at_its_intent_weight():
+    """coverage_intents: pi(v) = softmax over the request's values of tau * (its best logit); a value
+    adds pi(v) the first time it is shown, so coverage saturates at 1."""
+    same = [[[True, True, False], [True, True, False], [False, False, True]]]  # values A = {0, 1}, B = {2}
+    fx = effects([0.5, 1.5, -1.0], same, [0.0], [0.0], [0.0], [1.0, 1.0, 1.0])
+    fx.continuation, fx.coverage, fx.intent_scale = torch.tensor([0.0, 2.0, 1.0]), torch.tensor([0.7]), torch.tensor([1.0])
+    pa = math.exp(1.5) / (math.exp(1.5) + math.exp(-1.0))
+    pb = 1 - pa
+    at = expected_clicks(fx, torch.tensor([[0, 1, 2]]))[1][0]
+    e2 = s(2.0 + 0.7 * pa)
+    assert at.tolist() == pytest.approx([s(0.5), e2 * s(1.5), e2 * s(1.0 + 0.7 * pa) * s(-1.0)], abs=1e-6)
+    at = expected_clicks(fx, torch.tensor([[2, 0, 1]]))[1][0]
+    e2 = s(2.0 + 0.7 * pb)
+    assert at.tolist() == pytest.approx([s(-1.0), e2 * s(0.5), e2 * s(1.0 + 0.7 * (pa + pb)) * s(1.5)], abs=1e-6)
+
+
 def test_same_attribute_ignores_padding_and_oov():
     cat = torch.tensor([[[2, 5], [2, 1], [0, 0]]])  # candidate 1's second value is OOV, candidate 2 is padding
     got = same_attribute(cat, [0, 1])[0]
@@ -121,13 +137,15 @@ def test_oracle_effects_equal_the_simulators_user_model():
     assert got == pytest.approx(truth, abs=1e-5)
 
 
-def random_effects(B=3, M=6, C=2, seed=0, value_pairs=False, coverage=False) -> ListEffects:
+def random_effects(B=3, M=6, C=2, seed=0, value_pairs=False, coverage=False, intents=False) -> ListEffects:
     g = torch.Generator().manual_seed(seed)
     values = torch.randint(2, 5, (B, M, C), generator=g)
     pairs = dict(pair_redundancy=0.5 * torch.randn(B, M, M, generator=g),
                  pair_adjacency=torch.randn(B, M, M, generator=g)) if value_pairs else {}
     if coverage:
         pairs.update(continuation=torch.tensor([0.0, 1.5, 1.0, 0.5, 0.5, 0.5]), coverage=torch.tensor([2.0, -1.0]))
+    if intents:
+        pairs.update(intent_scale=torch.tensor([1.5, 0.5]))
     return ListEffects(logit=torch.randn(B, M, generator=g), same=same_attribute(values, list(range(C))),
                        redundancy=torch.tensor([-0.8, 0.3]), adjacency=torch.tensor([0.4, -0.2]),
                        click_adjacency=torch.tensor([0.0, 2.0]), examination=torch.tensor([1.0, 0.9, 0.7, 0.5, 0.4, 0.3]),
@@ -137,9 +155,10 @@ def random_effects(B=3, M=6, C=2, seed=0, value_pairs=False, coverage=False) -> 
 PER_REQUEST = ("logit", "same", "cand_mask", "pair_redundancy", "pair_adjacency")
 
 
-@pytest.mark.parametrize("value_pairs, coverage", [(False, False), (True, False), (False, True)])
-def test_beam_search_wide_enough_is_exhaustive_and_greedy_at_width_1(value_pairs, coverage):
-    fx = random_effects(value_pairs=value_pairs, coverage=coverage)
+@pytest.mark.parametrize("value_pairs, coverage, intents", [(False, False, False), (True, False, False),
+                                                            (False, True, False), (False, True, True)])
+def test_beam_search_wide_enough_is_exhaustive_and_greedy_at_width_1(value_pairs, coverage, intents):
+    fx = random_effects(value_pairs=value_pairs, coverage=coverage, intents=intents)
     n, M = 3, 6
     every = torch.tensor(list(itertools.permutations(range(M), n)))  # 120 lists
     for b in range(3):

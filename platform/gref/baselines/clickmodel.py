@@ -15,7 +15,9 @@ P(click at p | list) = e_p * q_p with the structured list effects of gref.clickm
     earlier item and for the item right above: low-rank tables per column (gref.model.value_pairs).
   * optionally (``page_coverage``) examination that depends on the page: the chance to move on to p
     moves with the appeal-weighted number of distinct values of each column shown above (a user
-    with several intents reads on while the page serves them), a weight per column, learned;
+    with several intents reads on while the page serves them), a weight per column, learned; with
+    ``coverage_intents`` each value shown counts once at its intent weight instead (the values of
+    the request's most appealing candidates are what she came for);
   * optionally (``context_members`` > 0) a neural list context on top (gref.clickmodel.context):
     a bootstrap ensemble of small networks that read the items above each slot and correct its
     click probability -- the effects the structured form cannot express -- and the list value
@@ -95,6 +97,8 @@ class ListClickModel(BaselineReranker):
         # examination moved by the page's coverage (gref.clickmodel.structured), 0: position-only; its
         # weights are COVERAGE_SCALE * these (a weak, slow direction of the likelihood: larger Adam steps)
         self.page_coverage = nn.Parameter(torch.zeros(C)) if cfg.page_coverage else None
+        # coverage_intents: tau_c of the intent weights (gref.clickmodel.structured), 1 to start
+        self.intent_scale = nn.Parameter(torch.ones(C)) if cfg.page_coverage and cfg.coverage_intents else None
         if cfg.page_coverage:  # the logged lists' mean coverage after p items, a running mean while training
             self.register_buffer("coverage_center", torch.zeros(cfg.max_length, C))
             self.register_buffer("coverage_updates", torch.zeros((), dtype=torch.long))
@@ -124,7 +128,8 @@ class ListClickModel(BaselineReranker):
                            pair_adjacency=self.pair_adjacency(cat) if self.pair_adjacency is not None else None,
                            continuation=self.continuation if self.page_coverage is not None else None,
                            coverage=None if self.page_coverage is None else COVERAGE_SCALE * self.page_coverage,
-                           coverage_center=self.coverage_center if self.page_coverage is not None else None)
+                           coverage_center=self.coverage_center if self.page_coverage is not None else None,
+                           intent_scale=self.intent_scale)
 
     @torch.no_grad()
     def _follow_coverage(self, num: Tensor, cat: Tensor, cand_mask: Tensor, lists: Tensor) -> None:

@@ -41,6 +41,7 @@ class BaselineConfig:
     context_prefix: bool = False  # clickmodel: the context reads the items above each in the light of those above it
     value_pairs: int = 0  # clickmodel: rank of learned effects between attribute values of two items (0 = equality only)
     page_coverage: bool = False  # clickmodel: reading on depends on how well the page so far covers each attribute's values
+    coverage_intents: bool = False  # clickmodel, with page_coverage: a value counts once, at its intent weight (softmax of its best appeal)
     anchor: dict = field(default_factory=dict)  # clickmodel: ModelConfig of the pre-trained GReF whose first-step
     #                                             logits, scaled, are a(i) (frozen; jobs.reward); {} = a DCN
 

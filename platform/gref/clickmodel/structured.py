@@ -21,6 +21,11 @@ models (a user with several intents reads on while the page serves them; ERR-IA,
   e_p = e_{p-1} * s(theta_p + sum_c w_c * cov_c(y_1..y_{p-1})),
   cov_c = sum over the distinct values v of column c shown so far of max s(a(y_q)) over the items
           y_q shown with value v      (the page's appeal-weighted coverage of c's values).
+With ``intent_scale`` (tau_c) a value counts once, at its intent weight instead: the user came for
+the values of her most appealing candidates,
+  pi_c(v) = exp(tau_c m_v) / sum_u exp(tau_c m_u)   over the values u among the request's candidates,
+  m_v = the best a(j) among the candidates with value v, and cov_c = sum of pi_c(v) over the values shown
+(intent-aware coverage: in [0, 1], saturating once her intents are on the page).
 A function of the list alone, so E[clicks] stays exact; w = 0 is the position-only examination.
 cov_c enters centred on its mean over the logged lists after as many items (``coverage_center``), so
 that theta_p carries the position's examination and w only what the page adds to it: uncentred, the
@@ -54,6 +59,7 @@ class ListEffects:
     continuation: Tensor | None = None  # [L_max] logit of moving on from p-1 to p
     coverage: Tensor | None = None  # [C] logit on moving on per unit of the page's coverage of column c
     coverage_center: Tensor | None = None  # [L_max, C] coverage subtracted after p items (the logs' mean; 0 if None)
+    intent_scale: Tensor | None = None  # [C] tau_c: coverage by intent weights (None: appeal-weighted values)
 
     def pairwise(self) -> tuple[Tensor, Tensor, Tensor]:
         """[B, M, M] matrices: entry (i, j) = effect of placed item i on candidate j."""
@@ -89,9 +95,12 @@ class ListState:
         if fx.coverage is not None:
             C = fx.same.shape[1]
             self.appeal = torch.sigmoid(fx.logit).masked_fill(~fx.cand_mask, 0.0)  # [B, M] s(a(i))
-            self.best = fx.logit.new_zeros(B, width, C, M)  # max appeal shown among items sharing c with j
+            # max appeal shown among items sharing c with j; by intents: 1 once j's value was shown
+            self.best = fx.logit.new_zeros(B, width, C, M)
             self.cover = fx.logit.new_zeros(B, width, C)  # cov_c of each list so far
             self.exam = fx.logit.new_ones(B, width)  # e of the next position
+            if fx.intent_scale is not None:
+                self.same_value, self.intent = intent_weights(fx)
 
     def examination(self) -> Tensor:
         """P(examine the next position) of each partial list, [B, W]."""
@@ -127,13 +136,32 @@ class ListState:
         """Coverage and the next position's examination after placing ``it`` [B, W] on beams ``src``."""
         beam = lambda x: torch.gather(x, 1, src.view(*src.shape, *[1] * (x.dim() - 2)).expand_as(x))  # noqa: E731
         best, exam = beam(self.best), beam(self.exam)
-        a = torch.where(placed, self.appeal[self.rows, it], 0.0)  # [B, W]
         seen = torch.gather(best, 3, it[:, :, None, None].expand(-1, -1, best.shape[2], 1)).squeeze(-1)  # [B, W, C]
-        self.cover = beam(self.cover) + (a[..., None] - seen).clamp_min(0.0)  # a new value, or a better item of one
-        self.best = torch.maximum(best, a[..., None, None] * self.fx.same[self.rows, :, it].to(a.dtype))  # [B, W, C, M]
+        if self.fx.intent_scale is None:
+            a = torch.where(placed, self.appeal[self.rows, it], 0.0)  # [B, W]
+            self.cover = beam(self.cover) + (a[..., None] - seen).clamp_min(0.0)  # a new value, or a better item of one
+            self.best = torch.maximum(best, a[..., None, None] * self.fx.same[self.rows, :, it].to(a.dtype))  # [B, W, C, M]
+        else:  # a value not shown yet adds its intent weight
+            new = self.intent[self.rows, :, it] * (1.0 - seen) * placed[..., None]  # [B, W, C]
+            self.cover = beam(self.cover) + new
+            self.best = torch.maximum(best, self.same_value[self.rows, :, it] * placed[..., None, None])
         step = min(self.p + 1, len(self.fx.continuation) - 1)
         centred = self.cover if self.fx.coverage_center is None else self.cover - self.fx.coverage_center[step]
         self.exam = exam * torch.sigmoid(self.fx.continuation[step] + centred @ self.fx.coverage)
+
+
+def intent_weights(fx: ListEffects) -> tuple[Tensor, Tensor]:
+    """(same value [B, C, M, M] float: equality with every candidate its own value's holder -- an
+    out-of-vocabulary value is its own --, pi [B, C, M]: each candidate's value's intent weight)."""
+    B, C, M, _ = fx.same.shape
+    own = torch.eye(M, dtype=torch.bool, device=fx.same.device) & fx.cand_mask[:, None, :, None]  # [B, 1, M, M]
+    same = fx.same | own  # [B, C, M, M]
+    a = fx.logit.masked_fill(~fx.cand_mask, float("-inf"))
+    best = a[:, None, :, None].expand(B, C, M, M).masked_fill(~same, float("-inf")).amax(2)  # [B, C, M] m of j's value
+    holders = same.sum(2).clamp_min(1)  # [B, C, M] candidates with j's value
+    z = (fx.intent_scale[None, :, None] * best).masked_fill(~fx.cand_mask[:, None], float("-inf"))
+    e = torch.exp(z - z.amax(-1, keepdim=True).clamp_min(-1e30))  # 0 for padding
+    return same.to(fx.logit.dtype), e / (e / holders).sum(-1, keepdim=True).clamp_min(1e-12)
 
 
 @torch.no_grad()
