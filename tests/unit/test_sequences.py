@@ -206,9 +206,20 @@ def test_categorical_counts_and_ids_by_arrow_equal_pythons(values):
 
 def test_imitation_leaves_the_randomisation_bucket_out():
     """Pre-training and Eq. 7 pairs imitate production's order; a bucket request's order is random."""
-    from gref.data.sequences import without_bucket
+    from gref.data.sequences import imitation_requests
 
     table = pa.table({"request_id": [1, 2, 3], "randomized": pa.array([0, 1, 0], pa.int8())})
-    assert without_bucket(table).column("request_id").to_pylist() == [1, 3]
+    assert imitation_requests(table).column("request_id").to_pylist() == [1, 3]
     no_bucket = pa.table({"request_id": [1, 2]})
-    assert without_bucket(no_bucket) is no_bucket
+    assert imitation_requests(no_bucket) is no_bucket
+
+
+def test_imitation_leaves_the_explored_lists_out():
+    """An explored list is the serving model's own sample, not a ranking to imitate; with both flags
+    a request leaves when either is set."""
+    from gref.data.sequences import imitation_requests
+
+    table = pa.table({"request_id": [1, 2, 3, 4], "explored": pa.array([0, 1, 0, 0], pa.int8()),
+                      "randomized": pa.array([0, 0, 1, 0], pa.int8())})
+    assert imitation_requests(table).column("request_id").to_pylist() == [1, 4]
+    assert imitation_requests(table.drop(["randomized"])).column("request_id").to_pylist() == [1, 3, 4]

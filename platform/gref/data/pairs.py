@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gref.data.schema import FEEDBACK
-from gref.data.sequences import without_bucket
+from gref.data.sequences import imitation_requests
 
 
 def padded(lists: pa.Array, fill: float = 0.0) -> np.ndarray:
@@ -70,7 +70,7 @@ def add_pairs(table: pa.Table, alpha: float, gamma: float, weights: dict[str, fl
 def imitation_pairs(table: pa.Table, alpha: float, gamma: float, weights: dict[str, float]) -> pa.Table:
     """The Eq. 7 pairs of prepared sequences: ``add_pairs`` on the requests outside the
     randomisation bucket (a random order is nothing to imitate)."""
-    return add_pairs(without_bucket(table), alpha, gamma, weights)
+    return add_pairs(imitation_requests(table), alpha, gamma, weights)
 
 
 def rederive(data_dir: str | Path, out_dir: str | Path, alpha: float, gamma: float) -> Path:

@@ -242,10 +242,16 @@ def _quarantine(table: pa.Table, order: np.ndarray, starts: np.ndarray, counts: 
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
-def without_bucket(table: pa.Table) -> pa.Table:
-    """The requests outside the randomisation bucket (``randomized`` = 1: a random order of random
-    candidates): what pre-training and Eq. 7 pairs may imitate. The bucket feeds the reward and the
-    estimates, not imitation. A table without the column is returned as it is."""
-    if "randomized" not in table.column_names:
+def imitation_requests(table: pa.Table) -> pa.Table:
+    """The requests whose logged order may be imitated (pre-training, Eq. 7 pairs): not the
+    randomisation bucket's (``randomized`` = 1: a random order of random candidates) nor the lists
+    the endpoint sampled to explore (``explored`` = 1: the serving model's own random draws, not a
+    ranking anyone chose). Both feed the reward and the estimates, not imitation. A table without
+    either column is returned as it is."""
+    flags = [c for c in ("randomized", "explored") if c in table.column_names]
+    if not flags:
         return table
-    return table.filter(pc.not_equal(table.column("randomized"), 1))
+    keep = pc.not_equal(table.column(flags[0]), 1)
+    for c in flags[1:]:
+        keep = pc.and_(keep, pc.not_equal(table.column(c), 1))
+    return table.filter(keep)

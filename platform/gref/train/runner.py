@@ -23,7 +23,7 @@ import torch
 from gref import tracking
 from gref.cli import log
 from gref.config import ConfigError, flatten, to_dict
-from gref.data.sequences import without_bucket
+from gref.data.sequences import imitation_requests
 from gref.reranker_io import model_from_config, save_reranker
 from gref.train.ray_loop import NON_FINITE, epochs_callback, train_loop
 from gref.train.steps import data_meta, metric_mode, selection_metric, validation_metrics
@@ -151,8 +151,8 @@ def run_training(stage: str, cfg: Any, init: torch.nn.Module | None = None,
         resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
         data_context(whole_split_reads=True)
         train_ds = ray.data.read_parquet(str(train_split(stage, cfg)), num_cpus=cfg.scaling.read_cpus)
-        if stage == "pretrain":  # imitation of production's order: not the randomisation bucket's random orders
-            train_ds = train_ds.map_batches(without_bucket, batch_format="pyarrow", batch_size=None)
+        if stage == "pretrain":  # imitation of production's order: not random (bucket) or sampled (explored) orders
+            train_ds = train_ds.map_batches(imitation_requests, batch_format="pyarrow", batch_size=None)
         if cfg.scaling.materialize:  # epochs then read the object store, not Parquet (docs/benchmarks.md)
             train_ds = train_ds.materialize()
         loop_config = {"stage": stage, "cfg": cfg, "meta": meta,
