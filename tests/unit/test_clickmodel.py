@@ -265,7 +265,7 @@ def test_reward_model_recovers_a_page_coverage_effect_from_clicks():
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    B, M, N, items = 6000, 10, 6, 40
+    B, M, N, items = 3000, 10, 6, 40
     appeal = torch.randn(items, generator=g) * 0.8 - 0.5
     item = torch.stack([torch.randperm(items, generator=g)[:M] for _ in range(B)])
     attrs = torch.stack([item % 5 + 2, item // 8 + 2], dim=-1)
