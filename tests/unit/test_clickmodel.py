@@ -117,6 +117,19 @@ def test_intent_coverage_counts_each_value_once_at_its_intent_weight():
     assert at.tolist() == pytest.approx([s(-1.0), e2 * s(0.5), e2 * s(1.0 + 0.7 * (pa + pb)) * s(1.5)], abs=1e-6)
 
 
+def test_intent_coverage_gradients_are_finite_with_padding():
+    fx = random_effects(B=2, M=6, coverage=True, intents=True)
+    fx.cand_mask[1, 4:] = False  # padding: equal to nothing, as same_attribute makes it
+    fx.same[1, :, 4:, :] = False
+    fx.same[1, :, :, 4:] = False
+    fx.logit.requires_grad_(True)
+    fx.intent_scale.requires_grad_(True)
+    fx.coverage.requires_grad_(True)
+    expected_clicks(fx, torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]]))[0].sum().backward()
+    for t in (fx.logit, fx.intent_scale, fx.coverage):
+        assert torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
 def test_same_attribute_ignores_padding_and_oov():
     cat = torch.tensor([[[2, 5], [2, 1], [0, 0]]])  # candidate 1's second value is OOV, candidate 2 is padding
     got = same_attribute(cat, [0, 1])[0]

@@ -158,6 +158,7 @@ def intent_weights(fx: ListEffects) -> tuple[Tensor, Tensor]:
     same = fx.same | own  # [B, C, M, M]
     a = fx.logit.masked_fill(~fx.cand_mask, float("-inf"))
     best = a[:, None, :, None].expand(B, C, M, M).masked_fill(~same, float("-inf")).amax(2)  # [B, C, M] m of j's value
+    best = best.masked_fill(~fx.cand_mask[:, None], 0.0)  # padding: no -inf for tau's gradient to meet
     holders = same.sum(2).clamp_min(1)  # [B, C, M] candidates with j's value
     z = (fx.intent_scale[None, :, None] * best).masked_fill(~fx.cand_mask[:, None], float("-inf"))
     e = torch.exp(z - z.amax(-1, keepdim=True).clamp_min(-1e30))  # 0 for padding
