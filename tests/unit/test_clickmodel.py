@@ -117,6 +117,13 @@ def test_intent_coverage_counts_each_value_once_at_its_intent_weight():
     assert at.tolist() == pytest.approx([s(-1.0), e2 * s(0.5), e2 * s(1.0 + 0.7 * (pa + pb)) * s(1.5)], abs=1e-6)
 
 
+def test_coverage_intents_without_page_coverage_is_a_config_error():
+    from gref.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs page_coverage"):
+        BaselineConfig(kind="clickmodel", coverage_intents=True)
+
+
 def test_intent_coverage_gradients_are_finite_with_padding():
     fx = random_effects(B=2, M=6, coverage=True, intents=True)
     fx.cand_mask[1, 4:] = False  # padding: equal to nothing, as same_attribute makes it

@@ -48,3 +48,5 @@ class BaselineConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ConfigError(f"unknown baseline kind '{self.kind}' (one of {', '.join(KINDS)})")
+        if self.coverage_intents and not self.page_coverage:
+            raise ConfigError("coverage_intents weighs the page's coverage: it needs page_coverage=true")
