@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-PREPARE = ("prepare-vs-polars-1m-cpu.json", "prepare-vs-polars-200k-cpu.json")
+PREPARE = ("prepare-vs-polars-1m-cpu.json", "prepare-vs-polars-1m-round2-cpu.json", "prepare-vs-polars-1m-round3-cpu.json",
+           "prepare-vs-polars-200k-cpu.json")
 SERVE = "serve-default-cpu.json"
 DECODE = "decode-cpu.json"
 SERVE_ROWS = {  # benchmarks.serve target -> what a user runs to get it
