@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gref.experiments import LABELS
+
 ROOT = Path(__file__).resolve().parent / "results"
 SOURCES = {"rows": "families-coverage-seed100-cpu.json", "audit": "reward-audit-coverage-check-seed100-cpu.json",
            "explored": "reward-on-explored-coverage-seed100-cpu.json",
@@ -17,10 +19,8 @@ SOURCES = {"rows": "families-coverage-seed100-cpu.json", "audit": "reward-audit-
            "explored_intents": "reward-on-explored-coverage-seed100-coverage_intents-cpu.json"}
 PAGE = "families-coverage-check-seed100-cpu.md"
 REWARDS = {"reward-pre": "default", "reward-pre-value_pairs8": "+ value pairs", "reward-pre-page_coverageTrue": "+ coverage"}
-ROWS = {"GReF (pre-train only)": "pre-trained", "GReF": "default recipe",
-        "GReF distilled from a reward whose examination follows the page's coverage": "coverage reward, forced",
-        "GReF distilled from the reward of lowest held-out click NLL (default | + value pairs | + coverage)":
-            "three candidates, chosen"}
+ROWS = {LABELS["pre"]: "pre-trained", LABELS["gref"]: "default recipe", LABELS["coverage_reward"]: "coverage reward, forced",
+        LABELS["chosen_coverage"]: "three candidates, chosen"}  # report row -> column
 
 
 def lift(rows: dict, name: str) -> float:

@@ -44,6 +44,16 @@ REWARDS = {"structured": "reward-pre-context_members0", "context": "reward-pre",
            "page_coverage": "reward-pre-page_coverageTrue"}
 
 
+def oracle_clicks(world: World, part, lists: torch.Tensor) -> np.ndarray:
+    """The world's exact E[clicks] [B] of lists [B, n] of candidate indices (-1 = none) of the
+    requests of Arrow table ``part``."""
+    items = padded(part.column("item_id"), -1).astype(np.int64)
+    users = np.asarray(part.column("user_id").to_numpy(), dtype=np.int64)
+    idx = lists.numpy()
+    ids = np.where(idx >= 0, np.take_along_axis(items, np.clip(idx, 0, None), axis=1), -1)
+    return expected_feedback(world, users, ids)["click"]
+
+
 @torch.no_grad()
 def audit_reward(model, table, meta: dict, world: World) -> dict[str, float]:
     """The oracle-free figures and the oracle's verdict of one reward on ``table``."""
@@ -68,16 +78,12 @@ def audit_reward(model, table, meta: dict, world: World) -> dict[str, float]:
         values["search_std"].append(s.std(0) if s.shape[0] > 1 else torch.zeros_like(s[0]))
         values["search_pess"].append(model.list_values(b.num, b.cat, b.cand_mask, search[:, None])[:, 0])
         values["logged_mean"].append(per_member["logged"].mean(0))
-        items = padded(part.column("item_id"), -1).astype(np.int64)
-        users = np.asarray(part.column("user_id").to_numpy(), dtype=np.int64)
         fx = model.effects(b.num, b.cat, b.cand_mask)
         structured = torch.where(valid, beam_search(fx, n, model.cfg.beam_width)[0], -1)
         appeal_sort = torch.where(valid, pointwise_order(fx, n), -1)
         for name, lists in (("search", search), ("logged", logged), ("structured", structured),
                             ("appeal_sort", appeal_sort)):
-            idx = lists.numpy()
-            ids = np.where(idx >= 0, np.take_along_axis(items, np.clip(idx, 0, None), axis=1), -1)
-            values[f"oracle_{name}"].append(expected_feedback(world, users, ids)["click"])
+            values[f"oracle_{name}"].append(oracle_clicks(world, part, lists))
     v = {k: float(np.concatenate([np.asarray(x) for x in parts]).mean()) for k, parts in values.items()}
     delivered = v["oracle_search"] / v["oracle_logged"] - 1
     promised_mean = v["search_mean"] / v["logged_mean"] - 1

@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.reward_audit import audit_reward
+from benchmarks.reward_audit import audit_reward, oracle_clicks
 from gref.config import override, parse_overrides
 from gref.data.batch import Batch, collate, iter_tables, read_split
-from gref.data.pairs import padded
 from gref.reranker_io import load_reranker
-from gref.sim.user_model import expected_feedback, sample_feedback
+from gref.sim.user_model import sample_feedback
 from gref.sim.world import World
 from gref.train.config import RewardConfig
 from gref.train.steps import build_baseline_model, data_meta
@@ -83,12 +82,8 @@ def pre_delivered(unit: Path, table, meta: dict, world: World) -> float:
         b = collate(part, meta["num_features"], len(meta["cat_sizes"]), meta["feedback_weights"])
         n = int(b.exposure.shape[1])
         valid = torch.arange(n)[None] < b.lengths[:, None]
-        items = padded(part.column("item_id"), -1).astype(np.int64)
-        users = np.asarray(part.column("user_id").to_numpy(), dtype=np.int64)
         for out, lists in ((got, pre.rerank(b.num, b.cat, b.cand_mask, n)), (logged, b.exposure)):
-            idx = torch.where(valid, lists[:, :n], -1).numpy()
-            ids = np.where(idx >= 0, np.take_along_axis(items, np.clip(idx, 0, None), axis=1), -1)
-            out.append(expected_feedback(world, users, ids)["click"])
+            out.append(oracle_clicks(world, part, torch.where(valid, lists[:, :n], -1)))
     return float(np.concatenate(got).mean() / np.concatenate(logged).mean() - 1)
 
 

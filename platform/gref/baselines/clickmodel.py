@@ -132,10 +132,10 @@ class ListClickModel(BaselineReranker):
                            intent_scale=self.intent_scale)
 
     @torch.no_grad()
-    def _follow_coverage(self, num: Tensor, cat: Tensor, cand_mask: Tensor, lists: Tensor) -> None:
-        """Move ``coverage_center`` towards the mean coverage of these logged lists [B, L] after each
-        number of items (momentum 0.1; the first batch sets it)."""
-        path = coverage_path(self.effects(num, cat, cand_mask), lists)  # [B, L, C]
+    def _follow_coverage(self, fx: ListEffects, lists: Tensor) -> None:
+        """Move ``coverage_center`` (in place: ``fx`` holds it) towards the mean coverage of these
+        logged lists [B, L] after each number of items (momentum 0.1; the first batch sets it)."""
+        path = coverage_path(fx, lists)  # [B, L, C]
         L = min(lists.shape[1], self.coverage_center.shape[0])
         shown = (lists[:, 1:L] >= 0).float()[..., None]  # the item after p items exists: its slot reads the centre
         mean = (path[:, : L - 1] * shown).sum(0) / shown.sum(0).clamp_min(1)  # [L-1, C]
@@ -145,10 +145,12 @@ class ListClickModel(BaselineReranker):
                                                 self.coverage_center[1:L])
         self.coverage_updates += 1
 
-    def marginals(self, num: Tensor, cat: Tensor, cand_mask: Tensor, lists: Tensor) -> Tensor:
+    def marginals(self, num: Tensor, cat: Tensor, cand_mask: Tensor, lists: Tensor,
+                  fx: ListEffects | None = None) -> Tensor:
         """P(click at p) of lists [B, L] (-1 = none): [1, B, L] for the structured model alone,
-        [K, B, L] with a context ensemble (one row per member)."""
-        fx = self.effects(num, cat, cand_mask)
+        [K, B, L] with a context ensemble (one row per member). ``fx``: these requests' effects
+        when the caller has them already."""
+        fx = self.effects(num, cat, cand_mask) if fx is None else fx
         p_click = expected_clicks(fx, lists)[1]
         if self.context is None:
             return p_click[None]
@@ -180,9 +182,10 @@ class ListClickModel(BaselineReranker):
         N = batch.exposure.shape[1]
         valid = torch.arange(N, device=batch.num.device)[None] < batch.lengths[:, None]
         lists = torch.where(valid, batch.exposure, -1)
+        fx = self.effects(batch.num, batch.cat, batch.cand_mask)
         if self.page_coverage is not None and self.training:
-            self._follow_coverage(batch.num, batch.cat, batch.cand_mask, lists)
-        p = self.marginals(batch.num, batch.cat, batch.cand_mask, lists)  # [K, B, N]
+            self._follow_coverage(fx, lists)
+        p = self.marginals(batch.num, batch.cat, batch.cand_mask, lists, fx)  # [K, B, N]
         if self.context is not None and self.training:
             weights = bootstrap_weights(batch.request_id, p.shape[0], p.shape[1], p.device)
         else:
